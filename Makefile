@@ -1,0 +1,39 @@
+# Two commands do all the setup on a fresh machine:
+#   make run    -- install and run the service against the local RabbitMQ
+#   make test   -- install, make sure RabbitMQ is up, run the whole suite
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint bench rabbitmq clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+rabbitmq:
+	scripts/ensure-rabbitmq.sh
+
+run: $(STAMP) rabbitmq
+	$(BIN)/ess serve
+
+test: $(STAMP) rabbitmq
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Skips the long fault/load tests marked `slow`.
+test-fast: $(STAMP) rabbitmq
+	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP) rabbitmq
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

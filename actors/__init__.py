@@ -1,0 +1,1 @@
+"""Supervisor, stream and connection actors, and the ports they talk through."""

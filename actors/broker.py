@@ -1,0 +1,153 @@
+"""The broker port: everything an actor needs from a message broker.
+
+Actors never speak AMQP. They speak this small protocol, which has two
+adapters: :mod:`actors.rabbitmq` (the real broker, through :mod:`amqp`) and
+:mod:`actors.memory` (an in-process stream log for fast unit tests). Keeping
+the port narrow is what lets the actor logic be tested under a MockClock.
+
+Positions are *stream offsets* (0-based) here; the public *ordinal* (1-based)
+is a websocket concern and is computed at the edge (ordinal = offset + 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class BrokerError(Exception):
+    """Base class of the errors a broker adapter raises."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached now (or the connection was lost).
+
+    Subscriptions end with this when the connection drops; the caller waits
+    with :meth:`Broker.wait_available` and resubscribes from its cursor.
+    """
+
+
+class StreamNotFound(BrokerError):
+    """The stream queue of the routing key does not exist in the broker."""
+
+
+@dataclass(frozen=True, slots=True)
+class FromOffset:
+    """Start at this stream offset (or the oldest retained one, if it is gone)."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class FromTimestamp:
+    """Start at the first chunk the broker stamped at or after this second.
+
+    The broker positions by whole seconds; finer filtering on the events' own
+    timestamps is the caller's job.
+    """
+
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class FromNext:
+    """Start with the first event published after the subscription is attached."""
+
+
+StartPosition = FromOffset | FromTimestamp | FromNext
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One message read from a stream queue.
+
+    ``timestamp_ms`` is the event's *own* time if it carries one (the
+    ``timestamp_in_ms`` header, else the AMQP ``timestamp`` property times
+    1000); ``None`` when it carries none.
+    """
+
+    offset: int
+    body: bytes
+    timestamp_ms: int | None
+
+
+class Subscription(Protocol):
+    """A live consumer of one stream queue, with its own position.
+
+    Iterating yields events in stream order. Delivery is flow-controlled: the
+    broker sends at most ``prefetch`` events that have not been acknowledged,
+    so a consumer that stops acknowledging stops the flow (backpressure).
+    """
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]: ...
+
+    async def ack(self, offset: int) -> None:
+        """Acknowledge every event up to and including ``offset``.
+
+        Adapters may batch acknowledgements; this never blocks on the
+        network for long.
+        """
+        ...
+
+
+class Broker(Protocol):
+    """What the actors need from a broker."""
+
+    @property
+    def available(self) -> bool:
+        """Whether the broker connection is up right now."""
+        ...
+
+    async def wait_available(self) -> None:
+        """Return once the broker connection is up (immediately if it is)."""
+        ...
+
+    async def ensure_stream(self, routing_key: str) -> bool:
+        """Make sure a stream queue named ``routing_key`` exists and is bound.
+
+        An existing queue is used as it is (never redeclared). A missing one
+        is declared as a stream queue with the configured retention. Either
+        way it is bound to the service's exchange with the routing key.
+        Returns ``True`` when this call created the queue (the service then
+        owns it). Raises :class:`BrokerUnavailable`.
+        """
+        ...
+
+    async def stream_exists(self, routing_key: str) -> bool:
+        """Whether the stream queue exists. Raises :class:`BrokerUnavailable`."""
+        ...
+
+    async def delete_stream(self, routing_key: str) -> None:
+        """Delete the stream queue (no error if it is already gone)."""
+        ...
+
+    def subscribe(
+        self, routing_key: str, start: StartPosition, *, prefetch: int
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Attach a consumer; on entry the consumer is attached.
+
+        Everything published after ``__aenter__`` returns is delivered (for
+        :class:`FromNext`). Leaving the context cancels the consumer. Raises
+        :class:`StreamNotFound` or :class:`BrokerUnavailable` on entry;
+        iteration raises :class:`BrokerUnavailable` if the connection drops.
+        """
+        ...
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        timestamp_ms: int | None = None,
+        to_queue: bool = False,
+    ) -> None:
+        """Publish one event and wait for the broker's confirm.
+
+        By default through the service's exchange with ``routing_key``;
+        ``to_queue=True`` publishes straight into the stream queue of that
+        name (the default exchange), as the upstream AS versions 2 and 3 do.
+        ``timestamp_ms`` is sent as the ``timestamp_in_ms`` header.
+        """
+        ...

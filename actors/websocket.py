@@ -1,0 +1,50 @@
+"""The websocket channel port: what a connection actor needs from a socket.
+
+``web/`` implements it on trio-websocket; tests implement it in memory. The
+actor layer therefore never imports a websocket library.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ChannelClosed(Exception):
+    """The peer went away, or the channel was closed; nothing more can be sent."""
+
+
+class WebSocketChannel(Protocol):
+    """One accepted websocket, seen from the connection actor."""
+
+    @property
+    def peer(self) -> str:
+        """The client's address as ``host:port``, for logs and the debug tree."""
+        ...
+
+    async def send_text(self, text: str) -> None:
+        """Send one text frame. Raises :class:`ChannelClosed`."""
+        ...
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next frame from the client. Raises :class:`ChannelClosed`.
+
+        Clients have nothing to say to this service, but frames must be read
+        (and discarded) so that the protocol reader keeps answering pings.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Send a ping and wait for its pong. Raises :class:`ChannelClosed`."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason``; idempotent; never raises.
+
+        Implementations bound the time spent waiting for the peer's close
+        frame, so this is safe in a shielded ``finally``.
+        """
+        ...
+
+    async def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake (dead or stuck peer)."""
+        ...
