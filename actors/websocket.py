@@ -48,3 +48,18 @@ class WebSocketChannel(Protocol):
     async def abort(self) -> None:
         """Drop the TCP connection without a closing handshake (dead or stuck peer)."""
         ...
+
+
+class PendingWebSocket(Protocol):
+    """A websocket whose opening handshake has not been answered yet.
+
+    The connection actor attaches its broker consumer *before* accepting, so
+    that nothing published after the handshake completes can be missed.
+    """
+
+    @property
+    def peer(self) -> str: ...
+
+    async def accept(self) -> WebSocketChannel:
+        """Complete the handshake. Raises :class:`ChannelClosed` if the peer left."""
+        ...
