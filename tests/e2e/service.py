@@ -1,0 +1,141 @@
+"""Runs the real ``ess serve`` process for end-to-end tests.
+
+Each instance gets free ports and its own registry file, and is driven only
+through its public surfaces: HTTP, websockets, signals and its exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServiceProcess:
+    """One ``ess serve`` subprocess and what a test needs to reach it."""
+
+    workdir: Path
+    amqp_url: str
+    exchange: str = field(default_factory=lambda: f"ess-e2e-{uuid.uuid4().hex[:8]}")
+    extra_env: dict[str, str] = field(default_factory=dict)
+    public_port: int = field(default_factory=free_port)
+    internal_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "registry" / "event-streams.db"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.internal_port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.public_port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "ESS_AMQP_URL": self.amqp_url,
+                "ESS_HOST": "127.0.0.1",
+                "ESS_PUBLIC_PORT": str(self.public_port),
+                "ESS_INTERNAL_PORT": str(self.internal_port),
+                "ESS_INGRESS_LOCATION": f"127.0.0.1:{self.public_port}",
+                "ESS_DATABASE": str(self.database),
+                "ESS_EXCHANGE": self.exchange,
+                "ESS_LOG_LEVEL": "DEBUG",
+                "ESS_PING_INTERVAL": "5",
+                "ESS_PING_TIMEOUT": "5",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        """Start the process and return once ``/health/ready`` answers 200."""
+        self._spawn()
+        self.wait_ready("/health/ready")
+
+    def start_live_only(self) -> None:
+        """Start the process and return once ``/health/live`` answers (no broker needed)."""
+        self._spawn()
+        self.wait_ready("/health/live")
+
+    def _spawn(self) -> None:
+        assert self.process is None or self.process.poll() is not None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"ess-{int(time.time() * 1000)}.log"
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ess", "serve"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def wait_ready(self, probe: str = "/health/ready", timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"ess serve exited early:\n{self.log()}")
+                try:
+                    if client.get(f"{self.api}{probe}").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)  # polling the readiness probe, the event we wait on
+        raise TimeoutError(f"ess serve not ready within {timeout}s:\n{self.log()}")
+
+    def signal(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or close anything."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-20000:]
