@@ -1,0 +1,155 @@
+"""The composition root: one process, one Trio loop, one main nursery.
+
+Everything long-lived is started here, in dependency order, and stopped in
+reverse: the registry outlives the broker connection manager, which outlives
+the supervisor, which outlives the two listeners. A SIGTERM or SIGINT closes
+every websocket with 1001, drains within the configured grace time and
+returns exit status 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from importlib.metadata import PackageNotFoundError, version
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as serve_http
+
+from actors.broker import BrokerError
+from actors.rabbitmq import RabbitMQBroker
+from actors.supervisor import Supervisor
+from web.api import create_app
+from web.websocket import serve_public_websockets
+
+from .config import Config
+from .registry import SQLiteRegistry
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "event-stream-service"
+
+
+def service_version() -> str:
+    try:
+        return version(SERVICE_NAME)
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0"
+
+
+class StartupError(Exception):
+    """A problem that stops start-up; its message is the one line shown."""
+
+
+async def serve(config: Config) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the process exit status."""
+    try:
+        registry_cm = SQLiteRegistry.open(config.database)
+        async with registry_cm as registry:
+            return await _serve_with_registry(config, registry)
+    except StartupError as error:
+        log.critical("start-up failed: %s", error)
+        return 1
+
+
+async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
+    broker = RabbitMQBroker(
+        config.amqp_url,
+        config.exchange,
+        max_age=config.stream_max_age,
+        max_length_bytes=config.stream_max_length_bytes,
+        pool_size=config.amqp_pool_size,
+    )
+    supervisor = Supervisor(broker, registry, config.actor_settings())
+
+    def readiness() -> str | None:
+        if not registry.is_open:
+            return "the registry is not open"
+        if not broker.available:
+            return "the broker connection is down"
+        return None
+
+    app = create_app(
+        supervisor,
+        ingress_location=config.ingress_location,
+        ingress_secure=config.ingress_secure,
+        internal_token=config.internal_token,
+        readiness=readiness,
+        name=SERVICE_NAME,
+        version=service_version(),
+    )
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(broker.run)
+            except BrokerError as error:
+                raise StartupError(str(error)) from error
+            await nursery.start(supervisor.run)
+
+            http_stopped = trio.Event()
+            http_config = HypercornConfig()
+            http_config.bind = [f"{_bind_host(config.host)}:{config.internal_port}"]
+            http_config.accesslog = None
+            http_config.graceful_timeout = 1.0
+            await nursery.start(_serve_internal_api, app, http_config, http_stopped)
+
+            websockets = trio.CancelScope()
+            await nursery.start(_serve_websockets, supervisor, config, websockets)
+            log.info(
+                "serving: websockets on %s:%d, internal API on %s:%d",
+                config.host,
+                config.public_port,
+                config.host,
+                config.internal_port,
+            )
+
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                break
+
+            with trio.move_on_after(config.shutdown_grace) as grace:
+                # Close every websocket with 1001 first (late arrivals get the
+                # same), then stop listening: cancelling trio-websocket's
+                # handlers first would drop sockets without our close code.
+                await supervisor.shutdown()
+            websockets.cancel()
+            if grace.cancelled_caught:
+                log.warning("shutdown grace of %.1fs ran out", config.shutdown_grace)
+            http_stopped.set()
+            nursery.cancel_scope.cancel()
+    log.info("stopped")
+    return 0
+
+
+def _bind_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def _serve_internal_api(
+    app: object,
+    http_config: HypercornConfig,
+    stopped: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve_http(app, http_config, shutdown_trigger=stopped.wait, task_status=task_status)  # type: ignore[arg-type]
+
+
+async def _serve_websockets(
+    supervisor: Supervisor,
+    config: Config,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen for websockets until ``scope`` is cancelled (shutdown stops accepting first)."""
+    with scope:
+        await serve_public_websockets(
+            supervisor,
+            host=config.host,
+            port=config.public_port,
+            close_timeout=config.close_timeout,
+            task_status=task_status,
+        )
