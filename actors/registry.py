@@ -7,6 +7,7 @@ SQLite; unit tests use :class:`MemoryRegistry`.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import time
 import uuid
@@ -39,7 +40,7 @@ class Registry(Protocol):
 
     async def get(self, stream_id: int) -> StreamRecord | None: ...
 
-    async def list(self) -> list[StreamRecord]:
+    async def list(self) -> builtins.list[StreamRecord]:
         """Every event stream, ordered by id."""
         ...
 
@@ -55,7 +56,7 @@ class Registry(Protocol):
         """Remember to delete an owned queue the broker could not delete yet."""
         ...
 
-    async def pending_queue_deletions(self) -> list[str]: ...
+    async def pending_queue_deletions(self) -> builtins.list[str]: ...
 
     async def remove_pending_queue_deletion(self, routing_key: str) -> None: ...
 
@@ -82,7 +83,7 @@ class MemoryRegistry:
     async def get(self, stream_id: int) -> StreamRecord | None:
         return self._records.get(stream_id)
 
-    async def list(self) -> list[StreamRecord]:
+    async def list(self) -> builtins.list[StreamRecord]:
         return [self._records[key] for key in sorted(self._records)]
 
     async def delete(self, stream_id: int) -> StreamRecord | None:
@@ -97,7 +98,7 @@ class MemoryRegistry:
         if routing_key not in self._pending:
             self._pending.append(routing_key)
 
-    async def pending_queue_deletions(self) -> list[str]:
+    async def pending_queue_deletions(self) -> builtins.list[str]:
         return list(self._pending)
 
     async def remove_pending_queue_deletion(self, routing_key: str) -> None:

@@ -1,0 +1,121 @@
+"""Logging, configured in one place for the whole process.
+
+Two formats (``ESS_LOG_FORMAT``):
+
+* ``text``: one compact line for people,
+  ``2024-05-01T12:00:00.123Z INFO ess.registry: message stream=ab12cd34… conn=7``;
+* ``json``: one JSON object per line for log pipelines, with ``time``
+  (ISO 8601, UTC), ``level``, ``logger``, ``message``, every ``extra=`` field
+  (``stream``, ``conn``, ...) and ``exc_info`` as a string when present.
+
+Both go to stderr, so stdout stays free for the tools' output (``ess listen``).
+Libraries' chatter (Hypercorn, Quart, trio-websocket) is kept at WARNING
+unless the level is DEBUG.
+
+Never log a stream's full uuid: it is the websocket client's only credential
+(SPEC section 3). Use :func:`redact_uuid`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Literal
+
+__all__ = ["NOISY_LOGGERS", "JsonFormatter", "TextFormatter", "configure_logging", "redact_uuid"]
+
+#: Third-party loggers held at WARNING unless the level is DEBUG.
+NOISY_LOGGERS = ("hypercorn", "quart", "trio-websocket", "trio_websocket")
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()
+) | {"message", "asctime", "taskName"}
+
+#: Marks the handler we install, so a second configure_logging() replaces it.
+_HANDLER_NAME = "ess"
+
+
+def redact_uuid(uuid: str) -> str:
+    """The first 8 characters and an ellipsis: enough to correlate log lines,
+    far too little (32 bits) to connect to someone else's stream."""
+    return uuid[:8] + "…"
+
+
+def _utc_iso(created: float) -> str:
+    stamp = datetime.fromtimestamp(created, tz=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; never emits a raw newline."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": _utc_iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            entry.setdefault(key, value)  # an extra cannot shadow the core fields
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        # default=str: an extra that JSON cannot encode still gets logged.
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message> key=value ...`` plus any traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_utc_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        extras = _extras(record)
+        if extras:
+            line += " " + " ".join(f"{key}={value}" for key, value in extras.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+def configure_logging(
+    level: str,
+    fmt: Literal["text", "json"],
+    *,
+    stream: IO[str] | None = None,
+) -> None:
+    """Send every logger's records to ``stream`` (stderr) in format ``fmt``.
+
+    Idempotent: calling it again replaces the handler it installed before.
+    ``level`` is a name such as ``INFO`` (already validated by ess.config).
+    """
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+    # At DEBUG they inherit the root level; otherwise WARNING (or higher, if
+    # the root is higher) so an access log cannot drown our own records.
+    library_level = logging.NOTSET if numeric <= logging.DEBUG else max(logging.WARNING, numeric)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
+    logging.captureWarnings(True)

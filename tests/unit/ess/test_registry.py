@@ -1,0 +1,251 @@
+"""ess.registry against real SQLite files: durability, ids, verbatim keys."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.registry import Registry, StreamRecord
+from ess.registry import (
+    SCHEMA_VERSION,
+    RegistryClosedError,
+    RegistryOpenError,
+    SQLiteRegistry,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def _registry_type_check(registry: SQLiteRegistry) -> Registry:
+    return registry  # mypy proves SQLiteRegistry satisfies the port
+
+
+async def test_create_get_list_delete(tmp_path: Path) -> None:
+    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
+        assert registry.is_open
+        assert await registry.list() == []
+        first = await registry.create("key.a", owns_queue=True)
+        second = await registry.create("key.b", owns_queue=False)
+        shared = await registry.create("key.a", owns_queue=False)  # keys may be shared
+        assert (first.id, second.id, shared.id) == (1, 2, 3)
+        assert first.routing_key == "key.a" and first.owns_queue is True
+        assert second.owns_queue is False
+        assert len({first.uuid, second.uuid, shared.uuid}) == 3
+        assert await registry.get(first.id) == first
+        assert await registry.get_by_uuid(second.uuid) == second
+        assert await registry.get(999) is None
+        assert await registry.get_by_uuid("nope") is None
+        assert [r.id for r in await registry.list()] == [1, 2, 3]
+
+        assert await registry.delete(second.id) == second
+        assert await registry.delete(second.id) is None
+        assert await registry.get(second.id) is None
+        assert await registry.list() == [first, shared]
+
+        await registry.set_owns_queue(shared.id, True)
+        await registry.set_owns_queue(first.id, False)
+        await registry.set_owns_queue(12345, True)  # unknown id: no-op
+        got = await registry.get(shared.id)
+        assert got is not None and got.owns_queue is True
+        got = await registry.get(first.id)
+        assert got is not None and got.owns_queue is False
+    assert not registry.is_open
+
+
+async def test_uuid_is_a_v4_uuid(tmp_path: Path) -> None:
+    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
+        record = await registry.create("k", owns_queue=True)
+    assert len(record.uuid) == 36 and record.uuid[14] == "4"
+
+
+async def test_ids_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SQLiteRegistry.open(path) as registry:
+        for _ in range(3):
+            await registry.create("k", owns_queue=False)
+        await registry.delete(3)  # the highest
+        assert (await registry.create("k", owns_queue=False)).id == 4
+        await registry.delete(4)
+        await registry.delete(2)
+    async with SQLiteRegistry.open(path) as registry:  # nor across restarts
+        assert (await registry.create("k", owns_queue=False)).id == 5
+        assert [r.id for r in await registry.list()] == [1, 5]
+
+
+async def test_records_survive_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dirs" / "r.db"  # parents are created
+    async with SQLiteRegistry.open(path) as registry:
+        created = [await registry.create(f"k{i}", owns_queue=i % 2 == 0) for i in range(5)]
+        await registry.add_pending_queue_deletion("gone")
+    async with SQLiteRegistry.open(path) as registry:
+        assert await registry.list() == created
+        assert await registry.pending_queue_deletions() == ["gone"]
+
+
+@pytest.mark.parametrize(
+    "routing_key",
+    [
+        "'; DROP TABLE streams; --",
+        "Robert'); DROP TABLE streams;--",
+        "\"double\" and 'single' quotes",
+        "back\\slash % _ wildcard ? :name @p $1",
+        "unicode: évènement 事件 🚀",
+        "é" * 127 + "x",  # 255 UTF-8 bytes
+        "x" * 255,
+        "with spaces and.dots#and*stars",
+    ],
+)
+async def test_routing_keys_stored_verbatim(tmp_path: Path, routing_key: str) -> None:
+    path = tmp_path / "r.db"
+    async with SQLiteRegistry.open(path) as registry:
+        record = await registry.create(routing_key, owns_queue=True)
+        await registry.add_pending_queue_deletion(routing_key)
+    async with SQLiteRegistry.open(path) as registry:
+        assert await registry.list() == [record]
+        assert (await registry.list())[0].routing_key == routing_key
+        assert await registry.pending_queue_deletions() == [routing_key]
+        await registry.remove_pending_queue_deletion(routing_key)
+        assert await registry.pending_queue_deletions() == []
+        assert await registry.delete(record.id) == record
+    # The tables are all still there.
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"streams", "pending_queue_deletions"} <= tables
+
+
+async def test_pending_deletions(tmp_path: Path) -> None:
+    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
+        assert await registry.pending_queue_deletions() == []
+        await registry.add_pending_queue_deletion("b")
+        await registry.add_pending_queue_deletion("a")
+        await registry.add_pending_queue_deletion("b")  # idempotent
+        assert await registry.pending_queue_deletions() == ["b", "a"]  # oldest first
+        await registry.remove_pending_queue_deletion("b")
+        await registry.remove_pending_queue_deletion("unknown")  # no-op
+        assert await registry.pending_queue_deletions() == ["a"]
+
+
+async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SQLiteRegistry.open(path) as registry:
+        conn = registry._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RegistryOpenError, match="newer than this service supports"):
+        async with SQLiteRegistry.open(path):
+            pass
+
+
+async def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(RegistryOpenError) as caught:
+        async with SQLiteRegistry.open(path):
+            pass
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+async def test_directory_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RegistryOpenError, match="cannot open the registry database"):
+        async with SQLiteRegistry.open(tmp_path):
+            pass
+
+
+async def test_uncreatable_parent_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RegistryOpenError, match="cannot create the registry directory"):
+        async with SQLiteRegistry.open(blocker / "sub" / "r.db"):
+            pass
+
+
+async def test_calls_after_close_raise(tmp_path: Path) -> None:
+    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
+        pass
+    with pytest.raises(RegistryClosedError):
+        await registry.list()
+
+
+async def test_concurrent_calls_are_serialised(tmp_path: Path) -> None:
+    results: list[StreamRecord] = []
+    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
+
+        async def make(i: int) -> None:
+            results.append(await registry.create(f"k{i}", owns_queue=False))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(make, i)
+        assert sorted(r.id for r in results) == list(range(1, 21))
+        assert len(await registry.list()) == 20
+
+
+async def test_cancelled_caller_leaves_registry_usable(tmp_path: Path) -> None:
+    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
+        with trio.move_on_after(0):
+            await registry.create("k", owns_queue=False)
+        # Whether or not the create ran, the connection is not stuck mid-transaction.
+        await registry.create("k2", owns_queue=False)
+        assert not registry._conn.in_transaction
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time, trio
+    from ess.registry import SQLiteRegistry
+
+    async def main(path):
+        async with SQLiteRegistry.open(path) as registry:
+            record = await registry.create("kill-9 key", owns_queue=True)
+            print(record.id, record.uuid, flush=True)
+            time.sleep(60)  # blocks the loop: nothing after this point can help
+
+    trio.run(main, sys.argv[1])
+    """
+)
+
+
+def test_acknowledged_create_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        child.send_signal(signal.SIGKILL)  # no close(), no checkpoint, no atexit
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    stream_id, stream_uuid = line.split()
+
+    async def reopen() -> StreamRecord | None:
+        async with SQLiteRegistry.open(path) as registry:
+            return await registry.get(int(stream_id))
+
+    record = trio.run(reopen)
+    assert record is not None
+    assert record.uuid == stream_uuid
+    assert record.routing_key == "kill-9 key"
+    assert record.owns_queue is True
