@@ -1,0 +1,346 @@
+"""The public websocket edge over real loopback sockets."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
+from web_fakes import FakeActor, FakeDirectory
+from web_servers import running_websockets
+
+from actors.start import AfterOrdinal, AtOrAfterTime, ClientStart, LiveTail
+from actors.websocket import ChannelClosed, PendingWebSocket
+from web.channel import TrioWebSocketChannel
+from web.metrics import ServiceMetrics
+from web.websocket import serve_public_websockets
+
+
+async def make_stream(directory: FakeDirectory) -> str:
+    record = await directory.create_stream("rk")
+    return record.uuid
+
+
+async def read_until_closed(ws: WebSocketConnection) -> tuple[list[str | bytes], Any]:
+    """Every frame, then the close reason (code and reason)."""
+    frames: list[str | bytes] = []
+    with trio.fail_after(5):
+        while True:
+            try:
+                frames.append(await ws.get_message())
+            except ConnectionClosed as closed:
+                return frames, closed.reason
+
+
+@pytest.mark.parametrize(
+    ("suffix", "start"),
+    [
+        ("", LiveTail()),
+        ("/", LiveTail()),
+        ("?stream_from_ordinal=5", AfterOrdinal(5)),
+        ("/?stream_from_timestamp=1700000000000&x=1", AtOrAfterTime(1_700_000_000_000)),
+        ("?stream_from_datetime=1970-01-01T00:00:01Z", AtOrAfterTime(1000)),
+    ],
+)
+async def test_frames_arrive_and_start_is_passed(suffix: str, start: ClientStart) -> None:
+    directory = FakeDirectory()
+    uuid = await make_stream(directory)
+    async with (
+        running_websockets(directory) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}{suffix}") as ws,
+    ):
+        frames, reason = await read_until_closed(ws)
+    assert frames == [f"first {start!r}", "second from rk"]
+    assert (reason.code, reason.reason) == (1000, "done")
+    actor = directory.actors[1]
+    assert actor.served == [start]
+    host, _, client_port = actor.peers[0].rpartition(":")
+    assert host == "127.0.0.1" and int(client_port) > 0
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("stream_from_ordinal=-1", "stream_from_ordinal"),
+        ("stream_from_ordinal=abc", "stream_from_ordinal"),
+        ("stream_from_ordinal=", "stream_from_ordinal"),
+        ("stream_from_ordinal=1.5", "stream_from_ordinal"),
+        ("stream_from_ordinal=99999999999999999999", "stream_from_ordinal"),
+        ("stream_from_timestamp=soon", "stream_from_timestamp"),
+        ("stream_from_timestamp=-1", "stream_from_timestamp"),
+        ("stream_from_datetime=not-a-date", "stream_from_datetime"),
+        ("stream_from_datetime=2024-02-30", "stream_from_datetime"),
+        ("stream_from_ordinal=1&stream_from_timestamp=2", "stream_from_timestamp"),
+        ("stream_from_ordinal=1&stream_from_ordinal=1", "stream_from_ordinal"),
+    ],
+)
+async def test_bad_parameters_close_with_1002(query: str, parameter: str) -> None:
+    directory = FakeDirectory()
+    uuid = await make_stream(directory)
+    async with (
+        running_websockets(directory) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}?{query}") as ws,
+    ):
+        frames, reason = await read_until_closed(ws)
+    assert frames == []
+    assert reason.code == 1002
+    assert parameter in reason.reason
+    assert directory.actors[1].served == []
+
+
+async def test_unknown_stream_closes_with_1000() -> None:
+    directory = FakeDirectory()
+    await make_stream(directory)
+    async with (
+        running_websockets(directory) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/not-a-stream") as ws,
+    ):
+        frames, reason = await read_until_closed(ws)
+    assert frames == []
+    assert (reason.code, reason.reason) == (1000, "Unknown event stream")
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/event-stream", "/event-stream/", "/other/x", "/event-stream/a/b", "/x?y=1"]
+)
+async def test_other_paths_are_rejected_with_404(path: str) -> None:
+    directory = FakeDirectory()
+    async with running_websockets(directory) as port:
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(f"ws://127.0.0.1:{port}{path}"):
+                pass  # pragma: no cover
+    assert rejected.value.status_code == 404
+
+
+async def test_a_crashing_actor_closes_1011_and_the_server_survives() -> None:
+    directory = FakeDirectory()
+
+    async def crash(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
+        await websocket.accept()
+        raise RuntimeError("bug")
+
+    directory.behaviour = crash
+    uuid = await make_stream(directory)
+    async with running_websockets(directory) as port:
+        url = f"ws://127.0.0.1:{port}/event-stream/{uuid}"
+        async with open_websocket_url(url) as ws:
+            _, reason = await read_until_closed(ws)
+        assert reason.code == 1011
+        async with open_websocket_url(url) as ws:
+            _, reason = await read_until_closed(ws)
+        assert reason.code == 1011
+
+
+async def test_actor_that_returns_without_closing_gets_a_normal_close() -> None:
+    directory = FakeDirectory()
+
+    async def forgetful(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
+        channel = await websocket.accept()
+        await channel.send_text("only")
+
+    directory.behaviour = forgetful
+    uuid = await make_stream(directory)
+    async with (
+        running_websockets(directory) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
+    ):
+        frames, reason = await read_until_closed(ws)
+    assert frames == ["only"] and reason.code == 1000
+
+
+async def test_shutdown_closes_open_connections_with_1001() -> None:
+    directory = FakeDirectory()
+
+    async def hold(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
+        channel = await websocket.accept()
+        await channel.send_text("hello")
+        await trio.sleep_forever()
+
+    directory.behaviour = hold
+    uuid = await make_stream(directory)
+    server_scope = trio.CancelScope()
+
+    async def server(task_status: trio.TaskStatus[int]) -> None:
+        with server_scope:
+            await serve_public_websockets(
+                directory, host="127.0.0.1", port=0, task_status=task_status
+            )
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server)
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws:
+            assert await ws.get_message() == "hello"
+            server_scope.cancel()
+            frames, reason = await read_until_closed(ws)
+    assert frames == [] and reason.code == 1001
+
+
+async def test_metrics_count_connections_frames_and_closes() -> None:
+    directory = FakeDirectory()
+    metrics = ServiceMetrics()
+    uuid = await make_stream(directory)
+    async with running_websockets(directory, metrics=metrics) as port:
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws:
+            await read_until_closed(ws)
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/nope") as ws:
+            await read_until_closed(ws)
+        await trio.sleep(0.05)  # let the handlers' finally blocks run
+    registry = metrics.registry
+    assert registry.get_sample_value("ess_messages_sent_total") == 2
+    assert (registry.get_sample_value("ess_bytes_sent_total") or 0) > 10
+    assert registry.get_sample_value("ess_websocket_closes_total", {"code": "1000"}) == 2
+    assert registry.get_sample_value("ess_websocket_connections") == 0
+
+
+async def test_oversized_client_messages_close_with_1009() -> None:
+    directory = FakeDirectory()
+
+    async def drain(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
+        channel = await websocket.accept()
+        try:
+            while True:
+                await channel.receive()
+        except ChannelClosed:
+            await channel.close(1000, "bye")
+
+    directory.behaviour = drain
+    uuid = await make_stream(directory)
+    async with (
+        running_websockets(directory, max_message_size=1024) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
+    ):
+        await ws.send_message("small")
+        await ws.send_message("x" * 2048)
+        _, reason = await read_until_closed(ws)
+    assert reason.code == 1009
+
+
+# --- the channel adapter against clients that misbehave ------------------------------
+
+HANDSHAKE = (
+    b"GET /event-stream/%s HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def raw_handshake(port: int, uuid: str) -> trio.SocketStream:
+    """A client that completes the handshake and then never answers anything."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(HANDSHAKE % uuid.encode())
+    response = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in response:
+            response += await stream.receive_some(4096)
+    assert response.startswith(b"HTTP/1.1 101")
+    return stream
+
+
+async def receive_until_eof(stream: trio.SocketStream) -> bytes:
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(4096):
+            received += chunk
+    return received
+
+
+async def test_close_is_bounded_when_the_peer_never_answers() -> None:
+    directory = FakeDirectory()
+    timings: list[float] = []
+
+    async def close_fast(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
+        channel = await websocket.accept()
+        started = time.monotonic()
+        with trio.CancelScope() as scope:
+            scope.cancel()  # even inside a cancelled scope the close handshake is attempted
+            await channel.close(4001, "x" * 500)  # over-long reason: truncated, not an error
+        timings.append(time.monotonic() - started)
+        await channel.close(1000, "again")  # idempotent
+
+    directory.behaviour = close_fast
+    uuid = await make_stream(directory)
+    async with running_websockets(directory, close_timeout=0.3) as port:
+        stream = await raw_handshake(port, uuid)
+        received = await receive_until_eof(stream)
+    assert 0.25 <= timings[0] < 2
+    assert received[:1] == b"\x88"  # a close frame was sent before the socket was dropped
+    assert received[2:4] == (4001).to_bytes(2, "big")
+    assert len(received) == 2 + 2 + 123
+
+
+async def test_ping_waits_for_the_pong() -> None:
+    directory = FakeDirectory()
+    outcomes: list[str] = []
+
+    async def ping_twice(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
+        channel = await websocket.accept()
+        with trio.fail_after(5):
+            await channel.ping()
+            await channel.ping()
+        outcomes.append("pong")
+        await channel.close(1000, "")
+
+    directory.behaviour = ping_twice
+    uuid = await make_stream(directory)
+    async with (
+        running_websockets(directory) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
+    ):
+        await read_until_closed(ws)
+    assert outcomes == ["pong"]
+
+
+async def test_ping_fails_when_the_connection_goes_instead_of_hanging() -> None:
+    directory = FakeDirectory()
+    outcomes: list[str] = []
+    done = trio.Event()
+
+    async def ping_then_abort(
+        actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
+    ) -> None:
+        channel = await websocket.accept()
+        assert isinstance(channel, TrioWebSocketChannel)
+        async with trio.open_nursery() as nursery:
+
+            async def abort_soon() -> None:
+                await trio.sleep(0.1)
+                await channel.abort()
+
+            nursery.start_soon(abort_soon)
+            with trio.fail_after(5):
+                try:
+                    await channel.ping()
+                except ChannelClosed:
+                    outcomes.append("closed")
+        with pytest.raises(ChannelClosed):
+            await channel.send_text("late")
+        with pytest.raises(ChannelClosed):
+            await channel.ping()
+        done.set()
+
+    directory.behaviour = ping_then_abort
+    uuid = await make_stream(directory)
+    async with running_websockets(directory) as port:
+        stream = await raw_handshake(port, uuid)  # never answers the ping
+        received = await receive_until_eof(stream)
+        with trio.fail_after(5):
+            await done.wait()
+    assert outcomes == ["closed"]
+    assert received[:1] == b"\x89"  # the ping, then EOF without a close frame
+
+
+async def test_a_client_that_never_completes_its_handshake_is_dropped() -> None:
+    directory = FakeDirectory()
+    async with running_websockets(directory, handshake_timeout=0.2) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /event-stream/x HTTP/1.1\r\nHost: a\r\n")  # never finished
+        started = time.monotonic()
+        assert await receive_until_eof(stream) == b""
+    assert time.monotonic() - started < 2

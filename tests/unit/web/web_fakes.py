@@ -1,0 +1,91 @@
+"""Fakes of the stream directory (the supervisor) for the web edge tests.
+
+They implement exactly the methods the real ``Supervisor``/``StreamActor``
+will have, so the edges are tested against the same contract.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from actors.broker import BrokerUnavailable
+from actors.registry import StreamRecord
+from actors.start import ClientStart
+from actors.websocket import PendingWebSocket
+
+
+async def send_two_frames(
+    actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
+) -> None:
+    """The default connection: accept, two frames, close normally."""
+    channel = await websocket.accept()
+    await channel.send_text(f"first {start!r}")
+    await channel.send_text(f"second from {actor.record.routing_key}")
+    await channel.close(1000, "done")
+
+
+Behaviour = Callable[["FakeActor", PendingWebSocket, ClientStart], Awaitable[None]]
+
+
+class FakeActor:
+    def __init__(self, record: StreamRecord, behaviour: Behaviour = send_two_frames) -> None:
+        self.record = record
+        self.behaviour = behaviour
+        self.served: list[ClientStart] = []
+        self.peers: list[str] = []
+
+    async def serve(self, websocket: PendingWebSocket, start: ClientStart) -> None:
+        self.served.append(start)
+        self.peers.append(websocket.peer)
+        await self.behaviour(self, websocket, start)
+
+
+class FakeDirectory:
+    """An in-memory supervisor: records, actors, an on/off broker."""
+
+    def __init__(self) -> None:
+        self.actors: dict[int, FakeActor] = {}
+        self.broker_up = True
+        self.behaviour: Behaviour = send_two_frames
+        self.deleted: list[int] = []
+        self._ids = itertools.count(1)
+
+    async def create_stream(self, routing_key: str) -> StreamRecord:
+        if not self.broker_up:
+            raise BrokerUnavailable("broker down")
+        record = StreamRecord(
+            id=next(self._ids),
+            uuid=str(uuid.uuid4()),
+            routing_key=routing_key,
+            owns_queue=True,
+            created_at=time.time(),
+        )
+        self.actors[record.id] = FakeActor(record, self.behaviour)
+        return record
+
+    async def delete_stream(self, stream_id: int) -> bool:
+        self.deleted.append(stream_id)
+        return self.actors.pop(stream_id, None) is not None
+
+    async def list_streams(self) -> list[StreamRecord]:
+        return [self.actors[key].record for key in sorted(self.actors)]
+
+    def find_stream(self, uuid: str) -> FakeActor | None:
+        for actor in self.actors.values():
+            if actor.record.uuid == uuid:
+                return actor
+        return None
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "kind": "supervisor",
+            "name": "supervisor",
+            "state": "running",
+            "children": [
+                {"kind": "stream", "name": str(a.record.id), "state": "idle", "children": []}
+                for a in self.actors.values()
+            ],
+        }

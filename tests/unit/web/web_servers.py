@@ -1,0 +1,47 @@
+"""Run the web edges on real loopback sockets for the tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from web.ports import StreamDirectory
+from web.websocket import serve_public_websockets
+
+
+@asynccontextmanager
+async def running_api(app: QuartTrio) -> AsyncIterator[httpx.AsyncClient]:
+    """Serve ``app`` with Hypercorn's trio worker on 127.0.0.1:0; yield a client for it."""
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.graceful_timeout = 0.1
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: serve(
+                app, config, shutdown_trigger=trio.sleep_forever, task_status=task_status
+            )
+        )
+        async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
+            yield client
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_websockets(streams: StreamDirectory, **options: Any) -> AsyncIterator[int]:
+    """Serve the public websocket edge on 127.0.0.1:0; yield its port."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_public_websockets(
+                streams, host="127.0.0.1", port=0, task_status=task_status, **options
+            )
+        )
+        yield port
+        nursery.cancel_scope.cancel()

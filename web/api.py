@@ -1,0 +1,151 @@
+"""The internal HTTP API (SPEC section 3), a Quart-Trio app.
+
+The app is a thin edge: it validates input, calls the stream directory (the
+supervisor, through :class:`web.ports.StreamDirectory`) and renders JSON.
+Every path answers with and without its trailing slash (``strict_slashes``
+off: no redirects, which API clients often do not follow for POST/DELETE).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from actors.broker import BrokerUnavailable
+from actors.registry import StreamRecord
+from web.auth import bearer_token_matches
+from web.debug import PUBLIC_DEBUG_ENDPOINTS, install_debug_routes
+from web.errors import install_error_handlers
+from web.instrument import install_request_metrics
+from web.metrics import ServiceMetrics
+from web.openapi import build_openapi
+from web.operations import install_operator_routes
+from web.ports import StreamDirectory
+from web.responses import error_response, json_response
+from web.validation import InvalidRequest, parse_create_body
+
+#: Largest accepted request body; a create request needs a few hundred bytes.
+MAX_BODY_BYTES = 64 * 1024
+#: Seconds a client is told to wait after a 503 from POST.
+RETRY_AFTER_SECONDS = 5
+#: Ids are SQLite integers: positive and at most 2**63-1.
+_MAX_STREAM_ID = 2**63 - 1
+_STREAM_ID = re.compile(r"[0-9]{1,19}")
+#: Endpoints that answer without the bearer token.
+_PUBLIC_ENDPOINTS = frozenset({"health_live", "health_ready"}) | PUBLIC_DEBUG_ENDPOINTS
+
+
+def create_app(
+    streams: StreamDirectory,
+    *,
+    ingress_location: str,
+    ingress_secure: bool,
+    internal_token: str | None,
+    readiness: Callable[[], str | None],
+    name: str,
+    version: str,
+    metrics: ServiceMetrics | None = None,
+) -> QuartTrio:
+    """Build the internal API app; serve it with Hypercorn's trio worker.
+
+    ``metrics`` defaults to a fresh :class:`ServiceMetrics` (its own
+    registry); pass the service-wide one so ``/metrics`` shows everything.
+    An empty ``internal_token`` counts as unset.
+    """
+    app = QuartTrio(__name__, static_url_path="/debug/static", static_folder="static")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.url_map.strict_slashes = False
+    metrics = metrics if metrics is not None else ServiceMetrics()
+    locations = _Locations(ingress_location, ingress_secure)
+
+    install_request_metrics(app, metrics)
+    install_error_handlers(app)
+    if internal_token:
+        _install_bearer_auth(app, internal_token)
+
+    @app.get("/event-stream/version/")
+    async def get_version() -> Response:
+        return json_response({"protocol": "WEBSOCKET", "name": name, "version": version})
+
+    @app.post("/event-stream/")
+    async def create_event_stream() -> Response:
+        try:
+            routing_key = parse_create_body(
+                await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            )
+        except InvalidRequest as error:
+            return error_response(422, str(error))
+        try:
+            record = await streams.create_stream(routing_key)
+        except BrokerUnavailable:
+            return error_response(
+                503,
+                "The message broker cannot be reached; nothing was recorded, try again later",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return json_response({"id": record.id, "location": locations.of(record)}, 201)
+
+    @app.get("/event-stream/")
+    async def list_event_streams() -> Response:
+        records = sorted(await streams.list_streams(), key=lambda record: record.id)
+        listed = [
+            {"id": r.id, "location": locations.of(r), "routing_key": r.routing_key} for r in records
+        ]
+        return json_response({"event_streams": listed})
+
+    # A string converter, not ``int``: a non-integer id must be 404, not 405.
+    @app.delete("/event-stream/<stream_id>")
+    async def delete_event_stream(stream_id: str) -> Response:
+        parsed = _parse_stream_id(stream_id)
+        if parsed is None or not await streams.delete_stream(parsed):
+            return error_response(404, f"No event stream with id {stream_id[:40]!r}")
+        return Response(b"", status=204)
+
+    install_operator_routes(
+        app,
+        streams,
+        readiness=readiness,
+        metrics=metrics,
+        openapi=build_openapi(name=name, version=version, secured=bool(internal_token)),
+    )
+    install_debug_routes(app, streams)
+    return app
+
+
+class _Locations:
+    """Builds ``ws[s]://<ingress>/event-stream/<uuid>`` for a record."""
+
+    def __init__(self, ingress_location: str, secure: bool) -> None:
+        scheme = "wss" if secure else "ws"
+        self._prefix = f"{scheme}://{ingress_location.strip().rstrip('/')}/event-stream/"
+
+    def of(self, record: StreamRecord) -> str:
+        return self._prefix + record.uuid
+
+
+def _parse_stream_id(text: str) -> int | None:
+    """A positive 63-bit id from ASCII digits, else ``None`` (negative, float, huge, junk)."""
+    if _STREAM_ID.fullmatch(text) is None:
+        return None
+    value = int(text)
+    return value if 1 <= value <= _MAX_STREAM_ID else None
+
+
+def _install_bearer_auth(app: QuartTrio, token: str) -> None:
+    """Demand ``Authorization: Bearer <token>`` outside :data:`_PUBLIC_ENDPOINTS`.
+
+    Unknown paths demand it too, so the token also hides which routes exist.
+    """
+
+    @app.before_request
+    async def require_token() -> Response | None:
+        if request.endpoint in _PUBLIC_ENDPOINTS:
+            return None
+        if bearer_token_matches(request.headers.get("Authorization"), token):
+            return None
+        return error_response(
+            401, "A valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+        )

@@ -1,0 +1,193 @@
+"""The websocket channel port (:mod:`actors.websocket`) on trio-websocket.
+
+trio-websocket 0.12 leaves three traps that these adapters close:
+
+- Its close is not shielded and waits for the peer's close frame for as long
+  as the caller lets it. :meth:`TrioWebSocketChannel.close` shields the close
+  and bounds it by ``close_timeout``, then drops the TCP stream whatever
+  happened, so a close can run in a cancelled ``finally`` and always ends.
+- Its ``ping`` waits for the pong forever if the connection dies meanwhile.
+  :meth:`TrioWebSocketChannel.ping` also wakes when the connection closes.
+- After some failures (an oversized client message) it stops reading but
+  leaves the socket open; :meth:`close` always closes the socket at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
+from wsproto.utilities import LocalProtocolError
+
+from actors.websocket import ChannelClosed
+from web.metrics import ServiceMetrics
+from web.reasons import close_reason
+
+log = logging.getLogger(__name__)
+
+#: Raised by trio-websocket/wsproto when the connection is (half) gone.
+CONNECTION_GONE = (
+    ConnectionClosed,
+    LocalProtocolError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+def format_peer(endpoint: Endpoint | str) -> str:
+    """``host:port`` (``[v6]:port`` for IPv6) for logs and the debug tree."""
+    if isinstance(endpoint, Endpoint):
+        host = str(endpoint.address)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{endpoint.port}"
+    return endpoint
+
+
+class TrioWebSocketChannel:
+    """One accepted websocket (implements :class:`actors.websocket.WebSocketChannel`)."""
+
+    def __init__(
+        self,
+        connection: WebSocketConnection,
+        peer: str,
+        *,
+        close_timeout: float = 2.0,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self._ws = connection
+        self._peer = peer
+        self._close_timeout = close_timeout
+        self._metrics = metrics
+        self._closed = trio.Event()
+        #: The code this side closed with (``None``: the peer closed, or abort).
+        self.sent_close_code: int | None = None
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    @property
+    def close_code(self) -> int:
+        """How the connection ended: the code we sent, else the peer's, else 1006."""
+        if self.sent_close_code is not None:
+            return self.sent_close_code
+        reason = self._ws.closed
+        return reason.code if reason is not None else 1006
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send_message(text)
+        except CONNECTION_GONE as error:
+            raise ChannelClosed(str(error)) from None
+        if self._metrics is not None:
+            self._metrics.messages_sent.inc()
+            self._metrics.bytes_sent.inc(len(text.encode("utf-8", errors="replace")))
+
+    async def receive(self) -> str | bytes:
+        try:
+            return await self._ws.get_message()
+        except CONNECTION_GONE as error:
+            raise ChannelClosed(str(error)) from None
+
+    async def ping(self) -> None:
+        """Ping and wait for the pong, or raise :class:`ChannelClosed` if the socket goes."""
+        if self._closed.is_set() or self._ws.closed is not None:
+            raise ChannelClosed("The websocket is closed")
+        answered = False
+        async with trio.open_nursery() as nursery:
+
+            async def wait_for_pong() -> None:
+                nonlocal answered
+                try:
+                    await self._ws.ping()
+                    answered = True
+                # ValueError: a random payload collided with one in flight; treat as gone.
+                except (*CONNECTION_GONE, ValueError):
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait_for_pong)
+            # trio-websocket sets ``_close_handshake`` when either side closes
+            # or the stream breaks; our own close/abort set ``_closed``.
+            nursery.start_soon(_wait_then_cancel, self._ws._close_handshake, nursery.cancel_scope)
+            nursery.start_soon(_wait_then_cancel, self._closed, nursery.cancel_scope)
+        if not answered:
+            raise ChannelClosed("The websocket closed while waiting for a pong")
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close handshake, shielded and bounded, then drop the socket; never raises."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._ws.closed is None:  # else the peer (or trio-websocket) closed first
+            self.sent_close_code = code
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.move_on_after(self._close_timeout):
+                    await self._ws.aclose(code, close_reason(reason))
+            except Exception:
+                log.debug("Close of %s failed", self._peer, exc_info=True)
+            await self._drop()
+
+    async def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake."""
+        self._closed.set()
+        with trio.CancelScope(shield=True):
+            await self._drop()
+
+    async def _drop(self) -> None:
+        # ``aclose_forcefully`` skips graceful TLS shutdown too; the reader
+        # task then sees the closed stream and marks the websocket closed.
+        try:
+            await trio.aclose_forcefully(self._ws._stream)
+        except Exception:
+            log.debug("Dropping the socket of %s failed", self._peer, exc_info=True)
+
+
+async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+class TrioPendingWebSocket:
+    """A handshake not answered yet (implements :class:`actors.websocket.PendingWebSocket`)."""
+
+    def __init__(
+        self,
+        request: WebSocketRequest,
+        *,
+        accept_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self._request = request
+        self._peer = format_peer(request.remote)
+        self._accept_timeout = accept_timeout
+        self._close_timeout = close_timeout
+        self._metrics = metrics
+        self.channel: TrioWebSocketChannel | None = None
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    async def accept(self) -> TrioWebSocketChannel:
+        """Answer 101; bounded, because a client that stopped reading could stall it."""
+        if self.channel is not None:
+            return self.channel
+        try:
+            with trio.fail_after(self._accept_timeout):
+                connection = await self._request.accept()
+        except (*CONNECTION_GONE, trio.TooSlowError) as error:
+            raise ChannelClosed(f"Handshake with {self._peer} failed: {error!r}") from None
+        self.channel = TrioWebSocketChannel(
+            connection, self._peer, close_timeout=self._close_timeout, metrics=self._metrics
+        )
+        if self._metrics is not None:
+            self._metrics.websocket_connections.inc()
+        return self.channel
+
+
+__all__ = ["CONNECTION_GONE", "TrioPendingWebSocket", "TrioWebSocketChannel", "format_peer"]

@@ -1,0 +1,84 @@
+"""The service's Prometheus metrics, on their own registry.
+
+One :class:`ServiceMetrics` holds every metric object, registered on a
+dedicated :class:`~prometheus_client.CollectorRegistry` rather than the
+global default one, so that tests (and several apps in one process) never
+collide with "Duplicated timeseries" errors. The composition root builds one
+and hands it to the API, the websocket edge and whichever actor hooks
+count messages; ``GET /metrics`` renders its registry.
+
+The web edges update what they see themselves (API requests, websocket
+connections, frames and bytes sent, close codes); broker-side counters
+(messages received, reconnects, subscriptions, delivery lag) are for the
+composition root to wire to the actors.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["METRICS_CONTENT_TYPE", "ServiceMetrics"]
+
+#: What :func:`generate_latest` (legacy name escaping) produces. Spelled out
+#: because newer prometheus_client releases point ``CONTENT_TYPE_LATEST`` at
+#: format 1.0.0, which older scrapers do not announce they accept.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0)
+
+
+class ServiceMetrics:
+    """Every metric of the service, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.event_streams = Gauge("ess_event_streams", "Event streams recorded", registry=r)
+        self.websocket_connections = Gauge(
+            "ess_websocket_connections", "Websocket connections open now", registry=r
+        )
+        self.messages_received = Counter(
+            "ess_messages_received", "Events received from the broker", registry=r
+        )
+        self.messages_sent = Counter(
+            "ess_messages_sent", "Text frames sent to websocket clients", registry=r
+        )
+        self.bytes_sent = Counter(
+            "ess_bytes_sent", "UTF-8 bytes of text frames sent to websocket clients", registry=r
+        )
+        self.websocket_closes = Counter(
+            "ess_websocket_closes",
+            "Websockets closed by the service, by close code",
+            ["code"],
+            registry=r,
+        )
+        self.broker_reconnects = Counter(
+            "ess_broker_reconnects", "Broker connections re-established after a loss", registry=r
+        )
+        self.consumer_subscriptions = Counter(
+            "ess_consumer_subscriptions",
+            "Broker consumers attached (incl. resubscriptions)",
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "ess_api_requests",
+            "Internal API requests answered",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.api_request_duration = Histogram(
+            "ess_api_request_duration_seconds",
+            "Internal API request handling time",
+            ["route", "method"],
+            registry=r,
+        )
+        self.delivery_lag = Histogram(
+            "ess_delivery_lag_seconds",
+            "Time from an event's timestamp to its websocket send",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,292 @@
+"""The OpenAPI 3.0 document of the internal API, written by hand.
+
+Hand-written rather than generated so that it states exactly what the
+handlers do, including every error status and its JSON body, which is what
+a contract test (for example schemathesis) checks responses against. Every
+path also works with a trailing slash (or without one); only the canonical
+form is listed. When a token is configured the document declares the bearer
+scheme and the 401 answers, so it always describes the running service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from web.validation import MAX_ROUTING_KEY_BYTES
+
+JSON = "application/json"
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json_body(schema_name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref("schemas", schema_name)}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json_body("Error", description)
+
+
+def _operation(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    tags: list[str],
+    secured: bool,
+    protected: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
+    answers = dict(responses)
+    if secured and protected:
+        answers["401"] = _ref("responses", "Unauthorized")
+    answers["500"] = _ref("responses", "InternalError")
+    operation: dict[str, Any] = {"summary": summary, "tags": tags, "responses": answers, **extra}
+    if secured and not protected:
+        operation["security"] = []
+    return operation
+
+
+def _schemas() -> dict[str, Any]:
+    location = {
+        "type": "string",
+        "description": "The websocket URL a client connects to: ws[s]://<ingress>/event-stream/<uuid>",
+        "pattern": "^wss?://.+/event-stream/[^/]+$",
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["detail"],
+            "properties": {"detail": {"type": "string", "description": "Human-readable reason"}},
+        },
+        "Version": {
+            "type": "object",
+            "required": ["protocol", "name", "version"],
+            "properties": {
+                "protocol": {"type": "string", "enum": ["WEBSOCKET"]},
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+            },
+        },
+        "CreateEventStream": {
+            "type": "object",
+            "required": ["routing_key"],
+            "properties": {
+                "routing_key": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": (
+                        f"Any UTF-8 up to {MAX_ROUTING_KEY_BYTES} bytes, without control "
+                        "characters, not starting with 'amq.'. Other members are ignored."
+                    ),
+                }
+            },
+        },
+        "CreatedEventStream": {
+            "type": "object",
+            "required": ["id", "location"],
+            "properties": {"id": {"type": "integer", "minimum": 1}, "location": location},
+        },
+        "EventStream": {
+            "type": "object",
+            "required": ["id", "location", "routing_key"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 1},
+                "location": location,
+                "routing_key": {"type": "string"},
+            },
+        },
+        "EventStreamList": {
+            "type": "object",
+            "required": ["event_streams"],
+            "properties": {
+                "event_streams": {
+                    "type": "array",
+                    "description": "Ordered by id",
+                    "items": _ref("schemas", "EventStream"),
+                }
+            },
+        },
+        "Live": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ready"]}},
+        },
+        "ActorTree": {
+            "type": "object",
+            "description": (
+                "The supervisor and its children: each node has its kind, name, state, "
+                "start time and counters, children nested"
+            ),
+            "additionalProperties": True,
+        },
+    }
+
+
+def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
+    """The OpenAPI document; ``secured`` when a bearer token is configured."""
+    api = ["event streams"]
+    ops = ["operations"]
+    stream_id = {
+        "name": "stream_id",
+        "in": "path",
+        "required": True,
+        "description": "The event stream's id; a non-integer id is answered 404",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+    paths: dict[str, Any] = {
+        "/event-stream/version/": {
+            "get": _operation(
+                "The service's protocol, name and version",
+                {"200": _json_body("Version", "The version")},
+                tags=api,
+                secured=secured,
+                operationId="getVersion",
+            )
+        },
+        "/event-stream/": {
+            "post": _operation(
+                "Create an event stream for a routing key",
+                {
+                    "201": _json_body("CreatedEventStream", "Created"),
+                    "413": _error("The body is larger than the limit"),
+                    "422": _error("The body is not a JSON object or the routing key is invalid"),
+                    "503": {
+                        **_error("The broker cannot be reached; nothing was recorded"),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    },
+                },
+                tags=api,
+                secured=secured,
+                operationId="createEventStream",
+                requestBody={
+                    "required": True,
+                    "description": "Parsed as JSON whatever the Content-Type",
+                    "content": {JSON: {"schema": _ref("schemas", "CreateEventStream")}},
+                },
+            ),
+            "get": _operation(
+                "List the event streams, ordered by id",
+                {"200": _json_body("EventStreamList", "The event streams")},
+                tags=api,
+                secured=secured,
+                operationId="listEventStreams",
+            ),
+        },
+        "/event-stream/{stream_id}": {
+            "delete": _operation(
+                "Delete an event stream; answers once its websockets are closed",
+                {"204": {"description": "Deleted"}, "404": _error("No such event stream")},
+                tags=api,
+                secured=secured,
+                operationId="deleteEventStream",
+                parameters=[stream_id],
+            )
+        },
+        "/health/live": {
+            "get": _operation(
+                "Liveness: the process answers",
+                {"200": _json_body("Live", "Alive")},
+                tags=ops,
+                secured=secured,
+                protected=False,
+                operationId="getLive",
+            )
+        },
+        "/health/ready": {
+            "get": _operation(
+                "Readiness: the registry is open and the broker connection is up",
+                {"200": _json_body("Ready", "Ready"), "503": _error("Not ready, and why")},
+                tags=ops,
+                secured=secured,
+                protected=False,
+                operationId="getReady",
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                tags=ops,
+                secured=secured,
+                operationId="getMetrics",
+            )
+        },
+        "/debug/actors": {
+            "get": _operation(
+                "The actor tree",
+                {"200": _json_body("ActorTree", "The tree")},
+                tags=ops,
+                secured=secured,
+                operationId="getActorTree",
+            )
+        },
+        "/debug/": {
+            "get": _operation(
+                "A web page showing the actor tree (it asks for the token itself)",
+                {
+                    "200": {
+                        "description": "HTML",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                tags=ops,
+                secured=secured,
+                protected=False,
+                operationId="getDebugPage",
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "This document",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.0",
+                        "content": {JSON: {"schema": {"type": "object"}}},
+                    }
+                },
+                tags=ops,
+                secured=secured,
+                operationId="getOpenApi",
+            )
+        },
+    }
+    components: dict[str, Any] = {
+        "schemas": _schemas(),
+        "responses": {
+            "InternalError": _error("An unexpected error (a bug; the traceback is logged)"),
+            "Unauthorized": {
+                **_error("Missing or wrong bearer token"),
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            },
+        },
+    }
+    document: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": f"{name} internal API",
+            "version": version,
+            "description": (
+                "Manage event streams (websocket endpoints fed from RabbitMQ stream queues). "
+                "Every path also answers with or without a trailing slash. "
+                'Errors are always JSON {"detail": "..."}.'
+            ),
+        },
+        "paths": paths,
+        "components": components,
+    }
+    if secured:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+    return document

@@ -1,0 +1,54 @@
+"""What the web edges need from the actor tree, as protocols.
+
+``web/`` depends on these, not on the concrete :class:`actors` supervisor, so
+the edges can be tested against small fakes and the supervisor can change
+its insides freely. The real ``Supervisor`` and ``StreamActor`` satisfy them
+structurally (no inheritance needed).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from actors.registry import StreamRecord
+from actors.start import ClientStart
+from actors.websocket import PendingWebSocket
+
+
+class StreamHandle(Protocol):
+    """One event stream's actor, as the websocket edge sees it."""
+
+    @property
+    def record(self) -> StreamRecord: ...
+
+    async def serve(self, websocket: PendingWebSocket, start: ClientStart) -> None:
+        """Run one websocket connection of this stream; return when it is over.
+
+        The actor accepts the pending websocket itself (after attaching its
+        broker consumer) and closes it with the appropriate code.
+        """
+        ...
+
+
+class StreamDirectory(Protocol):
+    """The supervisor, as the internal API and the websocket edge see it."""
+
+    async def create_stream(self, routing_key: str) -> StreamRecord:
+        """Create and record a stream. Raises :class:`actors.broker.BrokerUnavailable`."""
+        ...
+
+    async def delete_stream(self, stream_id: int) -> bool:
+        """Delete a stream; ``False`` if unknown. Returns once its websockets are closed."""
+        ...
+
+    async def list_streams(self) -> list[StreamRecord]:
+        """Every stream, ordered by id."""
+        ...
+
+    def find_stream(self, uuid: str) -> StreamHandle | None:
+        """The actor of the stream with this websocket uuid, if any."""
+        ...
+
+    def snapshot(self) -> dict[str, object]:
+        """The actor tree as JSON-ready data (``GET /debug/actors``)."""
+        ...

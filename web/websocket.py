@@ -1,0 +1,181 @@
+"""The public websocket edge (SPEC section 4) on trio-websocket.
+
+Each handshake is routed here: the path names the event stream, the query
+its start position. Well-formed requests for a known stream are handed to
+the stream's actor, which accepts the websocket itself once its broker
+consumer is attached. Everything else is answered at the edge:
+
+- a path other than ``/event-stream/<uuid>`` (optional trailing slash): HTTP
+  404, no websocket;
+- a bad ``stream_from_*`` query: accept, close 1002 with the reason;
+- an unknown uuid: accept, close 1000 "Unknown event stream" (upstream
+  compatible: clients treat it as a normal close).
+
+Bounds: a client must complete its HTTP handshake within
+``handshake_timeout``; messages from clients (who have nothing to say) are
+limited to ``max_message_size`` (larger ones close with 1009); closes are
+bounded by ``close_timeout``. A handler never raises into trio-websocket's
+server, whose nursery would otherwise take every connection down with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from actors.start import ClientStart
+from actors.websocket import PendingWebSocket
+from web.channel import CONNECTION_GONE, TrioPendingWebSocket, TrioWebSocketChannel, format_peer
+from web.metrics import ServiceMetrics
+from web.params import StartParameterError, parse_start
+from web.ports import StreamDirectory
+
+__all__ = [
+    "UNKNOWN_STREAM_REASON",
+    "TrioPendingWebSocket",
+    "TrioWebSocketChannel",
+    "serve_public_websockets",
+]
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_STREAM_REASON = "Unknown event stream"
+SHUTDOWN_REASON = "The service is shutting down"
+_STREAM_PATH = re.compile(r"/event-stream/([^/]+)/?")
+_NOT_FOUND_BODY = b"Not found: websockets are served at /event-stream/<uuid>\n"
+
+_Serve = Callable[[PendingWebSocket, ClientStart], Awaitable[None]]
+
+
+async def serve_public_websockets(
+    streams: StreamDirectory,
+    *,
+    host: str,
+    port: int,
+    metrics: ServiceMetrics | None = None,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = 2.0,
+    max_message_size: int = 64 * 1024,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``ws://host:port/event-stream/<uuid>`` until cancelled.
+
+    With ``nursery.start`` this returns the bound port once listening (use
+    ``port=0`` in tests). With a host that resolves to several addresses
+    and ``port=0``, each listener may get its own port; the first is
+    reported.
+    """
+    edge = _Edge(streams, metrics, handshake_timeout, close_timeout)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: serve_websocket(
+                edge.handle,
+                host,
+                port,
+                ssl_context,
+                max_message_size=max_message_size,
+                connect_timeout=handshake_timeout,
+                disconnect_timeout=close_timeout,
+                task_status=task_status,
+            )
+        )
+        bound = [listener.port for listener in server.listeners if not isinstance(listener, str)]
+        log.info("Public websockets listening on %s", ", ".join(map(str, server.listeners)))
+        task_status.started(bound[0])
+
+
+class _Edge:
+    """Routes one handshake; holds the settings so the handler stays small."""
+
+    def __init__(
+        self,
+        streams: StreamDirectory,
+        metrics: ServiceMetrics | None,
+        handshake_timeout: float,
+        close_timeout: float,
+    ) -> None:
+        self._streams = streams
+        self._metrics = metrics
+        self._handshake_timeout = handshake_timeout
+        self._close_timeout = close_timeout
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """trio-websocket's handler: never raises (except cancellation)."""
+        try:
+            await self._route(request)
+        except Exception:
+            log.exception("Websocket handler failed for %s", format_peer(request.remote))
+
+    async def _route(self, request: WebSocketRequest) -> None:
+        path, _, query = request.path.partition("?")
+        match = _STREAM_PATH.fullmatch(path)
+        if match is None:
+            await _reject(request, 404)
+            return
+        pending = TrioPendingWebSocket(
+            request,
+            accept_timeout=self._handshake_timeout,
+            close_timeout=self._close_timeout,
+            metrics=self._metrics,
+        )
+        try:
+            try:
+                start = parse_start(query)
+            except StartParameterError as error:
+                log.info("Websocket %s: %s", pending.peer, error.reason)
+                await _accept_and_close(pending, 1002, error.reason)
+                return
+            actor = self._streams.find_stream(match.group(1))
+            if actor is None:
+                log.info("Websocket %s: unknown event stream", pending.peer)
+                await _accept_and_close(pending, 1000, UNKNOWN_STREAM_REASON)
+                return
+            await self._serve(actor.serve, pending, start)
+        finally:
+            self._count_end(pending.channel)
+
+    async def _serve(
+        self, serve: _Serve, pending: TrioPendingWebSocket, start: ClientStart
+    ) -> None:
+        """Run the actor; make sure the websocket is closed however it ends."""
+        try:
+            await serve(pending, start)
+        except trio.Cancelled:
+            if pending.channel is not None:
+                await pending.channel.close(1001, SHUTDOWN_REASON)
+            raise
+        except Exception:
+            log.exception("Stream actor failed serving %s", pending.peer)
+            if pending.channel is not None:
+                await pending.channel.close(1011, "Internal error")
+        # The actor normally closed it already; then this is a no-op.
+        if pending.channel is not None:
+            await pending.channel.close(1000, "")
+
+    def _count_end(self, channel: TrioWebSocketChannel | None) -> None:
+        if self._metrics is None or channel is None:
+            return
+        self._metrics.websocket_connections.dec()
+        self._metrics.websocket_closes.labels(str(channel.close_code)).inc()
+
+
+async def _accept_and_close(pending: TrioPendingWebSocket, code: int, reason: str) -> None:
+    try:
+        channel = await pending.accept()
+    except Exception:  # ChannelClosed: the client left; nothing to tell it
+        return
+    await channel.close(code, reason)
+
+
+async def _reject(request: WebSocketRequest, status: int) -> None:
+    with contextlib.suppress(*CONNECTION_GONE):
+        await request.reject(
+            status, extra_headers=[(b"Content-Type", b"text/plain")], body=_NOT_FOUND_BODY
+        )
