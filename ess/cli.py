@@ -16,8 +16,8 @@ from importlib import metadata
 import trio
 
 from ess.config import Config, ConfigError, load_config
+from ess.errors import StartupError
 from ess.logging import configure_logging
-from ess.registry import RegistryOpenError
 
 __all__ = ["build_parser", "main"]
 
@@ -250,9 +250,9 @@ def _config_error(exc: ConfigError) -> int:
     return 2
 
 
-def _find_startup_error(exc: BaseException) -> RegistryOpenError | None:
-    """A RegistryOpenError, possibly inside (nested) exception groups from nurseries."""
-    if isinstance(exc, RegistryOpenError):
+def _find_startup_error(exc: BaseException) -> StartupError | None:
+    """A StartupError, possibly inside (nested) exception groups from nurseries."""
+    if isinstance(exc, StartupError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:

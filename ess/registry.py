@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import trio
 
 from actors.registry import StreamRecord, new_stream_uuid
+from ess.errors import StartupError
 
 __all__ = [
     "MIGRATIONS",
@@ -94,7 +95,7 @@ class RegistryError(Exception):
     """The registry database failed; the message says what and where."""
 
 
-class RegistryOpenError(RegistryError):
+class RegistryOpenError(RegistryError, StartupError):
     """The registry could not be opened at start-up (one line for the operator)."""
 
 

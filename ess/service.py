@@ -21,9 +21,11 @@ from actors.broker import BrokerError
 from actors.rabbitmq import RabbitMQBroker
 from actors.supervisor import Supervisor
 from web.api import create_app
+from web.metrics import ServiceMetrics
 from web.websocket import serve_public_websockets
 
 from .config import Config
+from .errors import StartupError
 from .registry import SQLiteRegistry
 
 log = logging.getLogger(__name__)
@@ -38,19 +40,10 @@ def service_version() -> str:
         return "0.0.0"
 
 
-class StartupError(Exception):
-    """A problem that stops start-up; its message is the one line shown."""
-
-
 async def serve(config: Config) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit status."""
-    try:
-        registry_cm = SQLiteRegistry.open(config.database)
-        async with registry_cm as registry:
-            return await _serve_with_registry(config, registry)
-    except StartupError as error:
-        log.critical("start-up failed: %s", error)
-        return 1
+    async with SQLiteRegistry.open(config.database) as registry:
+        return await _serve_with_registry(config, registry)
 
 
 async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
@@ -62,6 +55,7 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
         pool_size=config.amqp_pool_size,
     )
     supervisor = Supervisor(broker, registry, config.actor_settings())
+    metrics = ServiceMetrics()
 
     def readiness() -> str | None:
         if not registry.is_open:
@@ -78,6 +72,7 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
         readiness=readiness,
         name=SERVICE_NAME,
         version=service_version(),
+        metrics=metrics,
     )
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -96,7 +91,7 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
             await nursery.start(_serve_internal_api, app, http_config, http_stopped)
 
             websockets = trio.CancelScope()
-            await nursery.start(_serve_websockets, supervisor, config, websockets)
+            await nursery.start(_serve_websockets, supervisor, config, metrics, websockets)
             log.info(
                 "serving: websockets on %s:%d, internal API on %s:%d",
                 config.host,
@@ -140,9 +135,10 @@ async def _serve_internal_api(
 async def _serve_websockets(
     supervisor: Supervisor,
     config: Config,
+    metrics: ServiceMetrics,
     scope: trio.CancelScope,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen for websockets until ``scope`` is cancelled (shutdown stops accepting first)."""
     with scope:
@@ -150,6 +146,7 @@ async def _serve_websockets(
             supervisor,
             host=config.host,
             port=config.public_port,
+            metrics=metrics,
             close_timeout=config.close_timeout,
             task_status=task_status,
         )
