@@ -1,0 +1,134 @@
+"""How one stream event becomes one websocket text frame (SPEC section 4).
+
+Pure functions, no I/O: :func:`format_event` decides what a body becomes,
+:class:`EventClock` computes the ``ess_timestamp`` of one connection.
+
+Decisions the SPEC leaves open, made here:
+
+- "Starting with ``{``" means the very first byte is ``{``: a body with
+  leading whitespace before ``{`` is *not* a JSON body and is forwarded as
+  text with the ``|ordinal: N|timestamp: T`` suffix.
+- If a JSON object already has an ``ess_ordinal`` or ``ess_timestamp`` key,
+  the service's values replace them (the client can rely on them).
+- JSON is re-serialised compactly (``,`` and ``:`` separators), with
+  non-ASCII characters kept as they are. ``NaN``, ``Infinity`` and numbers
+  too large for a finite float are not JSON (RFC 8259): such a body is
+  skipped. A lone surrogate escape (``"\\ud800"``) cannot be sent as UTF-8,
+  so such an object is re-serialised with ASCII escapes instead.
+- Only the exact body ``POISON`` (no whitespace, no newline) is poison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Final
+
+#: The body that closes a connection normally.
+POISON_BODY: Final = b"POISON"
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """Send this text frame."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Do not send anything; log ``reason`` with the ordinal. The cursor still advances."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """Close the connection normally (1000)."""
+
+
+Formatted = Text | Skip | Poison
+
+_POISON: Final = Poison()
+_NOT_UTF8: Final = Skip("body is not valid UTF-8")
+_NOT_OBJECT: Final = Skip("body starts with '{' but is not a JSON object")
+_INVALID_JSON: Final = Skip("body starts with '{' but is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
+_SEPARATORS: Final = (",", ":")
+
+
+def format_event(body: bytes, ordinal: int, timestamp_ms: int) -> Formatted:
+    """What to do with one event body at ``ordinal`` stamped ``timestamp_ms``."""
+    if body == POISON_BODY:
+        return _POISON
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _NOT_UTF8
+    if not text.startswith("{"):
+        return Text(f"{text}|ordinal: {ordinal}|timestamp: {timestamp_ms}")
+    try:
+        value = _DECODER.decode(text)
+    except (ValueError, RecursionError):
+        return _INVALID_JSON
+    if not isinstance(value, dict):  # pragma: no cover - a '{' document is an object
+        return _NOT_OBJECT
+    value["ess_ordinal"] = ordinal
+    value["ess_timestamp"] = timestamp_ms
+    out = json.dumps(value, ensure_ascii=False, separators=_SEPARATORS)
+    if "\\u" in text and not _encodable(out):
+        # A "\udXXX" escape decoded to a lone surrogate: keep it escaped.
+        out = json.dumps(value, ensure_ascii=True, separators=_SEPARATORS)
+    return Text(out)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def ess_timestamp(own_ms: int | None, received_ms: int, previous_ms: int | None) -> int:
+    """The ``ess_timestamp`` of an event (SPEC section 4).
+
+    The event's own time if it has one, else the time the service received
+    it; never lower than the previous one sent on the same connection.
+    """
+    candidate = own_ms if own_ms is not None else received_ms
+    if previous_ms is not None and previous_ms > candidate:
+        return previous_ms
+    return candidate
+
+
+class EventClock:
+    """The non-decreasing ``ess_timestamp`` sequence of one connection."""
+
+    __slots__ = ("last_ms",)
+
+    def __init__(self) -> None:
+        self.last_ms: int | None = None
+
+    def peek(self, own_ms: int | None, received_ms: int) -> int:
+        """The timestamp the next event would carry (does not advance)."""
+        return ess_timestamp(own_ms, received_ms, self.last_ms)
+
+    def commit(self, sent_ms: int) -> None:
+        """Record the timestamp of an event actually sent."""
+        if self.last_ms is None or sent_ms > self.last_ms:
+            self.last_ms = sent_ms

@@ -1,0 +1,294 @@
+"""The stream actor: one event stream and its connection actors.
+
+An idle stream actor is a plain object of a few hundred bytes: no task, no
+consumer, no nursery. When its first websocket arrives it starts one task
+in the supervisor's nursery; that task owns a cancel scope and a nursery in
+which the connection actors run, and it ends when the last connection has
+finished. So ten thousand idle streams cost ten thousand small objects.
+
+Cancellation is structured: :meth:`StreamActor.begin_close` records the
+close reason on every connection actor and cancels the task's scope; the
+connection actors close their websockets in their ``finally``;
+:meth:`StreamActor.wait_closed` returns once all of them (and the task)
+have exited.
+
+If the task itself fails (a bug in the stream actor, not in a connection:
+connection actors contain their own crashes), its connections are closed
+with 1011 and the actor restarts after a doubling backoff; websockets that
+arrive meanwhile wait for the restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from actors.close import INTERNAL_ERROR, SHUTDOWN, TAKEOVER, CloseReason
+from actors.connection import ConnectionActor
+from actors.context import ActorContext
+from actors.registry import StreamRecord
+from actors.snapshot import Snapshot, node, short_uuid
+from actors.start import ClientStart
+from actors.websocket import ChannelClosed, PendingWebSocket, WebSocketChannel
+
+log = logging.getLogger(__name__)
+
+#: Starts a task in the supervisor's nursery and returns what it passed to
+#: ``task_status.started`` (``Nursery.start``); raises ``RuntimeError`` once
+#: the supervisor has stopped.
+Spawner = Callable[[Callable[..., Awaitable[object]]], Awaitable[trio.Nursery]]
+
+#: Extra time, beyond the close timeout, allowed for a connection to finish.
+CLOSE_MARGIN = 1.0
+
+
+class _Run:
+    """One run of a stream actor's task: its scope and an event set when it has exited."""
+
+    __slots__ = ("exited", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.exited = trio.Event()
+
+
+class StreamActor:
+    """The actor of one event stream; see the module documentation."""
+
+    __slots__ = (
+        "_changed",
+        "_closing",
+        "_connections",
+        "_context",
+        "_crashes",
+        "_nursery",
+        "_restarting",
+        "_run",
+        "_spawn",
+        "_spawning",
+        "record",
+        "restarts",
+        "started_at",
+    )
+
+    def __init__(self, record: StreamRecord, context: ActorContext, spawn: Spawner) -> None:
+        self.record = record
+        self.started_at = context.clock()
+        #: Times the actor's task crashed and was restarted.
+        self.restarts = 0
+        self._context = context
+        self._spawn = spawn
+        self._connections: list[ConnectionActor] = []
+        self._closing: CloseReason | None = None
+        self._nursery: trio.Nursery | None = None
+        self._run: _Run | None = None
+        self._spawning: trio.Event | None = None
+        self._restarting: trio.Event | None = None
+        self._changed: trio.Event | None = None
+        self._crashes = 0
+
+    # -- observation -----------------------------------------------------
+
+    @property
+    def connections(self) -> list[ConnectionActor]:
+        """The live connection actors, oldest first."""
+        return list(self._connections)
+
+    @property
+    def state(self) -> str:
+        if self._closing is not None:
+            return "closing" if self._connections or self._run is not None else "closed"
+        if self._restarting is not None:
+            return "restarting"
+        return "active" if self._connections else "idle"
+
+    @property
+    def running(self) -> bool:
+        """Whether the actor currently has a task (it has none while idle)."""
+        return self._run is not None
+
+    def snapshot(self) -> Snapshot:
+        return node(
+            "stream",
+            short_uuid(self.record.uuid),
+            self.state,
+            self.started_at,
+            {
+                "id": self.record.id,
+                "routing_key": self.record.routing_key,
+                "connections": len(self._connections),
+                "restarts": self.restarts,
+            },
+            [connection.snapshot() for connection in self._connections],
+        )
+
+    # -- serving websockets ----------------------------------------------
+
+    async def serve(self, websocket: PendingWebSocket, start: ClientStart) -> None:
+        """Run a connection actor for ``websocket`` in this actor; return when it has ended."""
+        while self._restarting is not None and self._closing is None:
+            await self._restarting.wait()
+        if self._closing is not None:
+            await refuse(websocket, self._closing, self._context.settings.close_timeout)
+            return
+        record = self.record
+        connection = ConnectionActor(
+            record.id, record.routing_key, websocket, start, self._context, self._connection_exited
+        )
+        self._admit(connection)
+        spawned = False
+        try:
+            try:
+                nursery = await self._running_nursery()
+                nursery.start_soon(connection.run)
+                spawned = True
+            except RuntimeError:
+                # The supervisor (or this actor's task) is gone: close at once.
+                connection.cancel(self._closing or SHUTDOWN)
+                await connection.run()
+                return
+            await connection.finished.wait()
+        finally:
+            if not connection.finished.is_set():
+                # Our caller (the websocket handler) is being cancelled.
+                connection.cancel(self._closing or SHUTDOWN)
+                if spawned:
+                    timeout = self._context.settings.close_timeout * 2 + CLOSE_MARGIN
+                    with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+                        await connection.finished.wait()
+                else:
+                    self._connection_exited(connection)
+
+    def _admit(self, connection: ConnectionActor) -> None:
+        """Add a connection; the oldest ones beyond the policy are replaced (4001)."""
+        self._connections.append(connection)
+        limit = self._context.settings.max_connections_per_stream
+        if limit <= 0:
+            return
+        live = [c for c in self._connections if not c.ending]
+        for old in live[:-limit]:
+            log.info("stream=%d conn=%s replaced by conn=%s", self.record.id, old.id, connection.id)
+            old.cancel(TAKEOVER)
+
+    def _connection_exited(self, connection: ConnectionActor) -> None:
+        if connection in self._connections:
+            self._connections.remove(connection)
+            self._notify()
+
+    async def _running_nursery(self) -> trio.Nursery:
+        """The nursery of this actor's task, starting the task if it is not running."""
+        while True:
+            if self._nursery is not None:
+                return self._nursery
+            if self._spawning is not None:
+                await self._spawning.wait()
+                continue
+            spawning = self._spawning = trio.Event()
+            try:
+                return await self._spawn(self._lifetime)
+            finally:
+                self._spawning = None
+                spawning.set()
+
+    async def _lifetime(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        """The actor's task: hosts the connections, restarts after a crash."""
+        run = self._run = _Run()
+        if self._closing is not None:
+            run.scope.cancel()
+        try:
+            with run.scope:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        task_status.started(nursery)
+                        try:
+                            await self._host()
+                        except Exception:
+                            # From now on new websockets wait for the restart.
+                            self._restarting = trio.Event()
+                            for connection in self._connections:
+                                connection.cancel(INTERNAL_ERROR)
+                            raise
+                        finally:
+                            if self._nursery is nursery:
+                                self._nursery = None
+                except* Exception:
+                    await self._after_crash()
+                else:
+                    self._crashes = 0
+        finally:
+            run.exited.set()
+            if self._run is run:
+                self._run = None
+            self._notify()
+
+    async def _host(self) -> None:
+        """Keep the task (and its nursery) alive while it has connections."""
+        while self._connections:
+            await self._wait_changed()
+
+    async def _after_crash(self) -> None:
+        self._crashes += 1
+        self.restarts += 1
+        settings = self._context.settings
+        delay = min(
+            settings.restart_backoff_initial * 2 ** (self._crashes - 1),
+            settings.restart_backoff_max,
+        )
+        log.exception("stream=%d crashed; restarting in %.3gs", self.record.id, delay)
+        restarting = self._restarting
+        if restarting is None:
+            restarting = self._restarting = trio.Event()
+        try:
+            await trio.sleep(delay)
+        finally:
+            self._restarting = None
+            restarting.set()
+        log.info("stream=%d restarted", self.record.id)
+
+    # -- closing ---------------------------------------------------------
+
+    def begin_close(self, reason: CloseReason) -> None:
+        """Close every websocket of this stream with ``reason``, now and from now on."""
+        if self._closing is None:
+            self._closing = reason
+        for connection in self._connections:
+            connection.cancel(reason)
+        if self._run is not None:
+            self._run.scope.cancel()
+
+    async def wait_closed(self) -> None:
+        """Return once every connection actor and the actor's task have exited."""
+        while self._connections or self._run is not None:
+            await self._wait_changed()
+
+    async def close(self, reason: CloseReason) -> None:
+        """:meth:`begin_close`, then :meth:`wait_closed`."""
+        self.begin_close(reason)
+        await self.wait_closed()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    async def _wait_changed(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+
+async def refuse(websocket: PendingWebSocket, reason: CloseReason, close_timeout: float) -> None:
+    """Accept a websocket only to close it at once with ``reason`` (bounded in time)."""
+    channel: WebSocketChannel | None = None
+    with trio.move_on_after(close_timeout) as closing:
+        try:
+            channel = await websocket.accept()
+        except ChannelClosed:
+            return
+        await channel.close(reason.code, reason.reason)
+    if closing.cancelled_caught and channel is not None:
+        with trio.move_on_after(close_timeout):
+            await channel.abort()

@@ -1,0 +1,288 @@
+"""Fakes and harness for the actor tests: an in-memory websocket and a running supervisor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from actors.memory import MemoryBroker
+from actors.registry import MemoryRegistry, StreamRecord
+from actors.settings import ActorSettings
+from actors.start import ClientStart, LiveTail
+from actors.stream import StreamActor
+from actors.supervisor import Supervisor
+from actors.websocket import ChannelClosed
+
+#: The wall clock of the tests: a fixed epoch plus the (mock) trio clock.
+EPOCH = 1_700_000_000.0
+#: Generous bound for waits; under the autojump MockClock it is virtual time.
+WAIT = 60.0
+
+SETTINGS = ActorSettings(
+    max_connections_per_stream=1,
+    prefetch=8,
+    send_timeout=5.0,
+    ping_interval=20.0,
+    ping_timeout=10.0,
+    close_timeout=2.0,
+    stats_interval=3,
+    restart_backoff_initial=0.5,
+    restart_backoff_max=4.0,
+)
+
+
+def wall_clock() -> float:
+    return EPOCH + trio.current_time()
+
+
+class FakeWebSocket:
+    """Both a :class:`PendingWebSocket` and the :class:`WebSocketChannel` it accepts as.
+
+    Records what the server sends and how it closes. Knobs simulate clients:
+    ``reading=False`` blocks ``send_text`` (a client that stopped reading;
+    set ``reading`` back with :meth:`resume`), ``answers_pings=False`` never
+    answers a ping (a vanished peer), ``close_blocks`` makes the closing
+    handshake hang, ``close_delay`` makes it slow, ``fail_send`` raises an
+    unexpected exception from ``send_text``, ``on_accept`` runs synchronously
+    inside ``accept``; ``read_budget=N`` reads N frames, then stops reading;
+    ``accept_delay`` makes the handshake slow.
+    """
+
+    def __init__(
+        self,
+        peer: str = "192.0.2.7:50000",
+        *,
+        reading: bool = True,
+        answers_pings: bool = True,
+        close_blocks: bool = False,
+        close_delay: float = 0.0,
+        fail_send: Exception | None = None,
+        on_accept: Callable[[], None] | None = None,
+        read_budget: int | None = None,
+        accept_delay: float = 0.0,
+    ) -> None:
+        self.accept_delay = accept_delay
+        self.peer = peer
+        self.read_budget = read_budget
+        self.reading = reading
+        self.answers_pings = answers_pings
+        self.close_blocks = close_blocks
+        self.close_delay = close_delay
+        self.fail_send = fail_send
+        self.on_accept = on_accept
+        self.sent: list[str] = []
+        self.accepted = trio.Event()
+        #: Set when the websocket is over: closed, aborted or left by the client.
+        self.closed = trio.Event()
+        #: Set when ``serve`` returned (set by :meth:`Harness.connect`).
+        self.served = trio.Event()
+        self.close_calls: list[tuple[int, str]] = []
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.close_time: float | None = None
+        self.aborted = False
+        self.pings = 0
+        self.sends_started = 0
+        self._gone = False
+        self._changed = trio.Event()
+        self._to_server, self._from_client = trio.open_memory_channel[str](0)
+
+    # -- PendingWebSocket / WebSocketChannel ---------------------------------
+
+    async def accept(self) -> FakeWebSocket:
+        await trio.lowlevel.checkpoint()
+        if self.accept_delay:
+            await trio.sleep(self.accept_delay)
+        if self._gone:
+            raise ChannelClosed("the client left before the handshake")
+        self.accepted.set()
+        if self.on_accept is not None:
+            self.on_accept()
+        return self
+
+    async def send_text(self, text: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sends_started += 1
+        if self.closed.is_set():
+            raise ChannelClosed("closed")
+        if self.fail_send is not None:
+            raise self.fail_send
+        if self.read_budget is not None and len(self.sent) >= self.read_budget:
+            self.reading = False
+        while not self.reading:
+            await self._wait_changed()
+            if self.closed.is_set():
+                raise ChannelClosed("closed")
+        self.sent.append(text)
+        self._notify()
+
+    async def receive(self) -> str | bytes:
+        try:
+            return await self._from_client.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ChannelClosed("closed") from None
+
+    async def ping(self) -> None:
+        self.pings += 1
+        await trio.lowlevel.checkpoint()
+        if self.closed.is_set():
+            raise ChannelClosed("closed")
+        if not self.answers_pings:
+            await self.closed.wait()
+            raise ChannelClosed("closed")
+
+    async def close(self, code: int, reason: str) -> None:
+        self.close_calls.append((code, reason))
+        if self.closed.is_set():
+            return
+        if self.close_blocks:
+            await trio.sleep_forever()
+        if self.close_delay:
+            await trio.sleep(self.close_delay)
+        self.close_code = code
+        self.close_reason = reason
+        self._end()
+
+    async def abort(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.aborted = True
+        self._end()
+
+    # -- the client's side ---------------------------------------------------
+
+    async def client_send(self, frame: str) -> None:
+        """Send a frame to the server; blocks until the server reads it."""
+        await self._to_server.send(frame)
+
+    def disconnect(self) -> None:
+        """The client goes away (TCP closed)."""
+        self._gone = True
+        self._end()
+
+    def resume(self) -> None:
+        """A client that stopped reading reads again."""
+        self.read_budget = None
+        self.reading = True
+        self._notify()
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(text) for text in self.sent]
+
+    def ordinals(self) -> list[int]:
+        """The ordinals of the frames sent (JSON or text form)."""
+        result = []
+        for text in self.sent:
+            if text.startswith("{"):
+                result.append(int(json.loads(text)["ess_ordinal"]))
+            else:
+                result.append(int(text.split("|ordinal: ")[1].split("|")[0]))
+        return result
+
+    async def wait_frames(self, count: int, timeout: float = WAIT) -> list[str]:
+        with trio.fail_after(timeout):
+            while len(self.sent) < count:
+                await self._wait_changed()
+        return self.sent
+
+    async def wait_closed(self, timeout: float = WAIT) -> None:
+        with trio.fail_after(timeout):
+            await self.closed.wait()
+
+    async def wait_accepted(self, timeout: float = WAIT) -> None:
+        with trio.fail_after(timeout):
+            await self.accepted.wait()
+
+    def _end(self) -> None:
+        if not self.closed.is_set():
+            self.close_time = trio.current_time()
+            self.closed.set()
+            self._to_server.close()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+@dataclass
+class Harness:
+    """A running supervisor over a memory broker and registry."""
+
+    broker: MemoryBroker
+    registry: MemoryRegistry
+    supervisor: Supervisor
+    nursery: trio.Nursery
+    settings: ActorSettings
+    websockets: list[FakeWebSocket] = field(default_factory=list)
+
+    def actor(self, record: StreamRecord) -> StreamActor:
+        actor = self.supervisor.find_stream(record.uuid)
+        assert actor is not None
+        return actor
+
+    async def stream(self, routing_key: str = "rk") -> StreamRecord:
+        return await self.supervisor.create_stream(routing_key)
+
+    def connect(
+        self,
+        record: StreamRecord,
+        start: ClientStart | None = None,
+        websocket: FakeWebSocket | None = None,
+    ) -> FakeWebSocket:
+        """Start serving a websocket on the stream (like trio-websocket's handler task)."""
+        ws = websocket or FakeWebSocket()
+        actor = self.actor(record)
+        self.websockets.append(ws)
+
+        async def handler() -> None:
+            try:
+                await actor.serve(ws, start or LiveTail())
+            finally:
+                ws.served.set()
+
+        self.nursery.start_soon(handler)
+        return ws
+
+    async def open(
+        self,
+        record: StreamRecord,
+        start: ClientStart | None = None,
+        websocket: FakeWebSocket | None = None,
+    ) -> FakeWebSocket:
+        """:meth:`connect` and wait until the websocket is accepted."""
+        ws = self.connect(record, start, websocket)
+        await ws.wait_accepted()
+        return ws
+
+    async def publish(self, routing_key: str, *bodies: bytes | str, **kwargs: object) -> None:
+        for body in bodies:
+            data = body.encode() if isinstance(body, str) else body
+            await self.broker.publish(routing_key, data, **kwargs)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(
+    settings: ActorSettings = SETTINGS,
+    *,
+    broker: MemoryBroker | None = None,
+    registry: MemoryRegistry | None = None,
+) -> AsyncIterator[Harness]:
+    broker = broker or MemoryBroker(clock=wall_clock)
+    registry = registry or MemoryRegistry()
+    supervisor = Supervisor(broker, registry, settings, clock=wall_clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        yield Harness(broker, registry, supervisor, nursery, settings)
+        nursery.cancel_scope.cancel()
+
+
+async def settle() -> None:
+    """Let every runnable task run until all are blocked (autojump clock: no time passes)."""
+    await trio.testing.wait_all_tasks_blocked()
