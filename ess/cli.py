@@ -18,6 +18,7 @@ import trio
 from ess.config import Config, ConfigError, load_config
 from ess.errors import StartupError
 from ess.logging import configure_logging
+from ess.tools.epilogs import LISTEN_EPILOG, PUBLISH_EPILOG, STREAMS_EPILOG
 
 __all__ = ["build_parser", "main"]
 
@@ -98,6 +99,8 @@ def _add_listen(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Connect to an event stream's websocket and print its events, one per "
         "line, until the server closes the connection or you press Ctrl-C. Without a "
         "--from-* option, only events published after connecting are shown.",
+        epilog=LISTEN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listen.add_argument(
         "location",
@@ -153,6 +156,8 @@ def _add_publish(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Publish test events as the Account Server would: to ESS_EXCHANGE with "
         "ROUTING_KEY (version 1 style) or, with --to-queue, straight into the stream "
         "queue named ROUTING_KEY (versions 2 and 3 style).",
+        epilog=PUBLISH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     publish.add_argument("routing_key", metavar="ROUTING_KEY", help="the event stream's key")
     publish.add_argument(
@@ -177,6 +182,9 @@ def _add_publish(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="publish into the stream queue named ROUTING_KEY instead of the exchange",
     )
     publish.add_argument("--amqp-url", metavar="URL", help="broker URL (ESS_AMQP_URL)")
+    publish.add_argument(
+        "--exchange", metavar="NAME", help="the exchange to publish to (ESS_EXCHANGE)"
+    )
     publish.set_defaults(handler=_publish)
 
 
@@ -198,6 +206,8 @@ def _add_streams(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="list, create or delete event streams through the internal API",
         description="Manage event streams through a running service's internal API, "
         "as the Account Server does.",
+        epilog=STREAMS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = streams.add_subparsers(title="actions", dest="action", metavar="ACTION")
     listing = actions.add_parser(
@@ -299,7 +309,10 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _tool_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
-    return load_config(environ, {"amqp_url": getattr(args, "amqp_url", None)})
+    return load_config(
+        environ,
+        {"amqp_url": getattr(args, "amqp_url", None), "exchange": getattr(args, "exchange", None)},
+    )
 
 
 def _listen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -371,10 +384,5 @@ def _streams_delete(args: argparse.Namespace, environ: Mapping[str, str]) -> int
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of the ``ess`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        code: int = args.handler(args, os.environ if environ is None else environ)
-    except NotImplementedError as exc:
-        # TODO(tools): remove once ess/tools.py is implemented.
-        print(f"ess: {exc}", file=sys.stderr)
-        return 1
+    code: int = args.handler(args, os.environ if environ is None else environ)
     return code

@@ -105,9 +105,13 @@ def test_parser_shapes() -> None:
     assert args.from_ordinal == 0
 
 
-def test_placeholder_tools_fail_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["streams", "list"], environ={}) == 1
-    assert "not implemented" in capsys.readouterr().err
+def test_streams_tool_without_an_api_fails_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["streams", "list", "--api", "http://127.0.0.1:9"], environ={}) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach" in err
+    assert "Traceback" not in err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
