@@ -225,6 +225,7 @@ class ConnectionActor:
                     ) as subscription:
                         self._consumer.state = "attached"
                         self._consumer.subscriptions += 1
+                        self._context.observer.consumer_subscribed()
                         backoff = RESUBSCRIBE_BACKOFF_INITIAL
                         if self._channel is None:
                             await self._accept(helpers)
@@ -287,9 +288,12 @@ class ConnectionActor:
         channel = self._channel
         assert channel is not None
         clock = self._context.clock
+        observer = self._context.observer
         stats_interval = self._settings.stats_interval  # 0: only at close
         async for event in subscription:
+            received_at = trio.current_time()
             self.messages_received += 1
+            observer.event_received()
             offset = event.offset
             if offset >= self._min_offset and not self._too_early(event.timestamp_ms):
                 own_ms = event.timestamp_ms
@@ -299,6 +303,7 @@ class ConnectionActor:
                 result = format_event(event.body, ordinal, stamp)
                 if isinstance(result, Text):
                     await self._send(channel, result.text)
+                    observer.event_sent(trio.current_time() - received_at)
                     self._clock.commit(stamp)
                     self.last_ordinal = ordinal
                 elif isinstance(result, Skip):

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from actors.broker import Broker
+from actors.observer import ActorObserver, NullObserver
 from actors.settings import ActorSettings
 from actors.snapshot import WallClock
 
@@ -18,3 +19,5 @@ class ActorContext:
     settings: ActorSettings
     #: Wall-clock seconds since the epoch: receive times and start times.
     clock: WallClock = field(default=time.time)
+    #: Where counters and latencies are reported (metrics).
+    observer: ActorObserver = field(default_factory=NullObserver)

@@ -26,6 +26,7 @@ import trio
 from actors.broker import Broker, BrokerError
 from actors.close import DELETED, SHUTDOWN
 from actors.context import ActorContext
+from actors.observer import ActorObserver, NullObserver
 from actors.registry import Registry, StreamRecord
 from actors.settings import ActorSettings
 from actors.snapshot import Snapshot, WallClock, node
@@ -44,11 +45,12 @@ class Supervisor:
         settings: ActorSettings,
         *,
         clock: WallClock = time.time,
+        observer: ActorObserver | None = None,
     ) -> None:
         self._broker = broker
         self._registry = registry
         self._settings = settings
-        self._context = ActorContext(broker, settings, clock)
+        self._context = ActorContext(broker, settings, clock, observer or NullObserver())
         self._streams: dict[int, StreamActor] = {}
         self._by_uuid: dict[str, StreamActor] = {}
         self._deleting: dict[int, trio.Event] = {}

@@ -26,6 +26,7 @@ from web.websocket import serve_public_websockets
 
 from .config import Config
 from .errors import StartupError
+from .metrics_bridge import MetricsObserver
 from .registry import SQLiteRegistry
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
         max_length_bytes=config.stream_max_length_bytes,
         pool_size=config.amqp_pool_size,
     )
-    supervisor = Supervisor(broker, registry, config.actor_settings())
     metrics = ServiceMetrics()
+    supervisor = Supervisor(
+        broker, registry, config.actor_settings(), observer=MetricsObserver(metrics)
+    )
 
     def readiness() -> str | None:
         if not registry.is_open:

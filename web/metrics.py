@@ -24,7 +24,7 @@ __all__ = ["METRICS_CONTENT_TYPE", "ServiceMetrics"]
 #: format 1.0.0, which older scrapers do not announce they accept.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0)
+_LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 
 
 class ServiceMetrics:
@@ -74,7 +74,7 @@ class ServiceMetrics:
         )
         self.delivery_lag = Histogram(
             "ess_delivery_lag_seconds",
-            "Time from an event's timestamp to its websocket send",
+            "Time from an event's receipt from the broker to its websocket send",
             buckets=_LAG_BUCKETS,
             registry=r,
         )
