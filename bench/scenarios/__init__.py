@@ -1,0 +1,5 @@
+"""One module per scenario; each exposes ``NAME``, ``add_arguments(parser)`` and ``run(args)``."""
+
+from . import connections, delete, fanout, live, replay, subscribe_gap
+
+SCENARIOS = {m.NAME: m for m in (replay, live, fanout, connections, delete, subscribe_gap)}
