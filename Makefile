@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench rabbitmq clean
+.PHONY: run test test-fast lint bench rabbitmq chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 rabbitmq:
 	scripts/ensure-rabbitmq.sh
 
+chromium:
+	scripts/ensure-chromium.sh
+
 run: $(STAMP) rabbitmq
 	$(BIN)/ess serve
 
-test: $(STAMP) rabbitmq
+test: $(STAMP) rabbitmq chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Skips the long fault/load tests marked `slow`.
