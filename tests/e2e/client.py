@@ -23,14 +23,10 @@ class Closed:
 @asynccontextmanager
 async def connect(location: str, query: str = "") -> AsyncIterator[WebSocketConnection]:
     url = f"{location}?{query}" if query else location
-    with trio.fail_after(RECEIVE_TIMEOUT):
-        cm = open_websocket_url(url, receive_buffer_size=65536)
-        ws = await cm.__aenter__()
-    try:
+    async with open_websocket_url(
+        url, receive_buffer_size=65536, connect_timeout=RECEIVE_TIMEOUT, disconnect_timeout=5
+    ) as ws:
         yield ws
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await cm.__aexit__(None, None, None)
 
 
 async def receive(ws: WebSocketConnection, timeout: float = RECEIVE_TIMEOUT) -> str:
