@@ -1,0 +1,613 @@
+"""Channels: the AMQP methods, synchronous replies, publisher confirms.
+
+A channel keeps a FIFO of the synchronous requests it sent; each reply
+completes the oldest request expecting that kind of reply (and, for
+``consume-ok``/``cancel-ok``, that consumer tag). Matching by kind rather
+than by position matters: RabbitMQ may send ``consume-ok`` after the reply
+to a request sent later on the same channel. A caller
+that is cancelled while waiting leaves its entry in the FIFO marked
+*abandoned*: the late reply is then consumed (and, where it matters, undone
+-- a late ``consume-ok`` is cancelled, a late ``open-ok`` closed) instead of
+being handed to the next caller. That is what keeps a channel usable after
+any of its callers was cancelled.
+
+Frames are handed to the connection's write buffer in one piece and never
+awaited individually, so cancellation can never leave half a frame behind.
+
+A ``channel.close`` from the broker (404, 406, ...) fails every pending
+request with the typed :class:`~amqp.errors.ChannelClosed` subclass, ends the
+channel's consumers with it, and makes every later call raise it; the
+connection and its other channels are unaffected.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import anyio
+from pamqp import base, commands
+
+from . import codec
+from .consumer import Consumer
+from .errors import (
+    ChannelClosed,
+    ConsumerCancelled,
+    ProtocolError,
+    PublishNacked,
+    channel_closed,
+    fresh,
+)
+from .frames import ConfirmAck, Event, Heartbeat
+from .message import DeliveredMessage, Properties, ReturnedMessage
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+#: Bound on the close handshake when a channel context is left.
+CLOSE_TIMEOUT: Final = 5.0
+
+_M = TypeVar("_M", bound=base.Frame)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDeclareOk:
+    """The broker's answer to ``queue.declare``."""
+
+    queue: str
+    message_count: int
+    consumer_count: int
+
+
+class _Request:
+    """One synchronous request waiting for its reply."""
+
+    __slots__ = (
+        "abandoned",
+        "consumer_tag",
+        "done",
+        "error",
+        "event",
+        "expect",
+        "on_abandon",
+        "result",
+    )
+
+    def __init__(
+        self,
+        expect: type[base.Frame],
+        on_abandon: Callable[[base.Frame], None] | None,
+        consumer_tag: str | None = None,
+    ) -> None:
+        self.expect = expect
+        self.consumer_tag = consumer_tag
+        self.event = anyio.Event()
+        self.result: base.Frame | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.abandoned = False
+        self.on_abandon = on_abandon
+
+
+class _Confirmation:
+    __slots__ = ("error", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class Channel:
+    """An open AMQP channel. Get one with ``await connection.channel()``."""
+
+    def __init__(self, connection: Connection, number: int) -> None:
+        self.connection = connection
+        self.number = number
+        #: The prefetch count set by :meth:`basic_qos` (0: unlimited).
+        self.prefetch_count = 0
+        self._requests: deque[_Request] = deque()
+        self._consumers: dict[str, Consumer] = {}
+        self._error: BaseException | None = None
+        self._closing = False
+        self._released = False
+        self._confirm_mode = False
+        self._publish_tag = 0
+        self._unconfirmed: dict[int, _Confirmation] = {}
+        self._closed_event = anyio.Event()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "open"
+        return f"<Channel {self.number} {state}>"
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the channel can no longer be used."""
+        return self._error is not None or self._closing
+
+    @property
+    def close_reason(self) -> BaseException | None:
+        """Why the channel closed (``ChannelClosed`` with code 200 for a client close)."""
+        return self._error
+
+    @property
+    def consumer_count(self) -> int:
+        """Consumers registered on this channel."""
+        return len(self._consumers)
+
+    def _usable(self) -> bool:
+        return self._error is None and not self._closing and self.connection._usable()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise fresh(self._error)
+        if self._closing:
+            raise ChannelClosed(200, "the channel is closing")
+        self.connection._check()
+
+    # ------------------------------------------------------------------ requests
+
+    async def _call(
+        self,
+        frame: bytes,
+        expect: type[_M],
+        *,
+        on_abandon: Callable[[base.Frame], None] | None = None,
+        consumer_tag: str | None = None,
+    ) -> _M:
+        """Send a synchronous method and wait for its reply.
+
+        ``on_abandon`` runs with the reply if the caller stopped waiting
+        (cancelled) before it arrived -- or right away if it had arrived.
+        """
+        self._check()
+        request = _Request(expect, on_abandon, consumer_tag)
+        self._requests.append(request)
+        self.connection._send(frame)
+        try:
+            await request.event.wait()
+        except BaseException:
+            if request.done and request.error is None and request.result is not None:
+                if on_abandon is not None:
+                    on_abandon(request.result)
+            else:
+                request.abandoned = True
+            raise
+        if request.error is not None:
+            raise fresh(request.error)
+        result = request.result
+        assert isinstance(result, expect)
+        return result
+
+    def _call_nowait(
+        self, frame: bytes, expect: type[base.Frame], consumer_tag: str | None = None
+    ) -> None:
+        """Send a synchronous method whose reply nobody waits for."""
+        request = _Request(expect, None, consumer_tag)
+        request.abandoned = True
+        self._requests.append(request)
+        self.connection._send(frame)
+
+    # ------------------------------------------------------------------ events from the reader
+
+    def _on_event(self, event: Event) -> None:
+        """Handle one event for this channel (called by the reader, never awaits)."""
+        if isinstance(event, ConfirmAck):
+            self._on_confirm(event.delivery_tag, event.multiple, None)
+        elif isinstance(event, DeliveredMessage):
+            consumer = self._consumers.get(event.consumer_tag)
+            if consumer is not None:
+                consumer._push(event)
+        elif isinstance(event, ReturnedMessage):
+            pass  # we never publish with mandatory=True nor call basic.get
+        elif isinstance(event, Heartbeat):
+            raise ProtocolError(f"heartbeat frame on channel {self.number}")
+        elif isinstance(event, commands.Channel.Close):
+            self._on_server_close(event)
+        elif isinstance(event, commands.Basic.Nack):
+            self._on_confirm(
+                event.delivery_tag,
+                event.multiple,
+                PublishNacked(f"the broker nacked publish {event.delivery_tag}"),
+            )
+        elif isinstance(event, commands.Basic.Cancel):
+            self._on_server_cancel(event)
+        elif isinstance(event, commands.Channel.Flow):
+            self.connection._send(codec.channel_flow_ok(self.number, bool(event.active)))
+        else:
+            self._on_reply(event)
+
+    def _on_reply(self, method: base.Frame) -> None:
+        tag = getattr(method, "consumer_tag", None)
+        for request in self._requests:
+            if isinstance(method, request.expect) and (
+                request.consumer_tag is None or request.consumer_tag == tag
+            ):
+                break
+        else:
+            raise ProtocolError(f"unexpected {method.name} on channel {self.number}")
+        self._requests.remove(request)
+        if isinstance(method, commands.Basic.ConsumeOk):
+            consumer = self._consumers.get(str(method.consumer_tag))
+            if consumer is not None:
+                consumer._activated()
+        elif isinstance(method, commands.Basic.CancelOk):
+            consumer = self._consumers.pop(str(method.consumer_tag), None)
+            if consumer is not None:
+                consumer._ended(None)
+        elif isinstance(method, commands.Channel.CloseOk):
+            self._fail(ChannelClosed(200, "closed by the client"))
+            self._release()
+        request.result = method
+        request.done = True
+        if request.abandoned:
+            if request.on_abandon is not None:
+                request.on_abandon(method)
+        else:
+            request.event.set()
+
+    def _on_server_close(self, method: commands.Channel.Close) -> None:
+        self.connection._send(codec.channel_close_ok(self.number))
+        error = channel_closed(
+            method.reply_code or 0,
+            method.reply_text or "",
+            method.class_id or 0,
+            method.method_id or 0,
+        )
+        if self._closing:
+            # We sent channel.close too: the broker still answers it with
+            # close-ok, so keep that one request (and the channel number).
+            keep = deque(r for r in self._requests if r.expect is commands.Channel.CloseOk)
+            self._requests = deque(r for r in self._requests if r not in keep)
+            self._fail(error)
+            self._requests = keep
+        else:
+            self._fail(error)
+            self._release()
+
+    def _on_server_cancel(self, method: commands.Basic.Cancel) -> None:
+        consumer = self._consumers.pop(str(method.consumer_tag), None)
+        if consumer is not None:
+            consumer._ended(
+                ConsumerCancelled(f"the broker cancelled consumer {method.consumer_tag!r}")
+            )
+        if not method.nowait:
+            self.connection._send(codec.basic_cancel_ok(self.number, str(method.consumer_tag)))
+
+    def _on_confirm(self, tag: int, multiple: bool, error: BaseException | None) -> None:
+        unconfirmed = self._unconfirmed
+        if multiple:
+            while unconfirmed:
+                first = next(iter(unconfirmed))
+                if first > tag:
+                    break
+                waiter = unconfirmed.pop(first)
+                waiter.error = error
+                waiter.event.set()
+        else:
+            waiter_or_none = unconfirmed.pop(tag, None)
+            if waiter_or_none is not None:
+                waiter_or_none.error = error
+                waiter_or_none.event.set()
+
+    @staticmethod
+    def _settle(request: _Request, error: BaseException) -> None:
+        request.error = error
+        request.done = True
+        request.event.set()
+
+    def _fail(self, error: BaseException) -> None:
+        """The channel is over: fail everything waiting on it."""
+        if self._error is not None:
+            return
+        self._error = error
+        requests, self._requests = self._requests, deque()
+        for request in requests:
+            self._settle(request, error)
+        for waiter in self._unconfirmed.values():
+            waiter.error = error
+            waiter.event.set()
+        self._unconfirmed.clear()
+        consumers, self._consumers = self._consumers, {}
+        for consumer in consumers.values():
+            consumer._ended(error)
+        self._closed_event.set()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.connection._release_channel(self.number)
+
+    # ------------------------------------------------------------------ open / close
+
+    async def _open(self) -> None:
+        await self._call(
+            codec.channel_open(self.number), commands.Channel.OpenOk, on_abandon=self._late_open
+        )
+
+    def _late_open(self, _method: base.Frame) -> None:
+        """open-ok arrived for a caller who gave up: close the channel again."""
+        if self._error is None and not self._closing and self.connection._usable():
+            self._closing = True
+            self._call_nowait(codec.channel_close(self.number), commands.Channel.CloseOk)
+
+    async def close(self) -> None:
+        """Close the channel (no-op if already closed). Consumers end with
+        :class:`~amqp.errors.ChannelClosed` (code 200)."""
+        if self._error is not None:
+            return
+        if self._closing:
+            await self._closed_event.wait()
+            return
+        self._closing = True
+        if not self.connection._usable():
+            self._fail(ChannelClosed(200, "closed by the client"))
+            return
+        request = _Request(commands.Channel.CloseOk, None)
+        self._requests.append(request)
+        self.connection._send(codec.channel_close(self.number))
+        try:
+            await request.event.wait()
+        except BaseException:
+            request.abandoned = True  # close-ok will still release the number
+            raise
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await self.close()
+
+    # ------------------------------------------------------------------ exchanges
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Declare an exchange (406 :class:`~amqp.errors.PreconditionFailed` if it
+        exists with another type or flags; 404 with ``passive`` if missing)."""
+        await self._call(
+            codec.exchange_declare(
+                self.number,
+                exchange,
+                exchange_type,
+                passive=passive,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=arguments,
+            ),
+            commands.Exchange.DeclareOk,
+        )
+
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange."""
+        await self._call(
+            codec.exchange_delete(self.number, exchange, if_unused=if_unused),
+            commands.Exchange.DeleteOk,
+        )
+
+    # ------------------------------------------------------------------ queues
+
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> QueueDeclareOk:
+        """Declare (or with ``passive=True`` check) a queue.
+
+        Any UTF-8 name up to 255 bytes is accepted (no client-side pattern).
+        """
+        reply = await self._call(
+            codec.queue_declare(
+                self.number,
+                queue,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=arguments,
+            ),
+            commands.Queue.DeclareOk,
+        )
+        return QueueDeclareOk(
+            str(reply.queue), int(reply.message_count or 0), int(reply.consumer_count or 0)
+        )
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind a queue to an exchange."""
+        await self._call(
+            codec.queue_bind(self.number, queue, exchange, routing_key, arguments),
+            commands.Queue.BindOk,
+        )
+
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Remove a binding."""
+        await self._call(
+            codec.queue_unbind(self.number, queue, exchange, routing_key, arguments),
+            commands.Queue.UnbindOk,
+        )
+
+    async def queue_purge(self, queue: str) -> int:
+        """Remove all ready messages; return how many."""
+        reply = await self._call(codec.queue_purge(self.number, queue), commands.Queue.PurgeOk)
+        return int(reply.message_count or 0)
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; return the number of messages it held."""
+        reply = await self._call(
+            codec.queue_delete(self.number, queue, if_unused=if_unused, if_empty=if_empty),
+            commands.Queue.DeleteOk,
+        )
+        return int(reply.message_count or 0)
+
+    # ------------------------------------------------------------------ consuming
+
+    async def basic_qos(
+        self, prefetch_count: int = 0, *, prefetch_size: int = 0, global_: bool = False
+    ) -> None:
+        """Limit unacknowledged deliveries (per consumer unless ``global_``)."""
+        if not 0 <= prefetch_count <= 65535:
+            raise ValueError("prefetch_count must be between 0 and 65535")
+        await self._call(
+            codec.basic_qos(self.number, prefetch_count, prefetch_size, global_),
+            commands.Basic.QosOk,
+        )
+        self.prefetch_count = prefetch_count
+
+    def basic_consume(
+        self,
+        queue: str,
+        *,
+        consumer_tag: str | None = None,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        buffer_size: int | None = None,
+    ) -> Consumer:
+        """A consumer of ``queue``: use it with ``async with`` and ``async for``.
+
+        ``arguments`` may carry ``x-stream-offset``: ``"first"``, ``"last"``,
+        ``"next"``, an ``int`` offset, or a :class:`datetime.datetime` (sent as
+        an AMQP timestamp, whole seconds). ``buffer_size`` defaults to
+        ``max(prefetch_count, 1024)``; keep it at least the prefetch count.
+        """
+        return Consumer(
+            self,
+            queue,
+            consumer_tag=consumer_tag,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            arguments=_normalise_arguments(arguments),
+            buffer_size=buffer_size,
+        )
+
+    async def basic_cancel(self, consumer_tag: str) -> None:
+        """Cancel a consumer by tag (same as ``await consumer.cancel()``)."""
+        consumer = self._consumers.get(consumer_tag)
+        if consumer is not None:
+            await consumer.cancel()
+            return
+        await self._call(
+            codec.basic_cancel(self.number, consumer_tag),
+            commands.Basic.CancelOk,
+            consumer_tag=consumer_tag,
+        )
+
+    async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        """Acknowledge a delivery (all up to it with ``multiple``). Never blocks."""
+        self._check()
+        self.connection._send(codec.basic_ack(self.number, delivery_tag, multiple))
+
+    async def basic_nack(
+        self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+    ) -> None:
+        """Negatively acknowledge deliveries."""
+        self._check()
+        self.connection._send(codec.basic_nack(self.number, delivery_tag, multiple, requeue))
+
+    async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
+        """Reject one delivery."""
+        self._check()
+        self.connection._send(codec.basic_reject(self.number, delivery_tag, requeue))
+
+    # ------------------------------------------------------------------ publishing
+
+    async def confirm_select(self) -> None:
+        """Turn on publisher confirms: :meth:`basic_publish` then waits for them."""
+        await self._call(codec.confirm_select(self.number), commands.Confirm.SelectOk)
+        self._confirm_mode = True
+
+    @property
+    def publisher_confirms(self) -> bool:
+        """Whether :meth:`confirm_select` was done on this channel."""
+        return self._confirm_mode
+
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish a message.
+
+        Waits while the broker has blocked the connection (``connection.blocked``)
+        or the write buffer is full. With confirms on, returns only once the
+        broker confirmed the message and raises
+        :class:`~amqp.errors.PublishNacked` if it refused it.
+        """
+        connection = self.connection
+        self._check()
+        if connection._must_wait_to_publish():
+            await connection._wait_publishable()
+            self._check()
+        frames = codec.basic_publish(
+            self.number, exchange, routing_key, bytes(body), properties, connection.frame_max
+        )
+        if not self._confirm_mode:
+            connection._send(frames)
+            return
+        self._publish_tag += 1
+        tag = self._publish_tag
+        waiter = _Confirmation()
+        self._unconfirmed[tag] = waiter
+        connection._send(frames)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            self._unconfirmed.pop(tag, None)
+            raise
+        if waiter.error is not None:
+            raise fresh(waiter.error)
+
+
+def _normalise_arguments(arguments: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Make datetimes timezone-aware (naive means UTC) so they encode as AMQP timestamps."""
+    if not arguments:
+        return None
+    result = dict(arguments)
+    for key, value in result.items():
+        if isinstance(value, datetime.datetime) and value.tzinfo is None:
+            result[key] = value.replace(tzinfo=datetime.UTC)
+    return result

@@ -1,0 +1,433 @@
+"""Encoding of the frames this client sends.
+
+Every method we send is encoded here with :mod:`struct`, field tables with
+pamqp's table encoder. We do not use pamqp's command classes to send:
+their constructors validate queue and exchange names against a pattern much
+narrower than RabbitMQ's (``Queue.Declare(queue='a b')`` raises), while a
+RabbitMQ name is any UTF-8 string of at most 255 bytes -- spaces, ``|``,
+quotes and non-ASCII included. The only check here is that length limit.
+
+Each function returns the complete wire bytes of one frame (or, for a
+publish, of all its frames), ready to be appended to the write buffer in one
+piece so a cancelled caller can never leave half a frame behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pamqp import encode as _pamqp_encode
+
+from .message import Properties
+
+FRAME_METHOD: Final = 1
+FRAME_HEADER: Final = 2
+FRAME_BODY: Final = 3
+FRAME_HEARTBEAT: Final = 8
+FRAME_END: Final = 0xCE
+FRAME_END_BYTE: Final = b"\xce"
+#: Frame header (7 bytes) plus frame end (1 byte).
+FRAME_OVERHEAD: Final = 8
+
+PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
+
+_FRAME_HEADER = struct.Struct(">BHI")
+_METHOD_ID = struct.Struct(">HH")
+_SHORT = struct.Struct(">H")
+_LONG = struct.Struct(">I")
+_LONGLONG = struct.Struct(">Q")
+_CONTENT_HEADER = struct.Struct(">HHQ")
+
+HEARTBEAT_FRAME: Final = _FRAME_HEADER.pack(FRAME_HEARTBEAT, 0, 0) + FRAME_END_BYTE
+
+
+def shortstr(value: str) -> bytes:
+    """Encode an AMQP short string: any UTF-8 of at most 255 bytes, no pattern check."""
+    raw = value.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"AMQP short string exceeds 255 bytes: {value[:40]!r}...")
+    return bytes((len(raw),)) + raw
+
+
+def longstr(value: str | bytes) -> bytes:
+    """Encode an AMQP long string."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return _LONG.pack(len(raw)) + raw
+
+
+def table(value: Mapping[str, Any] | None) -> bytes:
+    """Encode a field table (pamqp's encoder: it picks RabbitMQ's type tags)."""
+    if not value:
+        return b"\x00\x00\x00\x00"
+    return _pamqp_encode.field_table(dict(value))
+
+
+def bits(*flags: bool) -> bytes:
+    """Pack up to eight consecutive ``bit`` fields into one octet."""
+    byte = 0
+    for position, flag in enumerate(flags):
+        if flag:
+            byte |= 1 << position
+    return bytes((byte,))
+
+
+def method_frame(channel: int, class_id: int, method_id: int, *fields: bytes) -> bytes:
+    """Frame a method: header, class and method ids, the encoded fields, frame end."""
+    payload = _METHOD_ID.pack(class_id, method_id) + b"".join(fields)
+    return _FRAME_HEADER.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+_NO_TICKET: Final = b"\x00\x00"
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def connection_start_ok(
+    client_properties: Mapping[str, Any], username: str, password: str, locale: str = "en_US"
+) -> bytes:
+    """``connection.start-ok`` answering with SASL PLAIN (``\\0user\\0password``)."""
+    response = b"\x00" + username.encode("utf-8") + b"\x00" + password.encode("utf-8")
+    return method_frame(
+        0,
+        10,
+        11,
+        table(client_properties),
+        shortstr("PLAIN"),
+        longstr(response),
+        shortstr(locale),
+    )
+
+
+def connection_tune_ok(channel_max: int, frame_max: int, heartbeat: int) -> bytes:
+    """``connection.tune-ok`` with the negotiated limits."""
+    return method_frame(
+        0, 10, 31, _SHORT.pack(channel_max), _LONG.pack(frame_max), _SHORT.pack(heartbeat)
+    )
+
+
+def connection_open(vhost: str) -> bytes:
+    """``connection.open`` of a virtual host."""
+    return method_frame(0, 10, 40, shortstr(vhost), shortstr(""), bits(False))
+
+
+def connection_close(reply_code: int = 200, reply_text: str = "Normal shutdown") -> bytes:
+    """``connection.close`` from this side."""
+    return method_frame(
+        0, 10, 50, _SHORT.pack(reply_code), shortstr(reply_text[:255]), _SHORT.pack(0) * 2
+    )
+
+
+def connection_close_ok() -> bytes:
+    """``connection.close-ok`` answering the broker's close."""
+    return method_frame(0, 10, 51)
+
+
+# --------------------------------------------------------------------------- channel
+
+
+def channel_open(channel: int) -> bytes:
+    """``channel.open``."""
+    return method_frame(channel, 20, 10, shortstr(""))
+
+
+def channel_flow_ok(channel: int, active: bool) -> bytes:
+    """``channel.flow-ok`` (RabbitMQ no longer sends flow, but answer it anyway)."""
+    return method_frame(channel, 20, 21, bits(active))
+
+
+def channel_close(
+    channel: int, reply_code: int = 200, reply_text: str = "Normal shutdown"
+) -> bytes:
+    """``channel.close`` from this side."""
+    return method_frame(
+        channel, 20, 40, _SHORT.pack(reply_code), shortstr(reply_text[:255]), _SHORT.pack(0) * 2
+    )
+
+
+def channel_close_ok(channel: int) -> bytes:
+    """``channel.close-ok`` answering the broker's close."""
+    return method_frame(channel, 20, 41)
+
+
+# --------------------------------------------------------------------------- exchange
+
+
+def exchange_declare(
+    channel: int,
+    exchange: str,
+    exchange_type: str,
+    *,
+    passive: bool = False,
+    durable: bool = False,
+    auto_delete: bool = False,
+    internal: bool = False,
+    arguments: Mapping[str, Any] | None = None,
+) -> bytes:
+    """``exchange.declare`` (never nowait: we want the broker's verdict)."""
+    return method_frame(
+        channel,
+        40,
+        10,
+        _NO_TICKET,
+        shortstr(exchange),
+        shortstr(exchange_type),
+        bits(passive, durable, auto_delete, internal, False),
+        table(arguments),
+    )
+
+
+def exchange_delete(channel: int, exchange: str, *, if_unused: bool = False) -> bytes:
+    """``exchange.delete``."""
+    return method_frame(channel, 40, 20, _NO_TICKET, shortstr(exchange), bits(if_unused, False))
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def queue_declare(
+    channel: int,
+    queue: str,
+    *,
+    passive: bool = False,
+    durable: bool = False,
+    exclusive: bool = False,
+    auto_delete: bool = False,
+    arguments: Mapping[str, Any] | None = None,
+) -> bytes:
+    """``queue.declare``."""
+    return method_frame(
+        channel,
+        50,
+        10,
+        _NO_TICKET,
+        shortstr(queue),
+        bits(passive, durable, exclusive, auto_delete, False),
+        table(arguments),
+    )
+
+
+def queue_bind(
+    channel: int,
+    queue: str,
+    exchange: str,
+    routing_key: str,
+    arguments: Mapping[str, Any] | None = None,
+) -> bytes:
+    """``queue.bind``."""
+    return method_frame(
+        channel,
+        50,
+        20,
+        _NO_TICKET,
+        shortstr(queue),
+        shortstr(exchange),
+        shortstr(routing_key),
+        bits(False),
+        table(arguments),
+    )
+
+
+def queue_unbind(
+    channel: int,
+    queue: str,
+    exchange: str,
+    routing_key: str,
+    arguments: Mapping[str, Any] | None = None,
+) -> bytes:
+    """``queue.unbind``."""
+    return method_frame(
+        channel,
+        50,
+        50,
+        _NO_TICKET,
+        shortstr(queue),
+        shortstr(exchange),
+        shortstr(routing_key),
+        table(arguments),
+    )
+
+
+def queue_purge(channel: int, queue: str) -> bytes:
+    """``queue.purge``."""
+    return method_frame(channel, 50, 30, _NO_TICKET, shortstr(queue), bits(False))
+
+
+def queue_delete(
+    channel: int, queue: str, *, if_unused: bool = False, if_empty: bool = False
+) -> bytes:
+    """``queue.delete``."""
+    return method_frame(
+        channel, 50, 40, _NO_TICKET, shortstr(queue), bits(if_unused, if_empty, False)
+    )
+
+
+# --------------------------------------------------------------------------- basic
+
+
+def basic_qos(
+    channel: int, prefetch_count: int, prefetch_size: int = 0, global_: bool = False
+) -> bytes:
+    """``basic.qos``."""
+    return method_frame(
+        channel, 60, 10, _LONG.pack(prefetch_size), _SHORT.pack(prefetch_count), bits(global_)
+    )
+
+
+def basic_consume(
+    channel: int,
+    queue: str,
+    consumer_tag: str,
+    *,
+    no_local: bool = False,
+    no_ack: bool = False,
+    exclusive: bool = False,
+    arguments: Mapping[str, Any] | None = None,
+) -> bytes:
+    """``basic.consume`` (the tag is chosen by us so deliveries route at once)."""
+    return method_frame(
+        channel,
+        60,
+        20,
+        _NO_TICKET,
+        shortstr(queue),
+        shortstr(consumer_tag),
+        bits(no_local, no_ack, exclusive, False),
+        table(arguments),
+    )
+
+
+def basic_cancel(channel: int, consumer_tag: str, *, nowait: bool = False) -> bytes:
+    """``basic.cancel``."""
+    return method_frame(channel, 60, 30, shortstr(consumer_tag), bits(nowait))
+
+
+def basic_cancel_ok(channel: int, consumer_tag: str) -> bytes:
+    """``basic.cancel-ok`` answering a broker-initiated cancel."""
+    return method_frame(channel, 60, 31, shortstr(consumer_tag))
+
+
+_ACK = struct.Struct(">BHIHHQBB")
+
+
+def basic_ack(channel: int, delivery_tag: int, multiple: bool = False) -> bytes:
+    """``basic.ack`` in a single ``struct.pack`` (it is sent often)."""
+    return _ACK.pack(
+        FRAME_METHOD, channel, 13, 60, 80, delivery_tag, 1 if multiple else 0, FRAME_END
+    )
+
+
+def basic_nack(
+    channel: int, delivery_tag: int, multiple: bool = False, requeue: bool = True
+) -> bytes:
+    """``basic.nack``."""
+    return method_frame(channel, 60, 120, _LONGLONG.pack(delivery_tag), bits(multiple, requeue))
+
+
+def basic_reject(channel: int, delivery_tag: int, requeue: bool = True) -> bytes:
+    """``basic.reject``."""
+    return method_frame(channel, 60, 90, _LONGLONG.pack(delivery_tag), bits(requeue))
+
+
+def confirm_select(channel: int) -> bytes:
+    """``confirm.select``."""
+    return method_frame(channel, 85, 10, bits(False))
+
+
+# --------------------------------------------------------------------------- content
+
+
+def _timestamp_seconds(value: int | datetime.datetime) -> int:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return int(value.timestamp())
+    return int(value)
+
+
+def encode_properties(props: Properties | None) -> bytes:
+    """The property flags and list of a content header."""
+    if props is None:
+        return b"\x00\x00"
+    flags = 0
+    parts: list[bytes] = []
+    if props.content_type is not None:
+        flags |= 0x8000
+        parts.append(shortstr(props.content_type))
+    if props.content_encoding is not None:
+        flags |= 0x4000
+        parts.append(shortstr(props.content_encoding))
+    if props.headers is not None:
+        flags |= 0x2000
+        parts.append(table(props.headers))
+    if props.delivery_mode is not None:
+        flags |= 0x1000
+        parts.append(bytes((props.delivery_mode,)))
+    if props.priority is not None:
+        flags |= 0x0800
+        parts.append(bytes((props.priority,)))
+    if props.correlation_id is not None:
+        flags |= 0x0400
+        parts.append(shortstr(props.correlation_id))
+    if props.reply_to is not None:
+        flags |= 0x0200
+        parts.append(shortstr(props.reply_to))
+    if props.expiration is not None:
+        flags |= 0x0100
+        parts.append(shortstr(props.expiration))
+    if props.message_id is not None:
+        flags |= 0x0080
+        parts.append(shortstr(props.message_id))
+    if props.timestamp is not None:
+        flags |= 0x0040
+        parts.append(_LONGLONG.pack(_timestamp_seconds(props.timestamp)))
+    if props.type is not None:
+        flags |= 0x0020
+        parts.append(shortstr(props.type))
+    if props.user_id is not None:
+        flags |= 0x0010
+        parts.append(shortstr(props.user_id))
+    if props.app_id is not None:
+        flags |= 0x0008
+        parts.append(shortstr(props.app_id))
+    return _SHORT.pack(flags) + b"".join(parts)
+
+
+def basic_publish(
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: Properties | None,
+    frame_max: int,
+    *,
+    mandatory: bool = False,
+) -> bytes:
+    """All frames of one publish: method, content header, body split to ``frame_max``."""
+    method = method_frame(
+        channel,
+        60,
+        40,
+        _NO_TICKET,
+        shortstr(exchange),
+        shortstr(routing_key),
+        bits(mandatory, False),
+    )
+    size = len(body)
+    header_payload = _CONTENT_HEADER.pack(60, 0, size) + encode_properties(properties)
+    parts = [
+        method,
+        _FRAME_HEADER.pack(FRAME_HEADER, channel, len(header_payload)),
+        header_payload,
+        FRAME_END_BYTE,
+    ]
+    chunk = frame_max - FRAME_OVERHEAD if frame_max else size or 1
+    for start in range(0, size, chunk):
+        piece = body[start : start + chunk]
+        parts.append(_FRAME_HEADER.pack(FRAME_BODY, channel, len(piece)))
+        parts.append(piece)
+        parts.append(FRAME_END_BYTE)
+    return b"".join(parts)

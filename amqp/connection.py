@@ -1,0 +1,569 @@
+"""The connection: handshake, reader, writer, heartbeats, close.
+
+Three background tasks run per connection, in a task group owned by the
+:func:`connect` context manager (structured concurrency: nothing outlives
+it):
+
+- the **reader** receives up to 64 KiB at a time and hands each buffer to
+  the :class:`~amqp.frames.FrameDecoder`, then dispatches every complete
+  event it returns without awaiting -- one socket read, one checkpoint, many
+  messages. Deliveries go straight to their consumer's buffer.
+- the **writer** owns the socket's send side. Callers append complete frames
+  to an outbox synchronously (:meth:`Connection._send`), so a cancelled
+  caller can never leave half a frame on the wire and concurrent senders
+  need no lock; the writer sends whatever accumulated in one ``send`` (acks
+  and publishes batch themselves under load).
+- the **heartbeat** task sends a heartbeat when nothing was sent for half an
+  interval and declares the broker dead when nothing arrived for two
+  intervals (:class:`~amqp.errors.HeartbeatTimeout`).
+
+Background tasks never raise into the caller's code: when the connection
+ends, the reason is recorded, every waiter (requests, confirms, consumers,
+blocked publishers) is woken with it, and :meth:`Connection.closed` returns
+it -- which is what a connection manager waits on to reconnect.
+"""
+
+from __future__ import annotations
+
+import heapq
+import platform
+import ssl
+from collections.abc import AsyncIterator, Generator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+from pamqp import base, commands
+
+from . import codec
+from .channel import CLOSE_TIMEOUT, Channel
+from .errors import (
+    AuthenticationError,
+    CannotConnect,
+    ConnectionClosedByClient,
+    ConnectionLost,
+    HeartbeatTimeout,
+    NoFreeChannels,
+    ProtocolError,
+    connection_closed,
+    fresh,
+)
+from .frames import FrameDecoder, Heartbeat
+from .message import DeliveredMessage
+from .url import ConnectionParameters, parse_url
+
+__all__ = ["Connection", "connect"]
+
+#: Bytes asked of the socket per read: large, so one read carries many frames.
+READ_SIZE: Final = 65536
+#: Publishers wait while more than this is queued for the socket.
+WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
+#: How long the writer may try to flush the last frames (close-ok) at the end.
+FLUSH_TIMEOUT: Final = 1.0
+DEFAULT_FRAME_MAX: Final = 131072
+DEFAULT_CHANNEL_MAX: Final = 2047
+
+_CAPABILITIES: Final = {
+    "authentication_failure_close": True,
+    "basic.nack": True,
+    "connection.blocked": True,
+    "consumer_cancel_notify": True,
+    "exchange_exchange_bindings": True,
+    "per_consumer_qos": True,
+    "publisher_confirms": True,
+}
+
+
+def _negotiate(client: int, server: int, default: int) -> int:
+    """Tune rule for limits: 0 means "no limit", otherwise the smaller wins."""
+    if client and server:
+        return min(client, server)
+    return client or server or default
+
+
+class Connection:
+    """An open AMQP connection. Obtain it from :func:`connect`."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, parameters: ConnectionParameters) -> None:
+        self.parameters = parameters
+        #: What the broker announced in ``connection.start`` (product, version, capabilities).
+        self.server_properties: dict[str, Any] = {}
+        #: Negotiated limits (valid once connected).
+        self.frame_max = DEFAULT_FRAME_MAX
+        self.channel_max = DEFAULT_CHANNEL_MAX
+        self.heartbeat = 0
+        self._stream = stream
+        self._decoder = FrameDecoder()
+        self._channels: dict[int, Channel] = {}
+        self._free_numbers: list[int] = []
+        self._next_number = 1
+        self._error: BaseException | None = None
+        self._closing = False
+        self._close_ok = anyio.Event()
+        self._finished = anyio.Event()
+        self._outbox: list[bytes] = []
+        self._outbox_size = 0
+        self._writer_wake = anyio.Event()
+        self._drained = anyio.Event()
+        self._send_scope: anyio.CancelScope | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._blocked: str | None = None
+        self._unblocked = anyio.Event()
+        self._unblocked.set()
+        self._reader_waiting = False
+        self._last_rx = self._last_tx = anyio.current_time()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "open"
+        p = self.parameters
+        return f"<Connection {p.host}:{p.port} vhost={p.vhost!r} {state}>"
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connection has ended or is closing."""
+        return self._error is not None or self._closing
+
+    @property
+    def is_blocked(self) -> bool:
+        """Whether the broker has blocked publishing (``connection.blocked``)."""
+        return self._blocked is not None
+
+    @property
+    def close_reason(self) -> BaseException | None:
+        """Why the connection ended (``None`` while it is open)."""
+        return self._error
+
+    @property
+    def channel_count(self) -> int:
+        """Channels currently open (or closing) on this connection."""
+        return len(self._channels)
+
+    async def closed(self) -> BaseException:
+        """Wait until the connection has ended; return the reason.
+
+        The reason is an :class:`~amqp.errors.AMQPConnectionError`:
+        :class:`~amqp.errors.ConnectionClosedByClient` after :meth:`close`,
+        otherwise what went wrong (lost, heartbeat timeout, closed by the
+        broker). It is returned, not raised: ending is not an error for the
+        one who waits for it.
+        """
+        await self._finished.wait()
+        assert self._error is not None
+        return self._error
+
+    def _usable(self) -> bool:
+        return self._error is None and not self._closing
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise fresh(self._error)
+        if self._closing:
+            raise ConnectionClosedByClient("the connection is closing")
+
+    # ------------------------------------------------------------------ channels
+
+    def channel(self) -> _ChannelOpener:
+        """Open a channel: ``ch = await conn.channel()`` or ``async with conn.channel() as ch``."""
+        return _ChannelOpener(self)
+
+    async def _open_channel(self) -> Channel:
+        self._check()
+        if self._free_numbers:
+            number = heapq.heappop(self._free_numbers)
+        elif self._next_number <= self.channel_max:
+            number = self._next_number
+            self._next_number += 1
+        else:
+            raise NoFreeChannels(f"all {self.channel_max} channels are in use")
+        channel = Channel(self, number)
+        self._channels[number] = channel
+        try:
+            await channel._open()
+        except BaseException:
+            # If open-ok is still to come, the channel closes itself on arrival
+            # (and releases its number on close-ok); otherwise release now.
+            if channel._error is not None:
+                channel._release()
+            raise
+        return channel
+
+    def _release_channel(self, number: int) -> None:
+        if self._channels.pop(number, None) is not None and self._error is None:
+            heapq.heappush(self._free_numbers, number)
+
+    # ------------------------------------------------------------------ writing
+
+    def _send(self, data: bytes) -> None:
+        """Queue complete frames for the writer (synchronous: cannot be torn)."""
+        if self._error is not None:
+            raise fresh(self._error)
+        self._outbox.append(data)
+        self._outbox_size += len(data)
+        self._writer_wake.set()
+
+    def _must_wait_to_publish(self) -> bool:
+        return self._blocked is not None or self._outbox_size > WRITE_HIGH_WATER
+
+    async def _wait_publishable(self) -> None:
+        """Wait while the broker blocks us or the write buffer is over its high-water mark."""
+        while self._error is None:
+            if self._blocked is not None:
+                await self._unblocked.wait()
+            elif self._outbox_size > WRITE_HIGH_WATER:
+                if self._drained.is_set():
+                    self._drained = anyio.Event()
+                await self._drained.wait()
+            else:
+                return
+
+    async def _writer(self) -> None:
+        stream = self._stream
+        outbox = self._outbox
+        while True:
+            if not outbox:
+                if self._error is not None:
+                    break
+                if self._writer_wake.is_set():
+                    self._writer_wake = anyio.Event()
+                    continue
+                await self._writer_wake.wait()
+                continue
+            data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+            outbox.clear()
+            self._outbox_size = 0
+            with anyio.CancelScope() as scope:
+                if self._error is not None:
+                    scope.deadline = anyio.current_time() + FLUSH_TIMEOUT
+                self._send_scope = scope
+                try:
+                    await stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    self._fail(ConnectionLost(f"cannot write to the broker: {exc!r}"))
+                    break
+                finally:
+                    self._send_scope = None
+            if scope.cancelled_caught:
+                break
+            self._last_tx = anyio.current_time()
+            self._drained.set()
+        # Flushed what we could: stop the reader and the heartbeat task.
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ reading
+
+    async def _reader(self) -> None:
+        stream = self._stream
+        feed = self._decoder.feed
+        channels = self._channels
+        error: BaseException
+        try:
+            while self._error is None:
+                data = await stream.receive(READ_SIZE)
+                self._last_rx = anyio.current_time()
+                for number, event in feed(data):
+                    if type(event) is DeliveredMessage:
+                        channel = channels.get(number)
+                        if channel is None:
+                            continue
+                        consumer = channel._consumers.get(event.consumer_tag)
+                        if consumer is not None and not consumer._push(event):
+                            # Buffer full (no prefetch limit): push back via TCP.
+                            self._reader_waiting = True
+                            try:
+                                await consumer._push_wait(event)
+                            finally:
+                                self._reader_waiting = False
+                    elif number == 0:
+                        self._on_connection_event(event)
+                    else:
+                        channel = channels.get(number)
+                        if channel is not None:
+                            channel._on_event(event)
+            return
+        except anyio.EndOfStream:
+            error = ConnectionLost("the broker closed the socket")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            error = ConnectionLost(f"cannot read from the broker: {exc!r}")
+            error.__cause__ = exc
+        except ProtocolError as exc:
+            error = exc
+            if self._error is None:
+                self._outbox.append(codec.connection_close(505, f"UNEXPECTED_FRAME - {exc}"[:255]))
+                self._writer_wake.set()
+        self._fail(error)
+
+    def _on_connection_event(self, event: object) -> None:
+        if isinstance(event, Heartbeat):
+            return
+        if isinstance(event, commands.Connection.Close):
+            if self._error is None:
+                self._outbox.append(codec.connection_close_ok())
+                self._writer_wake.set()
+            self._fail(
+                connection_closed(
+                    event.reply_code or 0,
+                    event.reply_text or "",
+                    event.class_id or 0,
+                    event.method_id or 0,
+                )
+            )
+        elif isinstance(event, commands.Connection.CloseOk):
+            self._close_ok.set()
+        elif isinstance(event, commands.Connection.Blocked):
+            self._blocked = str(event.reason or "blocked")
+            if self._unblocked.is_set():
+                self._unblocked = anyio.Event()
+        elif isinstance(event, commands.Connection.Unblocked):
+            self._blocked = None
+            self._unblocked.set()
+        else:
+            name = getattr(event, "name", repr(event))
+            raise ProtocolError(f"unexpected {name} on channel 0")
+
+    # ------------------------------------------------------------------ heartbeats
+
+    async def _heartbeat_loop(self) -> None:
+        interval = float(self.heartbeat)
+        while self._error is None:
+            now = anyio.current_time()
+            if self._reader_waiting:
+                self._last_rx = now  # we are not reading on purpose: not the peer's fault
+            silent = now - self._last_rx
+            if silent >= 2 * interval:
+                self._fail(HeartbeatTimeout(f"nothing received from the broker for {silent:.1f} s"))
+                return
+            if now - self._last_tx >= interval / 2:
+                self._send(codec.HEARTBEAT_FRAME)
+                self._last_tx = now
+            wake = min(self._last_tx + interval / 2, self._last_rx + 2 * interval)
+            await anyio.sleep(max(wake - now, 0.01))
+
+    # ------------------------------------------------------------------ ending
+
+    def _fail(self, error: BaseException) -> None:
+        """The connection is over: record why and wake everyone waiting on it."""
+        if self._error is not None:
+            return
+        self._error = error
+        channels = list(self._channels.values())
+        self._channels.clear()
+        for channel in channels:
+            channel._fail(error)
+        self._close_ok.set()
+        self._unblocked.set()
+        self._drained.set()
+        self._writer_wake.set()
+        if self._send_scope is not None:
+            self._send_scope.deadline = min(
+                self._send_scope.deadline, anyio.current_time() + FLUSH_TIMEOUT
+            )
+
+    async def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
+        """Close the connection (handshake bounded by a timeout); no-op if closed."""
+        if self._error is None and not self._closing:
+            self._closing = True
+            self._send(codec.connection_close(reply_code, reply_text))
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await self._close_ok.wait()
+            self._fail(ConnectionClosedByClient("closed by the client"))
+        elif self._error is None:
+            await self._close_ok.wait()
+        await self._finished.wait()
+
+    # ------------------------------------------------------------------ start-up
+
+    async def _handshake(self, client_properties: Mapping[str, Any] | None) -> None:
+        """Protocol header, SASL PLAIN, tune, open: before any task runs."""
+        p = self.parameters
+        pending: list[tuple[int, object]] = []
+
+        async def expect(kind: type[base.Frame]) -> Any:
+            while True:
+                while pending:
+                    number, event = pending.pop(0)
+                    if isinstance(event, Heartbeat):
+                        continue
+                    if isinstance(event, commands.Connection.Close):
+                        await self._stream.send(codec.connection_close_ok())
+                        raise connection_closed(
+                            event.reply_code or 0,
+                            event.reply_text or "",
+                            event.class_id or 0,
+                            event.method_id or 0,
+                        )
+                    if number != 0 or not isinstance(event, kind):
+                        raise ProtocolError(f"expected {kind.name} during the handshake")
+                    return event
+                try:
+                    data = await self._stream.receive(READ_SIZE)
+                except anyio.EndOfStream:
+                    if kind is commands.Connection.Tune:
+                        raise AuthenticationError(
+                            403, "the broker closed the socket after authentication"
+                        ) from None
+                    raise CannotConnect(
+                        "the broker closed the socket during the handshake"
+                    ) from None
+                pending.extend(self._decoder.feed(data))
+
+        await self._stream.send(codec.PROTOCOL_HEADER)
+        start: commands.Connection.Start = await expect(commands.Connection.Start)
+        self.server_properties = dict(start.server_properties or {})
+        mechanisms = str(start.mechanisms or "").split()
+        if "PLAIN" not in mechanisms:
+            raise CannotConnect(f"the broker does not offer SASL PLAIN (only {mechanisms})")
+        properties: dict[str, Any] = {
+            "product": "ess-amqp",
+            "platform": f"Python {platform.python_version()}",
+            "version": "0.1.0",
+            "information": "AMQP 0-9-1 client for anyio/Trio",
+            "capabilities": dict(_CAPABILITIES),
+        }
+        if p.connection_name:
+            properties["connection_name"] = p.connection_name
+        if client_properties:
+            properties.update(client_properties)
+        await self._stream.send(codec.connection_start_ok(properties, p.username, p.password))
+
+        tune: commands.Connection.Tune = await expect(commands.Connection.Tune)
+        self.channel_max = _negotiate(p.channel_max, tune.channel_max, DEFAULT_CHANNEL_MAX)
+        self.frame_max = _negotiate(p.frame_max, tune.frame_max, DEFAULT_FRAME_MAX)
+        self.heartbeat = tune.heartbeat if p.heartbeat is None else p.heartbeat
+        self._decoder.max_frame_size = self.frame_max
+        await self._stream.send(
+            codec.connection_tune_ok(self.channel_max, self.frame_max, self.heartbeat)
+            + codec.connection_open(p.vhost)
+        )
+        await expect(commands.Connection.OpenOk)
+        self._last_rx = self._last_tx = anyio.current_time()
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Run the reader, writer and heartbeat tasks until the connection ends."""
+        try:
+            async with anyio.create_task_group() as tasks:
+                # Shielded: an outer cancellation must not kill the writer
+                # before the close handshake; they stop when the connection
+                # ends (the writer cancels this scope), which close() ensures.
+                tasks.cancel_scope.shield = True
+                self._tasks = tasks
+                tasks.start_soon(self._reader)
+                tasks.start_soon(self._writer)
+                if self.heartbeat:
+                    tasks.start_soon(self._heartbeat_loop)
+                task_status.started()
+        finally:
+            self._fail(ConnectionClosedByClient("the connection's task group was cancelled"))
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._stream)
+            self._finished.set()
+
+
+class _ChannelOpener:
+    """What :meth:`Connection.channel` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._channel: Channel | None = None
+
+    def __await__(self) -> Generator[Any, None, Channel]:
+        return self._connection._open_channel().__await__()
+
+    async def __aenter__(self) -> Channel:
+        self._channel = await self._connection._open_channel()
+        return self._channel
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._channel is not None:
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await self._channel.close()
+
+
+async def _open(
+    parameters: ConnectionParameters,
+    ssl_context: ssl.SSLContext | None,
+    client_properties: Mapping[str, Any] | None,
+    given_stream: anyio.abc.ByteStream | None,
+) -> Connection:
+    host, port = parameters.host, parameters.port
+    timeout = parameters.connection_timeout or None
+    try:
+        with anyio.fail_after(timeout):
+            stream: anyio.abc.ByteStream
+            if given_stream is not None:
+                stream = given_stream
+            elif parameters.ssl:
+                stream = await anyio.connect_tcp(
+                    host,
+                    port,
+                    tls=True,
+                    ssl_context=ssl_context or ssl.create_default_context(),
+                    tls_standard_compatible=False,
+                )
+            else:
+                stream = await anyio.connect_tcp(host, port)
+            connection = Connection(stream, parameters)
+            try:
+                await connection._handshake(client_properties)
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+    except TimeoutError as exc:
+        raise CannotConnect(f"connecting to {host}:{port} timed out after {timeout} s") from exc
+    except (OSError, anyio.BrokenResourceError) as exc:
+        raise CannotConnect(f"cannot connect to {host}:{port}: {exc}") from exc
+    return connection
+
+
+@asynccontextmanager
+async def connect(
+    url: str | ConnectionParameters,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    client_properties: Mapping[str, Any] | None = None,
+    stream: anyio.abc.ByteStream | None = None,
+) -> AsyncIterator[Connection]:
+    """Connect to a broker; the connection lives as long as the ``async with`` block.
+
+    ``url`` is an ``amqp://`` or ``amqps://`` URL (see :func:`amqp.url.parse_url`)
+    or ready :class:`~amqp.url.ConnectionParameters`. Raises
+    :class:`~amqp.errors.CannotConnect` when the broker cannot be reached,
+    :class:`~amqp.errors.AuthenticationError` for bad credentials and
+    :class:`~amqp.errors.ConnectionNotAllowed` for a bad vhost.
+
+    The background tasks run in a task group owned by this context manager;
+    leaving the block closes the connection (shielded, bounded) and ends
+    them. Exceptions from the block propagate unchanged (not wrapped in an
+    exception group).
+
+    ``stream`` speaks AMQP over an already open byte stream instead of
+    connecting to the URL's host (a proxy, a Unix socket, a test double).
+    """
+    parameters = parse_url(url) if isinstance(url, str) else url
+    connection = await _open(parameters, ssl_context, client_properties, stream)
+    body_error: BaseException | None = None
+    async with anyio.create_task_group() as group:
+        await group.start(connection._run)
+        try:
+            yield connection
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            body_error = exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await connection.close()
+            if connection._tasks is not None:
+                connection._tasks.cancel_scope.cancel()
+            group.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

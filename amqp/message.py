@@ -1,0 +1,112 @@
+"""Message properties and delivered messages.
+
+Both are plain slotted classes built once per message on the hot path, so
+they are kept cheap: no validation, no datetime conversion. The AMQP
+``timestamp`` property is kept as integer seconds since the epoch (what is on
+the wire); :attr:`Properties.timestamp_datetime` converts on demand.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+#: A decoded AMQP field table (headers, arguments).
+FieldTable = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Properties:
+    """The ``basic`` content properties (AMQP 0-9-1 section 1.8).
+
+    ``timestamp`` is seconds since the epoch; publishing also accepts a
+    :class:`datetime.datetime` (naive means UTC).
+    """
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: FieldTable | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None
+    message_id: str | None = None
+    timestamp: int | datetime.datetime | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+
+    @property
+    def timestamp_datetime(self) -> datetime.datetime | None:
+        """The timestamp as an aware UTC datetime, or ``None``."""
+        ts = self.timestamp
+        if ts is None or isinstance(ts, datetime.datetime):
+            return ts
+        return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+
+
+#: Shared by messages that carry no properties at all (never mutate it).
+EMPTY_PROPERTIES = Properties()
+
+
+class DeliveredMessage:
+    """One message pushed by the broker to a consumer (``basic.deliver``).
+
+    The frame decoder creates it from the method frame and completes it with
+    the content header (``properties``) and body frames, so a message costs
+    one object on the hot path.
+    """
+
+    __slots__ = (
+        "body",
+        "consumer_tag",
+        "delivery_tag",
+        "exchange",
+        "properties",
+        "redelivered",
+        "routing_key",
+    )
+
+    def __init__(
+        self,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        properties: Properties = EMPTY_PROPERTIES,
+        body: bytes = b"",
+    ) -> None:
+        self.consumer_tag = consumer_tag
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties = properties
+        self.body = body
+
+    @property
+    def headers(self) -> FieldTable:
+        """The ``headers`` property, or an empty dict when absent."""
+        headers = self.properties.headers
+        return headers if headers is not None else {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<DeliveredMessage tag={self.delivery_tag} consumer={self.consumer_tag!r} "
+            f"exchange={self.exchange!r} routing_key={self.routing_key!r} "
+            f"body={len(self.body)} bytes>"
+        )
+
+
+class ReturnedMessage:
+    """A message the broker handed back (``basic.return``) or fetched (``basic.get-ok``)."""
+
+    __slots__ = ("body", "method", "properties")
+
+    def __init__(self, method: Any, properties: Properties = EMPTY_PROPERTIES, body: bytes = b""):
+        self.method = method
+        self.properties = properties
+        self.body = body

@@ -1,0 +1,132 @@
+"""Fixtures for the amqp client against the real RabbitMQ (127.0.0.1:5672)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import trio
+
+import amqp
+
+AMQP_URL = os.environ.get("ESS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+#: Names RabbitMQ accepts and pamqp's validator refuses, or that would break
+#: naive string handling: they must all work as queue names and routing keys.
+WEIRD_NAMES = [
+    "with space",
+    "pipe|separated|key",
+    "quotes ' \" ` and ; semicolons",
+    "'); DROP TABLE event_stream; --",
+    "$(touch /tmp/pwned) && `id` > /dev/null",
+    "ünïcödé ключ 键 🎉",
+]
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[amqp.Connection]:
+    async with amqp.connect(AMQP_URL) as conn:
+        yield conn
+
+
+@pytest.fixture
+async def channel(connection: amqp.Connection) -> AsyncIterator[amqp.Channel]:
+    async with connection.channel() as ch:
+        yield ch
+
+
+@pytest.fixture
+async def queue_names() -> AsyncIterator[Callable[..., str]]:
+    """Make unique queue names; every queue made is deleted after the test."""
+    made: list[str] = []
+
+    def make(prefix: str = "test-amqp") -> str:
+        name = f"{prefix}-{uuid.uuid4()}"
+        made.append(name)
+        return name
+
+    yield make
+    async with amqp.connect(AMQP_URL) as conn:
+        for name in made:
+            async with conn.channel() as ch:
+                await ch.queue_delete(name)
+
+
+@pytest.fixture
+async def exchange_names() -> AsyncIterator[Callable[..., str]]:
+    """Make unique exchange names; every exchange made is deleted after the test."""
+    made: list[str] = []
+
+    def make(prefix: str = "test-amqp-ex") -> str:
+        name = f"{prefix}-{uuid.uuid4()}"
+        made.append(name)
+        return name
+
+    yield make
+    async with amqp.connect(AMQP_URL) as conn:
+        for name in made:
+            async with conn.channel() as ch:
+                await ch.exchange_delete(name)
+
+
+async def close_connection_named(name: str, reason: str = "closed by test") -> None:
+    """Have the broker force-close (320) our connection(s) announcing ``name``."""
+
+    def run() -> None:
+        listing = subprocess.run(
+            [
+                "rabbitmqctl",
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        pids = [
+            line.split("\t")[0]
+            for line in listing.stdout.splitlines()
+            if name in line  # names are unique (uuid) per test
+        ]
+        assert pids, f"no broker connection named {name!r}"
+        for pid in pids:
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, reason], capture_output=True, check=True
+            )
+
+    await trio.to_thread.run_sync(run)
+
+
+class FreezableProxy:
+    """A TCP proxy to the broker that can stop forwarding (a dead peer, socket open)."""
+
+    def __init__(self, upstream_port: int = 5672) -> None:
+        self.upstream_port = upstream_port
+        self.frozen = False
+        self.port = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+        async with client, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, upstream)
+            nursery.start_soon(self._pump, upstream, client)
+
+    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                if not self.frozen:  # frozen: swallow everything, close nothing
+                    await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

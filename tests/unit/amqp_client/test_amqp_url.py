@@ -1,0 +1,94 @@
+"""URL parsing: the RabbitMQ URI spec, as operators write ESS_AMQP_URL."""
+
+from __future__ import annotations
+
+import pytest
+
+from amqp import ConnectionParameters, parse_url
+
+
+def test_defaults() -> None:
+    p = parse_url("amqp://")
+    assert p == ConnectionParameters()
+    assert (p.host, p.port, p.username, p.password, p.vhost) == (
+        "localhost",
+        5672,
+        "guest",
+        "guest",
+        "/",
+    )
+    assert p.heartbeat is None
+    assert not p.ssl
+
+
+def test_full_url() -> None:
+    p = parse_url("amqp://user:secret@broker.example:5999/prod?heartbeat=7&connection_timeout=2.5")
+    assert (p.host, p.port, p.username, p.password, p.vhost) == (
+        "broker.example",
+        5999,
+        "user",
+        "secret",
+        "prod",
+    )
+    assert p.heartbeat == 7
+    assert p.connection_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("url", "vhost"),
+    [
+        ("amqp://h", "/"),
+        ("amqp://h/", "/"),
+        ("amqp://h/%2F", "/"),
+        ("amqp://h/%2f", "/"),
+        ("amqp://h/vhost", "vhost"),
+        ("amqp://h/a%2Fb", "a/b"),
+        ("amqp://h/caf%C3%A9", "café"),
+    ],
+)
+def test_vhost_from_path(url: str, vhost: str) -> None:
+    assert parse_url(url).vhost == vhost
+
+
+def test_user_and_password_are_percent_decoded() -> None:
+    p = parse_url("amqp://us%40er:p%3Ass%2Fw%25rd@h/")
+    assert p.username == "us@er"
+    assert p.password == "p:ss/w%rd"
+
+
+def test_amqps_defaults_to_5671_and_tls() -> None:
+    p = parse_url("amqps://h")
+    assert p.port == 5671
+    assert p.ssl
+
+
+def test_ipv6_host() -> None:
+    p = parse_url("amqp://[::1]:5673/")
+    assert (p.host, p.port) == ("::1", 5673)
+
+
+def test_tuning_options() -> None:
+    p = parse_url("amqp://h/?frame_max=4096&channel_max=16&heartbeat=0&name=ess%231")
+    assert (p.frame_max, p.channel_max, p.heartbeat, p.connection_name) == (4096, 16, 0, "ess#1")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://h/", "scheme"),
+        ("amqp://h/a/b", "one segment"),
+        ("amqp://h/?heartbeat=x", "heartbeat"),
+        ("amqp://h/?heartbeat=-1", "heartbeat"),
+        ("amqp://h/?connection_timeout=nan", "connection_timeout"),
+        ("amqp://h/?frame_max=100", "frame_max"),
+        ("amqp://h/?bogus=1", "bogus"),
+        ("amqp://h:notaport/", "port"),
+    ],
+)
+def test_invalid_urls_name_the_problem(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_url(url)
+
+
+def test_repr_hides_the_password() -> None:
+    assert "secret" not in repr(parse_url("amqp://u:secret@h/"))
