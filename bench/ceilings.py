@@ -1,8 +1,7 @@
 """The ceilings a scenario's figure is divided by, measured in the same run.
 
-- :func:`bare_amqp_consume`: a bare AMQP consumer reading the same stream queue
-  (aiormq on asyncio for now; swap this one function for the project's own
-  ``amqp/`` consumer when wanted — it only has to return the elapsed seconds).
+- :func:`bare_amqp_consume`: our own ``amqp/`` consumer reading the same stream
+  queue bare: what the service would reach if websockets and actors cost nothing.
 - :func:`bare_ws_server`: a bare trio-websocket server (``serve_websocket``) in
   its own process, pushing the very frames the service sent, to the same client.
 """
@@ -18,6 +17,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiormq
+import trio
+
+import amqp
 
 from .harness import AMQP_URL, free_port
 
@@ -27,32 +29,28 @@ async def bare_amqp_consume(
 ) -> float:
     """Consume ``count`` messages from offset 0 of stream ``queue``; return seconds.
 
-    Manual acks batched with ``multiple`` every half window, as the service does.
-    Timed from just before ``basic.consume`` to the last delivery.
+    The ceiling is our own ``amqp/`` client, bare (no actors, no websocket),
+    under Trio in a worker thread so the asyncio driver stays responsive.
+    Manual acks batched with ``multiple`` every half window, as the service
+    does. Timed from just before ``basic.consume`` to the last delivery.
     """
-    connection = await aiormq.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.basic_qos(prefetch_count=prefetch)
-        done = asyncio.get_running_loop().create_future()
+    return await asyncio.to_thread(trio.run, _trio_consume, queue, count, prefetch, amqp_url)
+
+
+async def _trio_consume(queue: str, count: int, prefetch: int, amqp_url: str) -> float:
+    ack_every = max(1, prefetch // 2)
+    async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
+        await channel.basic_qos(prefetch)
         seen = 0
-        ack_every = max(1, prefetch // 2)
-
-        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            nonlocal seen
-            seen += 1
-            if seen % ack_every == 0 or seen == count:
-                await channel.basic_ack(message.delivery.delivery_tag, multiple=True)
-            if seen == count and not done.done():
-                done.set_result(time.perf_counter())
-
         start = time.perf_counter()
-        await channel.basic_consume(queue, on_message, arguments={"x-stream-offset": 0})
-        end = await asyncio.wait_for(done, 300)
-        return end - start
-    finally:
-        with contextlib.suppress(Exception):
-            await connection.close()
+        async with channel.basic_consume(queue, arguments={"x-stream-offset": 0}) as consumer:
+            async for message in consumer:
+                seen += 1
+                if seen % ack_every == 0 or seen == count:
+                    await channel.basic_ack(message.delivery_tag, multiple=True)
+                if seen == count:
+                    return time.perf_counter() - start
+    raise RuntimeError(f"the stream ended after {seen} of {count} messages")
 
 
 @contextlib.asynccontextmanager
