@@ -1,15 +1,22 @@
-"""The connection actor: one websocket, its own broker consumer, its own cursor.
+"""The connection actor: one websocket, its own cursor, a consumer (own or shared).
 
 Lifecycle (SPEC section 4, DESIGN "The actor tree"):
 
 1. Subscribe first (the consumer is attached before the handshake completes,
-   so a live tail misses nothing published after it), then accept.
+   so a live tail misses nothing published after it), then accept. It
+   subscribes through its stream actor, which hands a live tail (``FromNext``)
+   a member of the stream's shared :class:`~actors.tail.LiveTail` consumer and
+   any other position a broker consumer of its own. Both are a
+   :class:`~actors.broker.Subscription`: the pump is one code path.
 2. Run three things concurrently: the *pump* (event -> frame -> ack), a
    *reader* that drains and discards client frames (trio-websocket's inbound
    queue holds one message; an undrained one stops its ping answers), and a
    *keepalive* that pings and aborts a peer that stops answering.
 3. Broker outage: the websocket stays open; wait for the broker, resubscribe
    from ``cursor + 1`` (the last processed offset): no gap, no duplicate.
+   (On the shared consumer the hub does that for all its members.) A member
+   the hub drops (too slow, or the hub failed) drains what it buffered, then
+   resubscribes on a consumer of its own from ``cursor + 1``, at once.
 4. Whoever ends the actor (the pump, the reader, the keepalive, the stream
    actor, the supervisor) first records an :data:`~actors.close.Outcome` and
    then cancels the actor's scope; the ``finally`` closes the websocket with
@@ -24,6 +31,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import NoReturn
 
 import trio
@@ -51,16 +59,18 @@ from actors.context import ActorContext
 from actors.formatting import EventClock, Poison, Skip, Text, format_event
 from actors.snapshot import Snapshot, node
 from actors.start import AfterOrdinal, AtOrAfterTime, ClientStart, LiveTail
+from actors.tail import RESUBSCRIBE_BACKOFF_INITIAL as RESUBSCRIBE_BACKOFF_INITIAL
+from actors.tail import RESUBSCRIBE_BACKOFF_MAX as RESUBSCRIBE_BACKOFF_MAX
+from actors.tail import RESUBSCRIBE_PAUSE as RESUBSCRIBE_PAUSE
+from actors.tail import LeftTail, TailMember
 from actors.websocket import ChannelClosed, PendingWebSocket, WebSocketChannel
 
 log = logging.getLogger(__name__)
 
-#: Pause before resubscribing when the broker ended a consumer without an error.
-RESUBSCRIBE_PAUSE = 1.0
-#: Backoff between resubscriptions that keep failing although the broker says
-#: it is available (e.g. channels exhausted): never a busy loop.
-RESUBSCRIBE_BACKOFF_INITIAL = 0.1
-RESUBSCRIBE_BACKOFF_MAX = 5.0
+#: Attaches a consumer of the connection's stream at a position with a
+#: prefetch (``Broker.subscribe`` with the routing key bound). The stream
+#: actor supplies one that routes ``FromNext`` to its shared live tail.
+Subscriber = Callable[[StartPosition, int], AbstractAsyncContextManager[Subscription]]
 
 
 def start_position(start: ClientStart) -> StartPosition:
@@ -100,7 +110,8 @@ class ConsumerNode:
         self.position = position
         self.prefetch = prefetch
         self.started_at = started_at
-        #: ``attaching``, ``attached``, ``reconnecting`` or ``detached``.
+        #: ``attaching``, ``attached``, ``shared`` (a member of the stream's
+        #: live-tail consumer), ``reconnecting`` or ``detached``.
         self.state = "attaching"
         #: How many times the consumer has been attached (1 + resubscriptions).
         self.subscriptions = 0
@@ -130,6 +141,7 @@ class ConnectionActor:
         start: ClientStart,
         context: ActorContext,
         on_exit: Callable[[ConnectionActor], None] | None = None,
+        subscribe: Subscriber | None = None,
     ) -> None:
         #: Short random id for logs and the debug tree (never the stream uuid).
         self.id = secrets.token_hex(3)
@@ -152,6 +164,10 @@ class ConnectionActor:
         self._pending = websocket
         self._channel: WebSocketChannel | None = None
         self._on_exit = on_exit
+        self._subscribe = subscribe
+        #: Set once the shared consumer dropped this connection: from then on
+        #: it always has a consumer of its own.
+        self._own_consumer = False
         self._scope = trio.CancelScope()
         self._outcome: Outcome | None = None
         self._initial = start_position(start)
@@ -213,6 +229,12 @@ class ConnectionActor:
             if self._on_exit is not None:
                 self._on_exit(self)
 
+    def _attach(self, position: StartPosition) -> AbstractAsyncContextManager[Subscription]:
+        prefetch = self._settings.prefetch
+        if self._subscribe is not None and not self._own_consumer:
+            return self._subscribe(position, prefetch)
+        return self._context.broker.subscribe(self.routing_key, position, prefetch=prefetch)
+
     async def _serve(self) -> None:
         broker = self._context.broker
         position = self._initial
@@ -220,12 +242,14 @@ class ConnectionActor:
         async with trio.open_nursery() as helpers:
             while True:
                 try:
-                    async with broker.subscribe(
-                        self.routing_key, position, prefetch=self._settings.prefetch
-                    ) as subscription:
-                        self._consumer.state = "attached"
+                    async with self._attach(position) as subscription:
+                        if isinstance(subscription, TailMember):
+                            # The hub's consumer is counted (and reported) by the hub.
+                            self._consumer.state = "shared"
+                        else:
+                            self._consumer.state = "attached"
+                            self._context.observer.consumer_subscribed()
                         self._consumer.subscriptions += 1
-                        self._context.observer.consumer_subscribed()
                         backoff = RESUBSCRIBE_BACKOFF_INITIAL
                         if self._channel is None:
                             await self._accept(helpers)
@@ -234,6 +258,21 @@ class ConnectionActor:
                     # The broker ended the consumer without an error: attach again.
                     self._consumer.state = "reconnecting"
                     await trio.sleep(RESUBSCRIBE_PAUSE)
+                except LeftTail as left:
+                    # Dropped by the shared consumer after draining what it
+                    # buffered for us: continue at once on a consumer of our own.
+                    self._own_consumer = True
+                    self._consumer.state = "reconnecting"
+                    position = self._resume_position(left.resume_offset)
+                    self._consumer.position = position
+                    log.info(
+                        "stream=%d conn=%s left the shared consumer (%s); own consumer from %s",
+                        self.stream_id,
+                        self.id,
+                        left.reason,
+                        describe_position(position),
+                    )
+                    continue
                 except StreamNotFound:
                     self._consumer.state = "detached"
                     log.warning(
@@ -268,10 +307,12 @@ class ConnectionActor:
                     describe_position(position),
                 )
 
-    def _resume_position(self) -> StartPosition:
-        if self._cursor is None:
-            return self._initial
-        return FromOffset(self._cursor + 1)
+    def _resume_position(self, fallback_offset: int | None = None) -> StartPosition:
+        if self._cursor is not None:
+            return FromOffset(self._cursor + 1)
+        if fallback_offset is not None:
+            return FromOffset(fallback_offset)
+        return self._initial
 
     async def _accept(self, helpers: trio.Nursery) -> None:
         try:

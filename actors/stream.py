@@ -6,6 +6,13 @@ in the supervisor's nursery; that task owns a cancel scope and a nursery in
 which the connection actors run, and it ends when the last connection has
 finished. So ten thousand idle streams cost ten thousand small objects.
 
+Live-tail connections (``FromNext``) share one broker consumer: the first
+one starts a :class:`~actors.tail.LiveTail` hub in the actor's nursery, the
+others join it, and the last one to leave stops it. Every other position
+(``stream_from_ordinal``/``timestamp``, a resubscription from a cursor) gets
+a broker consumer of its own. Connection actors subscribe through
+:meth:`StreamActor._subscribe`, which does this routing.
+
 Cancellation is structured: :meth:`StreamActor.begin_close` records the
 close reason on every connection actor and cancels the task's scope; the
 connection actors close their websockets in their ``finally``;
@@ -22,15 +29,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import trio
 
+from actors.broker import FromNext, StartPosition, Subscription
 from actors.close import INTERNAL_ERROR, SHUTDOWN, TAKEOVER, CloseReason
 from actors.connection import ConnectionActor
 from actors.context import ActorContext
 from actors.registry import StreamRecord
 from actors.snapshot import Snapshot, node, short_uuid
 from actors.start import ClientStart
+from actors.tail import LiveTail
 from actors.websocket import ChannelClosed, PendingWebSocket, WebSocketChannel
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,7 @@ class StreamActor:
         "_run",
         "_spawn",
         "_spawning",
+        "_tail",
         "record",
         "restarts",
         "started_at",
@@ -88,6 +99,8 @@ class StreamActor:
         self._restarting: trio.Event | None = None
         self._changed: trio.Event | None = None
         self._crashes = 0
+        #: The shared live-tail consumer, while it runs.
+        self._tail: LiveTail | None = None
 
     # -- observation -----------------------------------------------------
 
@@ -109,7 +122,15 @@ class StreamActor:
         """Whether the actor currently has a task (it has none while idle)."""
         return self._run is not None
 
+    @property
+    def live_tail(self) -> LiveTail | None:
+        """The shared live-tail consumer, if one is running."""
+        return self._tail
+
     def snapshot(self) -> Snapshot:
+        children = [connection.snapshot() for connection in self._connections]
+        if self._tail is not None:
+            children.append(self._tail.snapshot())
         return node(
             "stream",
             short_uuid(self.record.uuid),
@@ -121,7 +142,7 @@ class StreamActor:
                 "connections": len(self._connections),
                 "restarts": self.restarts,
             },
-            [connection.snapshot() for connection in self._connections],
+            children,
         )
 
     # -- serving websockets ----------------------------------------------
@@ -135,7 +156,13 @@ class StreamActor:
             return
         record = self.record
         connection = ConnectionActor(
-            record.id, record.routing_key, websocket, start, self._context, self._connection_exited
+            record.id,
+            record.routing_key,
+            websocket,
+            start,
+            self._context,
+            self._connection_exited,
+            self._subscribe,
         )
         self._admit(connection)
         spawned = False
@@ -171,6 +198,34 @@ class StreamActor:
         for old in live[:-limit]:
             log.info("stream=%d conn=%s replaced by conn=%s", self.record.id, old.id, connection.id)
             old.cancel(TAKEOVER)
+
+    def _subscribe(
+        self, position: StartPosition, prefetch: int
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """A consumer for a connection: the shared live tail for ``FromNext``, else its own."""
+        if isinstance(position, FromNext):
+            hub = self._live_tail()
+            if hub is not None:
+                return hub.membership(prefetch)
+        return self._context.broker.subscribe(self.record.routing_key, position, prefetch=prefetch)
+
+    def _live_tail(self) -> LiveTail | None:
+        """The running hub, started in the actor's nursery if there is none."""
+        hub = self._tail
+        if hub is not None and not hub.stopping:
+            return hub
+        nursery = self._nursery
+        if nursery is None or self._closing is not None:
+            return None  # going down: the connection is being cancelled anyway
+        record = self.record
+        hub = LiveTail(record.id, record.routing_key, self._context, self._tail_stopped)
+        self._tail = hub
+        nursery.start_soon(hub.run)
+        return hub
+
+    def _tail_stopped(self, hub: LiveTail) -> None:
+        if self._tail is hub:
+            self._tail = None
 
     def _connection_exited(self, connection: ConnectionActor) -> None:
         if connection in self._connections:
@@ -214,6 +269,8 @@ class StreamActor:
                         finally:
                             if self._nursery is nursery:
                                 self._nursery = None
+                            if self._tail is not None:
+                                self._tail.stop()
                 except* Exception:
                     await self._after_crash()
                 else:

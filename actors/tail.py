@@ -1,0 +1,463 @@
+"""The live-tail hub: one broker consumer shared by a stream's live-tail websockets.
+
+Broker consumers are counted per *cursor*, not per websocket (DESIGN "The
+actor tree"): every connection that asked for the live tail (no
+``stream_from_*`` parameter) reads the same events, so a stream actor runs
+at most one :class:`LiveTail`, holding one ``broker.subscribe(routing_key,
+FromNext())``, and fans each event out to its members. RabbitMQ then opens
+one set of stream segment files per stream instead of one per websocket.
+
+- The hub is started lazily (in the stream actor's nursery, so DELETE and
+  shutdown cancel it with the connections) by the first member and stops
+  when its last member leaves, releasing the broker consumer.
+- Joining an attached hub is synchronous: the member is registered without a
+  checkpoint, so every event the hub receives afterwards reaches it (SPEC
+  section 4: the consumer is attached before the handshake completes). A
+  member joining a hub that is still attaching waits until it is attached.
+- Each member has a bounded buffer (``prefetch`` events). The hub acks the
+  broker right after an event is fanned out (every member buffered it), so
+  memory per stream is bounded by members x prefetch events.
+- A member whose buffer is full is given :data:`DEMOTE_GRACE` seconds to
+  catch up (empty its buffer) while the hub holds the event (and, not
+  acking, the broker). A burst that a healthy client absorbs in a moment
+  thus demotes nobody, and a slow client stalls the others at most once.
+  One still behind is *demoted*: it leaves the hub, drains what it
+  buffered, then its iteration raises :class:`LeftTail`; the connection
+  actor resubscribes on a consumer of its own from its cursor + 1 (no gap,
+  no duplicate, and the slow client is backpressured by the broker again;
+  its send timeout still applies).
+- Broker outage: the hub waits for the broker (jittered backoff) and
+  resubscribes from its last offset + 1; members only see a pause.
+  :class:`~actors.broker.StreamNotFound` ends every member with that error.
+  Any other failure (a bug) ends every member with :class:`LeftTail`, so
+  connections fall back to consumers of their own instead of crashing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from actors.broker import (
+    BrokerUnavailable,
+    FromNext,
+    FromOffset,
+    StartPosition,
+    StreamEvent,
+    StreamNotFound,
+)
+from actors.context import ActorContext
+from actors.snapshot import Snapshot, node
+
+log = logging.getLogger(__name__)
+
+#: Pause before resubscribing when the broker ended a consumer without an error.
+RESUBSCRIBE_PAUSE = 1.0
+#: Backoff between resubscriptions that keep failing although the broker says
+#: it is available (e.g. channels exhausted): never a busy loop.
+RESUBSCRIBE_BACKOFF_INITIAL = 0.1
+RESUBSCRIBE_BACKOFF_MAX = 5.0
+
+#: Seconds a member with a full buffer has to empty it before it is demoted
+#: (counted from when the hub first found it full since it was last empty).
+DEMOTE_GRACE = 0.5
+
+#: The name of the hub's node in the debug tree.
+NAME = "live-tail"
+
+
+class LeftTail(Exception):
+    """A member no longer receives events from the hub: continue on a consumer of its own.
+
+    Raised by the member's iteration once it has yielded everything it had
+    buffered. ``resume_offset`` is the offset of the first event the member
+    has not received (``None`` if the hub never saw one); a member that
+    processed events resumes from its cursor + 1, which is the same offset.
+    """
+
+    def __init__(self, reason: str, resume_offset: int | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.resume_offset = resume_offset
+
+
+class TailMember:
+    """One connection's share of the hub: a :class:`~actors.broker.Subscription`.
+
+    Iteration yields the events the hub fanned out to it, in stream order;
+    :meth:`ack` is a no-op (the hub acknowledges the broker itself).
+    """
+
+    __slots__ = ("_buffer", "_capacity", "_end", "_room", "_waiter", "behind_since", "next_offset")
+
+    def __init__(self, capacity: int, next_offset: int | None) -> None:
+        self._buffer: deque[StreamEvent] = deque()
+        self._capacity = max(capacity, 1)
+        #: Raised once the buffer is drained: the member's iteration is over.
+        self._end: BaseException | None = None
+        self._waiter: trio.Event | None = None
+        #: Set when the hub waits for this member's buffer to have room.
+        self._room: trio.Event | None = None
+        #: The offset of the next event this member expects (``None``: unknown yet).
+        self.next_offset = next_offset
+        #: When the hub found the buffer full (trio time), until it is empty again.
+        self.behind_since: float | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def ended(self) -> bool:
+        return self._end is not None
+
+    def _offer(self, event: StreamEvent) -> bool:
+        """Buffer ``event``; ``False`` (nothing buffered) if the buffer is full."""
+        if len(self._buffer) >= self._capacity:
+            return False
+        self._buffer.append(event)
+        self.next_offset = event.offset + 1
+        self._wake()
+        return True
+
+    def _finish(self, end: BaseException) -> None:
+        """End the iteration with ``end`` once the buffer is drained (first end wins)."""
+        if self._end is None:
+            self._end = end
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    def _wake_hub(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()
+
+    async def _wait_room(self) -> None:
+        """Until the buffer has room (or the member is gone: see :meth:`LiveTail.leave`)."""
+        room = self._room = trio.Event()
+        await room.wait()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self._buffer:
+                event = self._buffer.popleft()
+                if self._room is not None:
+                    self._wake_hub()
+                if not self._buffer:
+                    self.behind_since = None  # caught up
+                return event
+            if self._end is not None:
+                raise self._end
+            waiter = self._waiter = trio.Event()
+            await waiter.wait()
+
+    async def ack(self, offset: int) -> None:
+        """Nothing to do: the hub acknowledged the event when it fanned it out."""
+
+
+class LiveTail:
+    """The shared live-tail consumer of one stream actor; see the module documentation."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        routing_key: str,
+        context: ActorContext,
+        on_stopped: Callable[[LiveTail], None] | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.routing_key = routing_key
+        self.started_at = context.clock()
+        #: ``starting``, ``attaching``, ``attached``, ``reconnecting``, ``stopping``,
+        #: ``stopped`` or ``failed``.
+        self.state = "starting"
+        #: Events received from the broker (each fanned out to every member).
+        self.received = 0
+        #: Offset of the last event received (the hub's cursor).
+        self.last_offset: int | None = None
+        #: Times the broker consumer was attached (1 + resubscriptions).
+        self.subscriptions = 0
+        #: Members that were too slow and moved to a consumer of their own.
+        self.demoted = 0
+        self._context = context
+        self._prefetch = context.settings.prefetch
+        self._on_stopped = on_stopped
+        self._members: dict[TailMember, None] = {}
+        #: Members waiting for the hub to attach (they receive nothing yet).
+        self._joining: dict[TailMember, None] = {}
+        self._attached = False
+        #: Set (and replaced) whenever the hub attaches or an attempt fails.
+        self._changed = trio.Event()
+        self._scope = trio.CancelScope()
+        #: Once set, the hub accepts no member and is (or will be) gone.
+        self._stopping = False
+
+    # -- observation -----------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        """Whether the broker consumer is attached right now."""
+        return self._attached
+
+    @property
+    def members(self) -> int:
+        return len(self._members) + len(self._joining)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def snapshot(self) -> Snapshot:
+        return node(
+            "consumer",
+            NAME,
+            self.state,
+            self.started_at,
+            {
+                "members": self.members,
+                "received": self.received,
+                "last_offset": self.last_offset,
+                "subscriptions": self.subscriptions,
+                "demoted": self.demoted,
+                "prefetch": self._prefetch,
+            },
+        )
+
+    # -- members ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def membership(self, capacity: int) -> AsyncIterator[TailMember]:
+        """:meth:`join` on entry, :meth:`leave` on exit: a ``Broker.subscribe`` look-alike."""
+        member = await self.join(capacity)
+        try:
+            yield member
+        finally:
+            self.leave(member)
+
+    async def join(self, capacity: int) -> TailMember:
+        """Become a member; on return, every event the hub receives from now on is buffered.
+
+        Synchronous (no checkpoint) when the hub is attached. Otherwise waits
+        until it is; raises :class:`~actors.broker.BrokerUnavailable` if the
+        broker is down (the caller waits and joins again, as it would
+        resubscribe), :class:`~actors.broker.StreamNotFound` if the queue is
+        missing, :class:`LeftTail` if the hub is gone.
+        """
+        if self._stopping:
+            raise LeftTail("the shared consumer has stopped", None)
+        next_offset = None if self.last_offset is None else self.last_offset + 1
+        member = TailMember(capacity, next_offset)
+        if self._attached:
+            self._members[member] = None
+            return member
+        if not self._context.broker.available:
+            raise BrokerUnavailable("the broker is unavailable")
+        self._joining[member] = None
+        try:
+            while not self._attached:
+                if member._end is not None:
+                    # The attempt failed: raise why (nothing was buffered).
+                    raise member._end
+                await self._changed.wait()
+        except BaseException:
+            self.leave(member)
+            raise
+        return member
+
+    def leave(self, member: TailMember) -> None:
+        """``member`` is done (idempotent); the last one to leave stops the hub."""
+        self._members.pop(member, None)
+        self._joining.pop(member, None)
+        member._wake_hub()
+        self._stop_if_empty()
+
+    def stop(self) -> None:
+        """Stop the hub (releasing its consumer); members fall back to their own."""
+        if not self._stopping:
+            self._stopping = True
+            self.state = "stopping"
+            if self._on_stopped is not None:
+                self._on_stopped(self)
+        self._scope.cancel()
+
+    def _stop_if_empty(self) -> None:
+        if not self._members and not self._joining:
+            self.stop()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def _end_all(self, end: Callable[[TailMember], BaseException]) -> None:
+        """End every member and joiner (they drain their buffers first)."""
+        everyone = [*self._members, *self._joining]
+        self._members.clear()
+        self._joining.clear()
+        for member in everyone:
+            member._finish(end(member))
+        self._notify()
+
+    # -- the hub's task --------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume the stream and fan out until stopped; never raises (but Cancelled)."""
+        log.info("stream=%d live-tail starting", self.stream_id)
+        try:
+            with self._scope:
+                self._stop_if_empty()  # its first member could not join
+                await self._consume()
+        except Exception:
+            log.exception(
+                "stream=%d live-tail crashed: %d members fall back to their own consumers",
+                self.stream_id,
+                self.members,
+            )
+            self.state = "failed"
+        finally:
+            self._attached = False
+            if self.state != "failed":
+                self.state = "stopped"
+            self._stopping = True
+            # Whoever is left (a crash, or the stream actor being cancelled)
+            # continues on a consumer of its own.
+            self._end_all(lambda m: LeftTail("the shared consumer stopped", m.next_offset))
+            if self._on_stopped is not None:
+                self._on_stopped(self)
+            log.info(
+                "stream=%d live-tail %s received=%d last_offset=%s subscriptions=%d demoted=%d",
+                self.stream_id,
+                self.state,
+                self.received,
+                self.last_offset,
+                self.subscriptions,
+                self.demoted,
+            )
+
+    def _position(self) -> StartPosition:
+        return FromNext() if self.last_offset is None else FromOffset(self.last_offset + 1)
+
+    async def _consume(self) -> None:
+        broker = self._context.broker
+        backoff = RESUBSCRIBE_BACKOFF_INITIAL
+        while True:
+            self.state = "attaching"
+            try:
+                async with broker.subscribe(
+                    self.routing_key, self._position(), prefetch=self._prefetch
+                ) as subscription:
+                    self._attach()
+                    backoff = RESUBSCRIBE_BACKOFF_INITIAL
+                    async for event in subscription:
+                        slow = self._fan_out(event)
+                        if slow:
+                            await self._fan_out_slow(event, slow)
+                        await subscription.ack(event.offset)
+                # The broker ended the consumer without an error: attach again.
+                self._detach()
+                await trio.sleep(RESUBSCRIBE_PAUSE)
+            except StreamNotFound:
+                log.warning("stream=%d live-tail: the stream queue does not exist", self.stream_id)
+                self.state = "failed"
+                self._attached = False
+                self._end_all(lambda m: StreamNotFound(self.routing_key))
+                return
+            except BrokerUnavailable:
+                self._detach()
+                log.warning(
+                    "stream=%d live-tail: broker unavailable; %d members wait (last_offset=%s)",
+                    self.stream_id,
+                    self.members,
+                    self.last_offset,
+                )
+                await broker.wait_available()
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, RESUBSCRIBE_BACKOFF_MAX)
+            log.info(
+                "stream=%d live-tail resubscribing from %s (%d members)",
+                self.stream_id,
+                "next" if self.last_offset is None else f"offset {self.last_offset + 1}",
+                self.members,
+            )
+
+    def _attach(self) -> None:
+        self._attached = True
+        self.state = "attached"
+        self.subscriptions += 1
+        self._context.observer.consumer_subscribed()
+        # Joiners become members without a checkpoint: from the first event on.
+        for member in self._joining:
+            self._members[member] = None
+        self._joining.clear()
+        self._notify()
+        self._stop_if_empty()  # everyone left (or could not join) meanwhile
+
+    def _detach(self) -> None:
+        """The consumer is gone (members stay and wait); joiners are told to wait too."""
+        self._attached = False
+        self.state = "reconnecting"
+        joining = list(self._joining)
+        self._joining.clear()
+        for member in joining:
+            member._finish(BrokerUnavailable("the broker connection was lost"))
+        self._notify()
+        self._stop_if_empty()
+
+    def _fan_out(self, event: StreamEvent) -> list[TailMember]:
+        """Buffer ``event`` for every member; return those whose buffer is full."""
+        self.received += 1
+        self.last_offset = event.offset
+        slow: list[TailMember] = []
+        for member in self._members:
+            if not member._offer(event):
+                slow.append(member)
+        return slow
+
+    async def _fan_out_slow(self, event: StreamEvent, slow: list[TailMember]) -> None:
+        """Give each full member its grace to make room for ``event``, else demote it.
+
+        The graces run concurrently (all start now at the latest), so however
+        many members fall behind at once, the others wait at most one grace.
+        """
+        now = trio.current_time()
+        for member in slow:
+            if member.behind_since is None:
+                member.behind_since = now
+        for member in slow:
+            assert member.behind_since is not None
+            offered = False
+            with trio.move_on_at(member.behind_since + DEMOTE_GRACE):
+                while member in self._members:
+                    if member._offer(event):
+                        offered = True
+                        break
+                    await member._wait_room()
+            if not offered and member in self._members:
+                self._demote(member)
+
+    def _demote(self, member: TailMember) -> None:
+        del self._members[member]
+        self.demoted += 1
+        log.info(
+            "stream=%d live-tail: a member is %d events behind; it moves to its own consumer "
+            "at offset %s",
+            self.stream_id,
+            member.buffered,
+            member.next_offset,
+        )
+        member._finish(LeftTail("too slow for the shared consumer", member.next_offset))
+        self._stop_if_empty()
