@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from conftest import AMQP_URL, WEIRD_NAMES, FreezableProxy, close_connection_named
+from .conftest import AMQP_URL, WEIRD_NAMES, FreezableProxy, close_connection_named
 
 import amqp
 

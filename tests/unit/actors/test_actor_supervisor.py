@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import trio
-from actor_fakes import SETTINGS, WAIT, FakeWebSocket, running, settle, wall_clock
+from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, running, settle, wall_clock
 from trio.testing import MockClock
 
 from actors.broker import BrokerUnavailable

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import trio
-from actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle
+from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle
 from trio.testing import MockClock
 
 from actors.broker import StreamEvent

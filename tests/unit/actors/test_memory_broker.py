@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from actor_fakes import WAIT, wall_clock
+from .actor_fakes import WAIT, wall_clock
 
 from actors.broker import (
     BrokerUnavailable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from web_fakes import FakeDirectory
+from .web_fakes import FakeDirectory
 
 from web.api import create_app
 

@@ -13,8 +13,8 @@ from trio_websocket import (
     WebSocketConnection,
     open_websocket_url,
 )
-from web_fakes import FakeActor, FakeDirectory
-from web_servers import running_websockets
+from .web_fakes import FakeActor, FakeDirectory
+from .web_servers import running_websockets
 
 from actors.start import AfterOrdinal, AtOrAfterTime, ClientStart, LiveTail
 from actors.websocket import ChannelClosed, PendingWebSocket
