@@ -17,9 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiormq
-import trio
-
-import amqp
 
 from .harness import AMQP_URL, free_port
 
@@ -30,27 +27,23 @@ async def bare_amqp_consume(
     """Consume ``count`` messages from offset 0 of stream ``queue``; return seconds.
 
     The ceiling is our own ``amqp/`` client, bare (no actors, no websocket),
-    under Trio in a worker thread so the asyncio driver stays responsive.
-    Manual acks batched with ``multiple`` every half window, as the service
-    does. Timed from just before ``basic.consume`` to the last delivery.
+    in a process of its own like the service (``bench.bare_consumer``).
     """
-    return await asyncio.to_thread(trio.run, _trio_consume, queue, count, prefetch, amqp_url)
-
-
-async def _trio_consume(queue: str, count: int, prefetch: int, amqp_url: str) -> float:
-    ack_every = max(1, prefetch // 2)
-    async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
-        await channel.basic_qos(prefetch)
-        seen = 0
-        start = time.perf_counter()
-        async with channel.basic_consume(queue, arguments={"x-stream-offset": 0}) as consumer:
-            async for message in consumer:
-                seen += 1
-                if seen % ack_every == 0 or seen == count:
-                    await channel.basic_ack(message.delivery_tag, multiple=True)
-                if seen == count:
-                    return time.perf_counter() - start
-    raise RuntimeError(f"the stream ended after {seen} of {count} messages")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.bare_consumer",
+        queue,
+        str(count),
+        str(prefetch),
+        amqp_url,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.bare_consumer failed with status {proc.returncode}")
+    return float(out.decode().strip())
 
 
 @contextlib.asynccontextmanager
