@@ -83,6 +83,15 @@ class Subscription(Protocol):
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]: ...
 
+    @property
+    def buffered(self) -> int:
+        """Events that iteration can yield right now, without waiting.
+
+        The connection actor writes these to its websocket in one go: one
+        socket write for a burst of frames instead of one per frame.
+        """
+        ...
+
     async def ack(self, offset: int) -> None:
         """Acknowledge every event up to and including ``offset``.
 

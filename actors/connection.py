@@ -67,6 +67,9 @@ from actors.websocket import ChannelClosed, PendingWebSocket, WebSocketChannel
 
 log = logging.getLogger(__name__)
 
+#: Most frames written to a websocket with one socket write.
+SEND_BATCH = 64
+
 #: Attaches a consumer of the connection's stream at a position with a
 #: prefetch (``Broker.subscribe`` with the routing key bound). The stream
 #: actor supplies one that routes ``FromNext`` to its shared live tail.
@@ -326,13 +329,28 @@ class ConnectionActor:
         helpers.start_soon(self._keepalive, channel)
 
     async def _pump(self, subscription: Subscription) -> None:
+        """Format and send events; acknowledge them only once they are sent.
+
+        Events the subscription already holds are written together (at most
+        :data:`SEND_BATCH`), so a replay costs one socket write per burst
+        instead of one per frame; a live event is sent on its own at once.
+        """
         channel = self._channel
         assert channel is not None
         clock = self._context.clock
         observer = self._context.observer
         stats_interval = self._settings.stats_interval  # 0: only at close
+        next_stats = (
+            (self.messages_received // stats_interval + 1) * stats_interval
+            if stats_interval > 0
+            else 0
+        )
+        batch: list[str] = []
+        batch_ordinal = self.last_ordinal
+        received_at = 0.0
         async for event in subscription:
-            received_at = trio.current_time()
+            if not batch:
+                received_at = trio.current_time()
             self.messages_received += 1
             observer.event_received()
             offset = event.offset
@@ -343,10 +361,11 @@ class ConnectionActor:
                 ordinal = offset + 1
                 result = format_event(event.body, ordinal, stamp)
                 if isinstance(result, Text):
-                    await self._send(channel, result.text)
-                    observer.event_sent(trio.current_time() - received_at)
+                    batch.append(result.text)
+                    # Committed before the send: a failed send ends the
+                    # connection, so no later frame can see this stamp.
                     self._clock.commit(stamp)
-                    self.last_ordinal = ordinal
+                    batch_ordinal = ordinal
                 elif isinstance(result, Skip):
                     self.messages_skipped += 1
                     log.warning(
@@ -358,14 +377,24 @@ class ConnectionActor:
                     )
                 else:
                     assert isinstance(result, Poison)
+                    if batch:  # what came before the POISON is delivered
+                        await self._send(channel, batch, received_at)
+                        self.last_ordinal = batch_ordinal
                     log.info(
                         "stream=%d conn=%s POISON at ordinal=%d", self.stream_id, self.id, ordinal
                     )
                     await self._stop(POISONED)
+            if len(batch) < SEND_BATCH and subscription.buffered > 0:
+                continue
+            if batch:
+                await self._send(channel, batch, received_at)
+                batch = []
+                self.last_ordinal = batch_ordinal
             self._cursor = offset
             await subscription.ack(offset)
-            if stats_interval > 0 and self.messages_received % stats_interval == 0:
+            if stats_interval > 0 and self.messages_received >= next_stats:
                 self._log_stats("stats")
+                next_stats = (self.messages_received // stats_interval + 1) * stats_interval
 
     def _too_early(self, own_ms: int | None) -> bool:
         """``stream_from_timestamp``: skip events stamped before it, until the first one."""
@@ -376,11 +405,11 @@ class ConnectionActor:
         self._not_before_ms = None  # positioned: deliver everything from here on
         return False
 
-    async def _send(self, channel: WebSocketChannel, text: str) -> None:
+    async def _send(self, channel: WebSocketChannel, texts: list[str], received_at: float) -> None:
         timeout = self._settings.send_timeout
         with trio.move_on_after(timeout) as sending:
             try:
-                await channel.send_text(text)
+                await channel.send_texts(texts)
             except ChannelClosed:
                 await self._stop(Ending.PEER_GONE)
         if sending.cancelled_caught:
@@ -388,8 +417,12 @@ class ConnectionActor:
                 "stream=%d conn=%s client did not read for %gs", self.stream_id, self.id, timeout
             )
             await self._stop(slow_client(timeout))
-        self.messages_sent += 1
-        self.bytes_sent += len(text) if text.isascii() else len(text.encode("utf-8"))
+        lag = trio.current_time() - received_at
+        observer = self._context.observer
+        for text in texts:
+            observer.event_sent(lag)
+            self.bytes_sent += len(text) if text.isascii() else len(text.encode("utf-8"))
+        self.messages_sent += len(texts)
 
     async def _read(self, channel: WebSocketChannel) -> None:
         """Drain and discard whatever the client sends."""

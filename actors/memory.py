@@ -119,6 +119,16 @@ class MemorySubscription:
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self
 
+    @property
+    def buffered(self) -> int:
+        """Entries deliverable now: logged past our position, within the prefetch window."""
+        if self._lost or self._closed or self._log.deleted or not self._broker.available:
+            return 0
+        log = self._log
+        start = max(self.next_offset, log.first_offset)
+        logged = log.first_offset + len(log.entries) - start
+        return max(0, min(self.prefetch - len(self._unacked), logged))
+
     async def __anext__(self) -> StreamEvent:
         await trio.lowlevel.checkpoint()
         while True:

@@ -151,6 +151,10 @@ class RabbitMQSubscription:
     def __aiter__(self) -> RabbitMQSubscription:
         return self
 
+    @property
+    def buffered(self) -> int:
+        return self._consumer.buffered
+
     async def __anext__(self) -> StreamEvent:
         consumer = self._consumer
         if self._ack_pending and consumer.buffered == 0:

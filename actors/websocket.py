@@ -6,6 +6,7 @@ actor layer therefore never imports a websocket library.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -23,6 +24,13 @@ class WebSocketChannel(Protocol):
 
     async def send_text(self, text: str) -> None:
         """Send one text frame. Raises :class:`ChannelClosed`."""
+        ...
+
+    async def send_texts(self, texts: Sequence[str]) -> None:
+        """Send several text frames, in order, in as few socket writes as possible.
+
+        Raises :class:`ChannelClosed`.
+        """
         ...
 
     async def receive(self) -> str | bytes:

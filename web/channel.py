@@ -15,9 +15,11 @@ trio-websocket 0.12 leaves three traps that these adapters close:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
+from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from actors.websocket import ChannelClosed
@@ -83,7 +85,29 @@ class TrioWebSocketChannel:
             raise ChannelClosed(str(error)) from None
         if self._metrics is not None:
             self._metrics.messages_sent.inc()
-            self._metrics.bytes_sent.inc(len(text.encode("utf-8", errors="replace")))
+            self._metrics.bytes_sent.inc(_utf8_length(text))
+
+    async def send_texts(self, texts: Sequence[str]) -> None:
+        """Encode every frame, then write them with one ``send_all``.
+
+        trio-websocket has no batch send: this mirrors its private ``_send``
+        (same wsproto connection, same stream lock, so pongs and closes from
+        its reader task never interleave with our bytes). Pinned to 0.12.x.
+        """
+        ws = self._ws
+        if ws._close_reason is not None:
+            raise ChannelClosed("The websocket is closed")
+        try:
+            data = b"".join([ws._wsproto.send(TextMessage(data=text)) for text in texts])
+            async with ws._stream_lock:
+                await ws._stream.send_all(data)
+        except CONNECTION_GONE as error:
+            with trio.CancelScope(shield=True):
+                await ws._abort_web_socket()
+            raise ChannelClosed(str(error)) from None
+        if self._metrics is not None:
+            self._metrics.messages_sent.inc(len(texts))
+            self._metrics.bytes_sent.inc(sum(map(_utf8_length, texts)))
 
     async def receive(self) -> str | bytes:
         try:
@@ -191,3 +215,7 @@ class TrioPendingWebSocket:
 
 
 __all__ = ["CONNECTION_GONE", "TrioPendingWebSocket", "TrioWebSocketChannel", "format_peer"]
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", errors="replace"))

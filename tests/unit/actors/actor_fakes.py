@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -75,6 +75,8 @@ class FakeWebSocket:
         self.fail_send = fail_send
         self.on_accept = on_accept
         self.sent: list[str] = []
+        #: Sizes of the batches given to send_texts, in order.
+        self.batches: list[int] = []
         self.accepted = trio.Event()
         #: Set when the websocket is over: closed, aborted or left by the client.
         self.closed = trio.Event()
@@ -119,6 +121,11 @@ class FakeWebSocket:
                 raise ChannelClosed("closed")
         self.sent.append(text)
         self._notify()
+
+    async def send_texts(self, texts: Sequence[str]) -> None:
+        self.batches.append(len(texts))
+        for text in texts:
+            await self.send_text(text)
 
     async def receive(self) -> str | bytes:
         try:

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 import trio
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, running, settle, wall_clock
 from trio.testing import MockClock
 
 from actors.broker import BrokerUnavailable
@@ -17,6 +16,8 @@ from actors.memory import MemoryBroker
 from actors.registry import MemoryRegistry
 from actors.start import AfterOrdinal
 from actors.stream import StreamActor
+
+from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, running, settle, wall_clock
 
 TAKEOVER = (4001, "Replaced by a newer connection to this event stream")
 DELETED = (1000, "The stream has been deleted")

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 import trio
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle
 from trio.testing import MockClock
 
 from actors.broker import StreamEvent
@@ -15,6 +14,8 @@ from actors.connection import ConnectionActor
 from actors.start import AfterOrdinal
 from actors.tail import DEMOTE_GRACE
 from actors.tail import LiveTail as LiveTailHub
+
+from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle
 
 MANY = replace(SETTINGS, max_connections_per_stream=0)
 

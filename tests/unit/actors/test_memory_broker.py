@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from .actor_fakes import WAIT, wall_clock
 
 from actors.broker import (
     BrokerUnavailable,
@@ -17,6 +16,8 @@ from actors.broker import (
     Subscription,
 )
 from actors.memory import MemoryBroker
+
+from .actor_fakes import WAIT, wall_clock
 
 
 async def take(subscription: Subscription, count: int, *, ack: bool = True) -> list[StreamEvent]:
