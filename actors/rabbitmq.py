@@ -134,6 +134,17 @@ def _timestamp_ms(message: amqp.DeliveredMessage) -> int | None:
     return None
 
 
+def _queue_home_down(error: amqp.NotFound) -> bool:
+    """A 404 that means "not yet", not "no such queue".
+
+    For a moment after the broker starts, RabbitMQ answers for a durable
+    queue whose process is not up yet with ``404 NOT_FOUND - home node ... of
+    durable queue ... is down or inaccessible``. Taking that for a missing
+    queue would close live websockets with 1013 right after an outage.
+    """
+    return "down or inaccessible" in error.reply_text
+
+
 class RabbitMQSubscription:
     """A live stream consumer on its own channel (implements ``Subscription``)."""
 
@@ -164,6 +175,8 @@ class RabbitMQSubscription:
         except amqp.ConsumerCancelled as exc:
             raise StreamNotFound("the stream queue was deleted") from exc
         except amqp.NotFound as exc:
+            if _queue_home_down(exc):
+                raise BrokerUnavailable(str(exc)) from exc
             raise StreamNotFound(str(exc)) from exc
         except amqp.AMQPConnectionError as exc:
             raise BrokerUnavailable(str(exc)) from exc
@@ -399,8 +412,9 @@ class RabbitMQBroker:
             async with self._operation() as channel:
                 try:
                     await channel.queue_declare(routing_key, passive=True)
-                except amqp.NotFound:
-                    pass
+                except amqp.NotFound as exc:
+                    if _queue_home_down(exc):
+                        raise BrokerUnavailable(str(exc)) from exc
                 else:
                     await channel.queue_bind(routing_key, self.exchange, routing_key)
                     return False
@@ -423,7 +437,9 @@ class RabbitMQBroker:
         try:
             async with self._operation() as channel:
                 await channel.queue_declare(routing_key, passive=True)
-        except amqp.NotFound:
+        except amqp.NotFound as exc:
+            if _queue_home_down(exc):
+                raise BrokerUnavailable(str(exc)) from exc
             return False
         except amqp.ChannelClosed as exc:
             raise BrokerError(f"cannot check stream {routing_key!r}: {exc}") from exc
@@ -434,8 +450,9 @@ class RabbitMQBroker:
         try:
             async with self._operation() as channel:
                 await channel.queue_delete(routing_key)
-        except amqp.NotFound:
-            pass
+        except amqp.NotFound as exc:
+            if _queue_home_down(exc):
+                raise BrokerUnavailable(str(exc)) from exc
         except amqp.ChannelClosed as exc:
             raise BrokerError(f"cannot delete stream {routing_key!r}: {exc}") from exc
 
@@ -462,6 +479,8 @@ class RabbitMQBroker:
                 with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                     scope.shield = True
                     await channel.close()
+            if isinstance(exc, amqp.NotFound) and _queue_home_down(exc):
+                raise BrokerUnavailable(str(exc)) from exc
             if isinstance(exc, amqp.NotFound):
                 raise StreamNotFound(f"no stream queue {routing_key!r}") from exc
             if isinstance(exc, amqp.AMQPConnectionError | amqp.NoFreeChannels):
