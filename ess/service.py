@@ -56,6 +56,7 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
         pool_size=config.amqp_pool_size,
     )
     metrics = ServiceMetrics()
+    metrics.read_broker_counts_from(lambda: (broker.reconnects, broker.connection_attempts))
     supervisor = Supervisor(
         broker, registry, config.actor_settings(), observer=MetricsObserver(metrics)
     )

@@ -15,7 +15,11 @@ composition root to wire to the actors.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["METRICS_CONTENT_TYPE", "ServiceMetrics"]
 
@@ -52,9 +56,8 @@ class ServiceMetrics:
             ["code"],
             registry=r,
         )
-        self.broker_reconnects = Counter(
-            "ess_broker_reconnects", "Broker connections re-established after a loss", registry=r
-        )
+        self._broker_counts = _BrokerCounts()
+        r.register(self._broker_counts)
         self.consumer_subscriptions = Counter(
             "ess_consumer_subscriptions",
             "Broker consumers attached (incl. resubscriptions)",
@@ -82,3 +85,31 @@ class ServiceMetrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+    def read_broker_counts_from(self, source: Callable[[], tuple[int, int]]) -> None:
+        """Report the broker's (reconnects, connection attempts) at every scrape.
+
+        The connection manager keeps these as plain counters of its own; a
+        collector reads them when Prometheus asks instead of mirroring them.
+        """
+        self._broker_counts.source = source
+
+
+class _BrokerCounts(Collector):
+    """``ess_broker_reconnects_total`` and ``ess_broker_connection_attempts_total``."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        reconnects, attempts = self.source()
+        yield CounterMetricFamily(
+            "ess_broker_reconnects",
+            "Broker connections re-established after a loss",
+            value=reconnects,
+        )
+        yield CounterMetricFamily(
+            "ess_broker_connection_attempts",
+            "Attempts to open a broker connection (successful or not)",
+            value=attempts,
+        )
