@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from .conftest import AMQP_URL, WEIRD_NAMES, FreezableProxy, close_connection_named
 
 import amqp
+
+from .conftest import AMQP_URL, WEIRD_NAMES, FreezableProxy, close_connection_named
 
 QueueNames = Callable[..., str]
 

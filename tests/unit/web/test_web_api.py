@@ -9,11 +9,12 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from .web_fakes import FakeDirectory
-from .web_servers import running_api
 
 from web.api import MAX_BODY_BYTES, create_app
 from web.metrics import ServiceMetrics
+
+from .web_fakes import FakeDirectory
+from .web_servers import running_api
 
 Make = Callable[..., Any]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from .web_fakes import FakeDirectory
 
 from web.api import create_app
+
+from .web_fakes import FakeDirectory
 
 
 def make_app(token: str | None = None) -> Any:

@@ -13,14 +13,15 @@ from trio_websocket import (
     WebSocketConnection,
     open_websocket_url,
 )
-from .web_fakes import FakeActor, FakeDirectory
-from .web_servers import running_websockets
 
 from actors.start import AfterOrdinal, AtOrAfterTime, ClientStart, LiveTail
 from actors.websocket import ChannelClosed, PendingWebSocket
 from web.channel import TrioWebSocketChannel
 from web.metrics import ServiceMetrics
 from web.websocket import serve_public_websockets
+
+from .web_fakes import FakeActor, FakeDirectory
+from .web_servers import running_websockets
 
 
 async def make_stream(directory: FakeDirectory) -> str:
