@@ -42,6 +42,17 @@ class AMQPError(Exception):
 # --------------------------------------------------------------------------- connection
 
 
+class _BrokerReply(AMQPError):
+    """A close the broker explained: its reply code and text, and the method it refused."""
+
+    def __init__(self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0):
+        super().__init__(reply_code, reply_text, class_id, method_id)
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+        self.class_id = class_id
+        self.method_id = method_id
+
+
 class AMQPConnectionError(AMQPError):
     """The connection cannot be used any more; open a new one to continue."""
 
@@ -62,15 +73,8 @@ class ProtocolError(AMQPConnectionError):
     """The peer sent something that is not valid AMQP 0-9-1 framing."""
 
 
-class ConnectionClosedByServer(AMQPConnectionError):
+class ConnectionClosedByServer(_BrokerReply, AMQPConnectionError):
     """The broker closed the connection with ``connection.close``."""
-
-    def __init__(self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0):
-        super().__init__(reply_code, reply_text, class_id, method_id)
-        self.reply_code = reply_code
-        self.reply_text = reply_text
-        self.class_id = class_id
-        self.method_id = method_id
 
     def __str__(self) -> str:
         return f"connection closed by the broker: {self.reply_code} {self.reply_text}"
@@ -110,19 +114,12 @@ def connection_closed(
 # --------------------------------------------------------------------------- channel
 
 
-class ChannelClosed(AMQPError):
+class ChannelClosed(_BrokerReply):
     """The channel was closed; the connection (and its other channels) live on.
 
     ``reply_code`` 200 means this side closed it; any other code is the
     broker's reason (see the subclasses for the common ones).
     """
-
-    def __init__(self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0):
-        super().__init__(reply_code, reply_text, class_id, method_id)
-        self.reply_code = reply_code
-        self.reply_text = reply_text
-        self.class_id = class_id
-        self.method_id = method_id
 
     def __str__(self) -> str:
         return f"channel closed: {self.reply_code} {self.reply_text}"
