@@ -22,6 +22,7 @@ import struct
 from typing import Any, Final, NamedTuple
 
 from pamqp import base as _pamqp_base
+from pamqp import commands
 from pamqp import decode as _pamqp_decode
 from pamqp import exceptions as _pamqp_exceptions
 from pamqp import frame as _pamqp_frame
@@ -409,8 +410,16 @@ def _decode_deliver(data: bytes, offset: int, end: int) -> DeliveredMessage:
     return DeliveredMessage(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
 
 
+#: ``(class_id, method_id)`` of connection.close and channel.close.
+_CLOSE_METHODS: Final = {(10, 50): commands.Connection.Close, (20, 40): commands.Channel.Close}
+_CLOSE_HEAD = struct.Struct(">HHHB")  # class, method, reply code, reply text length
+
+
 def _decode_method(frame: bytes) -> _pamqp_base.Frame:
     """Any other method frame, through pamqp (it does not validate names on decode)."""
+    close = _decode_close(frame)
+    if close is not None:
+        return close
     try:
         _consumed, _channel, method = _pamqp_frame.unmarshal(frame)
     except _pamqp_exceptions.UnmarshalingException as exc:
@@ -418,3 +427,26 @@ def _decode_method(frame: bytes) -> _pamqp_base.Frame:
     if not isinstance(method, _pamqp_base.Frame):
         raise ProtocolError(f"expected a method frame, got {method!r}")
     return method
+
+
+def _decode_close(frame: bytes) -> _pamqp_base.Frame | None:
+    """connection.close / channel.close, whose reply text may be cut mid-character.
+
+    RabbitMQ truncates its reply text to 255 bytes, which can split a
+    multi-byte character of a quoted queue name; pamqp's strict UTF-8
+    decoding would turn the broker's explanation into a protocol error and
+    cost the whole connection. Decode the text leniently instead.
+    """
+    if len(frame) < 7 + _CLOSE_HEAD.size:
+        return None
+    class_id, method_id, reply_code, length = _CLOSE_HEAD.unpack_from(frame, 7)
+    method = _CLOSE_METHODS.get((class_id, method_id))
+    if method is None:
+        return None
+    start = 7 + _CLOSE_HEAD.size
+    text = frame[start : start + length].decode("utf-8", errors="replace")
+    try:
+        failed_class, failed_method = struct.unpack_from(">HH", frame, start + length)
+    except struct.error as exc:
+        raise ProtocolError(f"malformed close method: {exc}") from exc
+    return method(reply_code, text, failed_class, failed_method)

@@ -7,6 +7,7 @@ these tests check our struct fast path against it.
 from __future__ import annotations
 
 import datetime
+import struct
 from typing import Any
 
 import pytest
@@ -285,3 +286,18 @@ def test_incomplete_frames_are_kept_not_emitted() -> None:
     assert decoder.buffered == 7 + 3 + 1 - 1  # the body frame, less its last byte
     [(_, message)] = decoder.feed(data[-1:])
     assert message.body == b"abc"  # type: ignore[union-attr]
+
+
+def test_a_close_whose_reply_text_was_cut_mid_character_still_decodes() -> None:
+    """RabbitMQ cuts reply texts at 255 bytes, possibly inside a UTF-8 sequence."""
+    text = ("NOT_FOUND - no queue '" + "é" * 200).encode()[:255]
+    assert text.endswith(b"\xc3")  # the cut split a character
+    payload = struct.pack(">HHHB", 20, 40, 404, len(text)) + text + struct.pack(">HH", 60, 20)
+    frame = struct.pack(">BHI", 1, 3, len(payload)) + payload + b"\xce"
+    decoder = FrameDecoder()
+    [(channel, method)] = list(decoder.feed(frame))
+    assert channel == 3
+    assert isinstance(method, commands.Channel.Close)
+    assert method.reply_code == 404
+    assert method.reply_text.startswith("NOT_FOUND - no queue 'éé")
+    assert (method.class_id, method.method_id) == (60, 20)
