@@ -8,6 +8,7 @@ off: no redirects, which API clients often do not follow for POST/DELETE).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 
@@ -63,6 +64,7 @@ def create_app(
 
     install_request_metrics(app, metrics)
     install_error_handlers(app)
+    _install_body_drain(app)
     if internal_token:
         _install_bearer_auth(app, internal_token)
 
@@ -132,6 +134,24 @@ def _parse_stream_id(text: str) -> int | None:
         return None
     value = int(text)
     return value if 1 <= value <= _MAX_STREAM_ID else None
+
+
+def _install_body_drain(app: QuartTrio) -> None:
+    """Read every request body to its end before the response goes out.
+
+    Hypercorn 0.18's HTTP/1.1 handler (trio worker) stops serving a
+    keep-alive connection when a response completes before the request body
+    has been received: the next request on that connection is never
+    answered. Answers that ignore the body (404, 405, 401, DELETE, GET with
+    a body) hit that; found by tests/fuzz. Draining is bounded by
+    ``MAX_CONTENT_LENGTH`` (a larger body fails fast and is not waited for).
+    """
+
+    @app.after_request
+    async def drain_request_body(response: Response) -> Response:
+        with contextlib.suppress(Exception):
+            await request.body
+        return response
 
 
 def _install_bearer_auth(app: QuartTrio, token: str) -> None:
