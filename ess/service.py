@@ -91,6 +91,9 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
             http_config = HypercornConfig()
             http_config.bind = [f"{_bind_host(config.host)}:{config.internal_port}"]
             http_config.accesslog = None
+            # A Logger (not "-"): Hypercorn then adds no stderr handler of its
+            # own and its lines go through ours (one format, JSON included).
+            http_config.errorlog = logging.getLogger("hypercorn.error")
             http_config.graceful_timeout = 1.0
             await nursery.start(_serve_internal_api, app, http_config, http_stopped)
 
