@@ -309,9 +309,12 @@ class RabbitMQBroker:
             pooled: _Pooled | None = None
             try:
                 async with amqp.connect(parameters) as connection:
-                    await self._declare_exchange(connection)
-                    pooled = _Pooled(connection, slot)
-                    await pooled.publisher()
+                    # Bounded: a broker still booting may accept a connection
+                    # and then leave a channel request unanswered.
+                    with trio.fail_after(self._operation_timeout):
+                        await self._declare_exchange(connection)
+                        pooled = _Pooled(connection, slot)
+                        await pooled.publisher()
                     if was_connected:
                         self.reconnects += 1
                     was_connected = self._ever_connected = True
@@ -342,10 +345,10 @@ class RabbitMQBroker:
                         self._nursery.cancel_scope.cancel()
                     return
                 log.error("broker refused connection %d: %s (retrying)", slot, error)
-            except amqp.AMQPError as exc:
+            except (amqp.AMQPError, trio.TooSlowError) as exc:
                 if pooled is not None:
                     self._remove(pooled)
-                log.warning("broker connection %d failed: %s", slot, exc)
+                log.warning("broker connection %d failed: %s", slot, exc or "setup timed out")
             if first_outcome is not None:
                 first_outcome.set()  # unreachable at start: start anyway, keep trying
             failures += 1
