@@ -21,7 +21,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator
     proc = ServiceProcess(workdir=tmp_path_factory.mktemp("ess"), amqp_url=amqp_url)
     proc.start()
     yield proc
-    proc.stop()
+    proc.clean_up()
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def fresh_service(tmp_path: Path, amqp_url: str) -> Iterator[ServiceProcess]:
     """A service of the test's own, not started: for restarts, kills and signals."""
     proc = ServiceProcess(workdir=tmp_path / "ess", amqp_url=amqp_url)
     yield proc
-    proc.kill()
+    proc.clean_up()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ through its public surfaces: HTTP, websockets, signals and its exit status.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import trio
+
+import amqp
 
 STARTUP_TIMEOUT = 30.0
 
@@ -135,7 +139,35 @@ class ServiceProcess:
             self.process.wait()
             return None
 
+    def clean_up(self) -> int | None:
+        """Delete every stream (the service deletes the queues it owns), stop, drop the exchange.
+
+        Tests share one broker across runs: what they leave behind slows
+        every later broker restart and costs it file descriptors. Returns the
+        exit status of the stop (``None`` if it had to be killed).
+        """
+        if self.process is not None and self.process.poll() is None:
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.Client(base_url=self.api, timeout=10.0, headers=self._auth()) as client,
+            ):
+                for stream in client.get("/event-stream/").json()["event_streams"]:
+                    client.delete(f"/event-stream/{stream['id']}")
+        code = self.stop()
+        trio.run(_delete_exchange, self.amqp_url, self.exchange)
+        return code
+
+    def _auth(self) -> dict[str, str]:
+        token = self.extra_env.get("ESS_INTERNAL_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-20000:]
+
+
+async def _delete_exchange(amqp_url: str, exchange: str) -> None:
+    with contextlib.suppress(amqp.AMQPError, OSError):
+        async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
+            await channel.exchange_delete(exchange)

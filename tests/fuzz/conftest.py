@@ -30,22 +30,12 @@ def start_service(
     return proc
 
 
-def delete_all_streams(service: ServiceProcess) -> None:
-    """Remove every event stream of a test's own service (and so its owned queues)."""
-    with httpx.Client(base_url=service.api, timeout=30.0) as client:
-        for stream in client.get("/event-stream/").json()["event_streams"]:
-            assert client.delete(f"/event-stream/{stream['id']}").status_code in (204, 404)
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[ServiceProcess]:
     """One service per module; its streams are deleted and it must exit 0 on SIGTERM."""
     proc = start_service(tmp_path_factory, amqp_url)
     yield proc
-    try:
-        delete_all_streams(proc)
-    finally:
-        code = proc.stop()
+    code = proc.clean_up()
     assert code == 0, f"ess serve exited with {code}:\n{proc.log()}"
 
 

@@ -20,7 +20,7 @@ from trio_websocket import open_websocket_url
 
 from tests.e2e.service import ServiceProcess
 
-from .conftest import delete_all_streams, start_service, unique_key
+from .conftest import start_service, unique_key
 from .probes import (
     actor_tree,
     broker_usage,
@@ -49,10 +49,7 @@ def churn_service(
         tmp_path_factory, amqp_url, ESS_MAX_CONNECTIONS_PER_STREAM="0", ESS_LOG_LEVEL="WARNING"
     )
     yield proc
-    try:
-        delete_all_streams(proc)
-    finally:
-        code = proc.stop()
+    code = proc.clean_up()
     assert code == 0, f"ess serve exited with {code}:\n{proc.log()}"
 
 
