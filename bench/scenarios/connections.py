@@ -52,18 +52,19 @@ async def run(args: argparse.Namespace) -> Result:
     result = Result(NAME, {"connections": n, "streams": streams, "opens_in_flight": in_flight})
     env = {"ESS_MAX_CONNECTIONS_PER_STREAM": "0"}
     # RabbitMQ opens the stream's segment and index files for every stream
-    # consumer (osiris offset reader): a consumer per websocket costs the broker
-    # file descriptors, and running out (emfile) kills channels of every client
-    # of that broker, other people's tests included. Refuse unless forced.
+    # consumer (osiris offset reader), and running out (emfile) kills channels
+    # of every client of that broker. Live tails of one stream share one
+    # consumer, so the cost is per stream, not per websocket. Refuse unless
+    # forced when even that could exhaust the broker.
     fds = rabbitmq_fds()
     result.figures["broker_fds_at_start"] = fds
     if fds and not args.force_broker_fds:
         room = fds["total_limit"] - fds["total_used"]
-        if n > room // 2:
+        if streams > room // 2:
             raise RuntimeError(
-                f"{n} websockets may exhaust the broker's file descriptors (limit "
-                f"{fds['total_limit']}, used {fds['total_used']}; a stream consumer per websocket "
-                f"costs the broker at least one): use --connections <= {room // 2}, raise the "
+                f"{streams} streams may exhaust the broker's file descriptors (limit "
+                f"{fds['total_limit']}, used {fds['total_used']}; a stream consumer costs the "
+                f"broker at least one): use --connection-streams <= {room // 2}, raise the "
                 "broker's limit, or --force-broker-fds"
             )
     async with running_service(env, args.log_level) as (service, api, publisher):
