@@ -9,6 +9,8 @@ import sys
 import httpx
 import trio
 
+import amqp
+
 from .client import connect, wait_closed
 from .service import ServiceProcess, free_port
 
@@ -117,3 +119,22 @@ def test_bad_configuration_stops_start_up_with_one_line(tmp_path: object) -> Non
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "ESS_PUBLIC_PORT" in lines[0]
+
+
+async def test_an_exchange_of_another_type_stops_start_up_with_one_line(
+    fresh_service: ServiceProcess, amqp_url: str
+) -> None:
+    async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
+        await channel.exchange_declare(fresh_service.exchange, "fanout", durable=True)
+    result = await trio.run_process(
+        [sys.executable, "-m", "ess", "serve"],
+        env=fresh_service.env(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.decode().splitlines() if "cannot start" in line]
+    assert len(errors) == 1, result.stderr.decode()
+    assert fresh_service.exchange in errors[0]
+    assert "Traceback" not in result.stderr.decode()

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 
+import amqp
 from actors.rabbitmq import RabbitMQBroker
 
 from .client import (
@@ -249,3 +250,46 @@ async def test_newer_connection_takes_over_with_4001(
         assert closed.code == 4001
         await broker.publish(routing_key, b"to the newest")
         assert (await receive(new)).startswith("to the newest|")
+
+
+async def test_ess_timestamp_prefers_header_then_amqp_timestamp_then_receipt(
+    api: httpx.AsyncClient, service: ServiceProcess, routing_key: str, amqp_url: str
+) -> None:
+    _, location = await create(api, routing_key)
+    async with (
+        connect(location) as ws,
+        amqp.connect(amqp_url) as connection,
+        connection.channel() as channel,
+    ):
+        await channel.confirm_select()
+
+        async def publish(body: bytes, properties: amqp.Properties) -> None:
+            await channel.basic_publish(
+                body, exchange=service.exchange, routing_key=routing_key, properties=properties
+            )
+
+        # The header wins over the AMQP timestamp property.
+        header_ms, property_s = 1_800_000_000_123, 1_900_000_000
+        both = amqp.Properties(timestamp=1_700_000_000, headers={"timestamp_in_ms": header_ms})
+        await publish(b'{"n": 1}', both)
+        # The AMQP timestamp property (seconds) times 1000.
+        await publish(b'{"n": 2}', amqp.Properties(timestamp=property_s))
+        # Neither: the time the service received it (never below the last one).
+        before_ms = int(time.time() * 1000)
+        await publish(b'{"n": 3}', amqp.Properties())
+        events = await receive_many_json(ws, 3)
+    assert [event["ess_timestamp"] for event in events[:2]] == [header_ms, property_s * 1000]
+    assert before_ms < property_s * 1000  # so the receipt time is below the last stamp:
+    assert events[2]["ess_timestamp"] == property_s * 1000  # clamped, never decreases
+
+
+async def test_receipt_time_stamps_events_without_their_own(
+    api: httpx.AsyncClient, broker: RabbitMQBroker, routing_key: str
+) -> None:
+    _, location = await create(api, routing_key)
+    async with connect(location) as ws:
+        before_ms = int(time.time() * 1000)
+        await broker.publish(routing_key, b'{"n": 1}')
+        event = await receive_json(ws)
+        after_ms = int(time.time() * 1000)
+    assert before_ms <= event["ess_timestamp"] <= after_ms
