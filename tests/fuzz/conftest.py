@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
-import httpx
 import pytest
-import trio
 
-from actors.rabbitmq import RabbitMQBroker
+from tests.e2e.conftest import api, broker
 from tests.e2e.service import ServiceProcess
+
+__all__ = ["api", "broker"]  # the e2e fixtures, on this folder's `service`
 
 #: DEBUG logging (the e2e default) writes a line per frame; fuzzing makes many.
 QUIET = {"ESS_LOG_LEVEL": "INFO"}
@@ -42,20 +42,3 @@ def service(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator
 @pytest.fixture
 def routing_key() -> str:
     return unique_key()
-
-
-@pytest.fixture
-async def api(service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.api, timeout=10.0) as client:
-        yield client
-
-
-@pytest.fixture
-async def broker(service: ServiceProcess, amqp_url: str) -> AsyncIterator[RabbitMQBroker]:
-    """The test's own broker client on the service's exchange, to publish events."""
-    async with trio.open_nursery() as nursery:
-        test_broker = RabbitMQBroker(amqp_url, service.exchange)
-        await nursery.start(test_broker.run)
-        await test_broker.wait_available()
-        yield test_broker
-        nursery.cancel_scope.cancel()
