@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +22,8 @@ from actors.broker import (
     Subscription,
 )
 from actors.rabbitmq import BrokerConfigurationError, ExchangeTypeMismatch, RabbitMQBroker
+
+from .amqp_client.conftest import close_connection_named
 
 AMQP_URL = os.environ.get("ESS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -85,36 +86,7 @@ async def take(subscription: Subscription, count: int, timeout: float = 5.0) -> 
 
 async def close_broker_connections(broker: RabbitMQBroker) -> None:
     """Have RabbitMQ force-close every pooled connection of ``broker``."""
-
-    def run() -> None:
-        listing = subprocess.run(
-            [
-                "rabbitmqctl",
-                "list_connections",
-                "-q",
-                "--no-table-headers",
-                "pid",
-                "client_properties",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        names = broker.connection_names()
-        pids = [
-            line.split("\t")[0]
-            for line in listing.stdout.splitlines()
-            if any(name in line for name in names)
-        ]
-        assert pids, "the broker's connections are not listed"
-        for pid in pids:
-            subprocess.run(
-                ["rabbitmqctl", "close_connection", pid, "test drop"],
-                capture_output=True,
-                check=True,
-            )
-
-    await trio.to_thread.run_sync(run)
+    await close_connection_named(*broker.connection_names())
 
 
 # --------------------------------------------------------------------------- start-up

@@ -72,8 +72,8 @@ async def exchange_names() -> AsyncIterator[Callable[..., str]]:
                 await ch.exchange_delete(name)
 
 
-async def close_connection_named(name: str, reason: str = "closed by test") -> None:
-    """Have the broker force-close (320) our connection(s) announcing ``name``."""
+async def close_connection_named(*names: str, reason: str = "closed by test") -> None:
+    """Have the broker force-close (320) our connection(s) announcing any of ``names``."""
 
     def run() -> None:
         listing = subprocess.run(
@@ -92,9 +92,9 @@ async def close_connection_named(name: str, reason: str = "closed by test") -> N
         pids = [
             line.split("\t")[0]
             for line in listing.stdout.splitlines()
-            if name in line  # names are unique (uuid) per test
+            if any(name in line for name in names)  # names are unique (uuid) per test
         ]
-        assert pids, f"no broker connection named {name!r}"
+        assert pids, f"no broker connection named any of {names!r}"
         for pid in pids:
             subprocess.run(
                 ["rabbitmqctl", "close_connection", pid, reason], capture_output=True, check=True

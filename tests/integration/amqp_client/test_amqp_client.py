@@ -276,7 +276,7 @@ async def test_server_forced_close_is_typed_and_ends_consumers(queue_names: Queu
     async with amqp.connect(url_with(name=name)) as conn, conn.channel() as ch:
         await ch.queue_declare(queue)
         async with ch.basic_consume(queue) as consumer:
-            await close_connection_named(name, "forced by the test")
+            await close_connection_named(name, reason="forced by the test")
             with trio.fail_after(10), pytest.raises(amqp.ConnectionForced) as info:
                 async for _ in consumer:
                     pass
