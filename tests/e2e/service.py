@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -154,8 +155,17 @@ class ServiceProcess:
                 for stream in client.get("/event-stream/").json()["event_streams"]:
                     client.delete(f"/event-stream/{stream['id']}")
         code = self.stop()
-        trio.run(_delete_exchange, self.amqp_url, self.exchange)
+        # Streams a stopped or killed process could not delete: their owned
+        # queues, straight from the registry it left behind.
+        trio.run(_delete_leftovers, self.amqp_url, self.exchange, self._owned_queues())
         return code
+
+    def _owned_queues(self) -> list[str]:
+        if not self.database.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(self.database)) as db:
+            rows = db.execute("SELECT routing_key FROM streams WHERE owns_queue = 1").fetchall()
+        return [str(row[0]) for row in rows]
 
     def _auth(self) -> dict[str, str]:
         token = self.extra_env.get("ESS_INTERNAL_TOKEN")
@@ -167,7 +177,12 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-20000:]
 
 
-async def _delete_exchange(amqp_url: str, exchange: str) -> None:
+async def _delete_leftovers(amqp_url: str, exchange: str, queues: list[str]) -> None:
     with contextlib.suppress(amqp.AMQPError, OSError):
-        async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
-            await channel.exchange_delete(exchange)
+        async with amqp.connect(amqp_url) as connection:
+            for queue in queues:
+                with contextlib.suppress(amqp.ChannelClosed):
+                    async with connection.channel() as channel:
+                        await channel.queue_delete(queue)
+            async with connection.channel() as channel:
+                await channel.exchange_delete(exchange)
