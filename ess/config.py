@@ -66,6 +66,8 @@ from urllib.parse import urlsplit
 
 from actors.settings import ActorSettings
 
+_ACTOR_DEFAULTS = ActorSettings()
+
 __all__ = ["Config", "ConfigError", "load_config", "redact_url"]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -90,20 +92,21 @@ class Config:
     exchange: str = "event-streams"
     stream_max_age: str = "7D"
     stream_max_length_bytes: int = 1_000_000_000
-    message_stats_interval: int = 800
+    message_stats_interval: int = _ACTOR_DEFAULTS.stats_interval
     internal_token: str | None = None
     public_port: int = 8080
     internal_port: int = 8081
     host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_format: LogFormat = "text"
-    # Actor tunables (variables of our own, see the module docstring).
-    max_connections_per_stream: int = 1
-    prefetch: int = 200
-    send_timeout: float = 30.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    close_timeout: float = 2.0
+    # Actor tunables (variables of our own, see the module docstring); their
+    # defaults are ActorSettings' own, written down once.
+    max_connections_per_stream: int = _ACTOR_DEFAULTS.max_connections_per_stream
+    prefetch: int = _ACTOR_DEFAULTS.prefetch
+    send_timeout: float = _ACTOR_DEFAULTS.send_timeout
+    ping_interval: float = _ACTOR_DEFAULTS.ping_interval
+    ping_timeout: float = _ACTOR_DEFAULTS.ping_timeout
+    close_timeout: float = _ACTOR_DEFAULTS.close_timeout
     shutdown_grace: float = 10.0
     amqp_pool_size: int = 2
 
