@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -38,12 +39,14 @@ async def channel(connection: amqp.Connection) -> AsyncIterator[amqp.Channel]:
         yield ch
 
 
-@pytest.fixture
-async def queue_names() -> AsyncIterator[Callable[..., str]]:
-    """Make unique queue names; every queue made is deleted after the test."""
+@asynccontextmanager
+async def _unique_names(
+    prefix: str, delete: Callable[[amqp.Channel, str], Awaitable[object]]
+) -> AsyncIterator[Callable[..., str]]:
+    """Make unique names; ``delete`` removes every one made, afterwards."""
     made: list[str] = []
 
-    def make(prefix: str = "test-amqp") -> str:
+    def make(prefix: str = prefix) -> str:
         name = f"{prefix}-{uuid.uuid4()}"
         made.append(name)
         return name
@@ -52,24 +55,21 @@ async def queue_names() -> AsyncIterator[Callable[..., str]]:
     async with amqp.connect(AMQP_URL) as conn:
         for name in made:
             async with conn.channel() as ch:
-                await ch.queue_delete(name)
+                await delete(ch, name)
+
+
+@pytest.fixture
+async def queue_names() -> AsyncIterator[Callable[..., str]]:
+    """Make unique queue names; every queue made is deleted after the test."""
+    async with _unique_names("test-amqp", amqp.Channel.queue_delete) as make:
+        yield make
 
 
 @pytest.fixture
 async def exchange_names() -> AsyncIterator[Callable[..., str]]:
     """Make unique exchange names; every exchange made is deleted after the test."""
-    made: list[str] = []
-
-    def make(prefix: str = "test-amqp-ex") -> str:
-        name = f"{prefix}-{uuid.uuid4()}"
-        made.append(name)
-        return name
-
-    yield make
-    async with amqp.connect(AMQP_URL) as conn:
-        for name in made:
-            async with conn.channel() as ch:
-                await ch.exchange_delete(name)
+    async with _unique_names("test-amqp-ex", amqp.Channel.exchange_delete) as make:
+        yield make
 
 
 async def close_connection_named(*names: str, reason: str = "closed by test") -> None:
