@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from actors.broker import Broker
-from actors.observer import ActorObserver, NullObserver
+from actors.ports.broker import Broker
+from actors.ports.observer import ActorObserver, NullObserver
 from actors.settings import ActorSettings
 from actors.snapshot import WallClock
 

@@ -7,7 +7,7 @@ which the connection actors run, and it ends when the last connection has
 finished. So ten thousand idle streams cost ten thousand small objects.
 
 Live-tail connections (``FromNext``) share one broker consumer: the first
-one starts a :class:`~actors.tail.LiveTail` hub in the actor's nursery, the
+one starts a :class:`~actors.hub.LiveTailHub` hub in the actor's nursery, the
 others join it, and the last one to leave stops it. Every other position
 (``stream_from_ordinal``/``timestamp``, a resubscription from a cursor) gets
 a broker consumer of its own. Connection actors subscribe through
@@ -33,15 +33,15 @@ from contextlib import AbstractAsyncContextManager
 
 import trio
 
-from actors.broker import FromNext, StartPosition, Subscription
 from actors.close import INTERNAL_ERROR, SHUTDOWN, TAKEOVER, CloseReason
-from actors.connection import ConnectionActor
+from actors.connection_actor import ConnectionActor
 from actors.context import ActorContext
-from actors.registry import StreamRecord
+from actors.hub import LiveTailHub
+from actors.ports.broker import FromNext, StartPosition, Subscription
+from actors.ports.registry import StreamRecord
+from actors.ports.websocket import PendingWebSocket, WebSocket, WebSocketClosed
 from actors.snapshot import Snapshot, node, short_uuid
 from actors.start import ClientStart
-from actors.tail import LiveTail
-from actors.websocket import ChannelClosed, PendingWebSocket, WebSocketChannel
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class StreamActor:
         self._changed: trio.Event | None = None
         self._crashes = 0
         #: The shared live-tail consumer, while it runs.
-        self._tail: LiveTail | None = None
+        self._tail: LiveTailHub | None = None
 
     # -- observation -----------------------------------------------------
 
@@ -123,7 +123,7 @@ class StreamActor:
         return self._run is not None
 
     @property
-    def live_tail(self) -> LiveTail | None:
+    def live_tail(self) -> LiveTailHub | None:
         """The shared live-tail consumer, if one is running."""
         return self._tail
 
@@ -209,7 +209,7 @@ class StreamActor:
                 return hub.membership(prefetch)
         return self._context.broker.subscribe(self.record.routing_key, position, prefetch=prefetch)
 
-    def _live_tail(self) -> LiveTail | None:
+    def _live_tail(self) -> LiveTailHub | None:
         """The running hub, started in the actor's nursery if there is none."""
         hub = self._tail
         if hub is not None and not hub.stopping:
@@ -218,12 +218,12 @@ class StreamActor:
         if nursery is None or self._closing is not None:
             return None  # going down: the connection is being cancelled anyway
         record = self.record
-        hub = LiveTail(record.id, record.routing_key, self._context, self._tail_stopped)
+        hub = LiveTailHub(record.id, record.routing_key, self._context, self._tail_stopped)
         self._tail = hub
         nursery.start_soon(hub.run)
         return hub
 
-    def _tail_stopped(self, hub: LiveTail) -> None:
+    def _tail_stopped(self, hub: LiveTailHub) -> None:
         if self._tail is hub:
             self._tail = None
 
@@ -339,11 +339,11 @@ class StreamActor:
 
 async def refuse(websocket: PendingWebSocket, reason: CloseReason, close_timeout: float) -> None:
     """Accept a websocket only to close it at once with ``reason`` (bounded in time)."""
-    channel: WebSocketChannel | None = None
+    channel: WebSocket | None = None
     with trio.move_on_after(close_timeout) as closing:
         try:
             channel = await websocket.accept()
-        except ChannelClosed:
+        except WebSocketClosed:
             return
         await channel.close(reason.code, reason.reason)
     if closing.cancelled_caught and channel is not None:

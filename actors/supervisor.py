@@ -23,11 +23,11 @@ from dataclasses import replace
 
 import trio
 
-from actors.broker import Broker, BrokerError
 from actors.close import DELETED, SHUTDOWN
 from actors.context import ActorContext
-from actors.observer import ActorObserver, NullObserver
-from actors.registry import Registry, StreamRecord
+from actors.ports.broker import Broker, BrokerError
+from actors.ports.observer import ActorObserver, NullObserver
+from actors.ports.registry import Registry, StreamRecord
 from actors.settings import ActorSettings
 from actors.snapshot import Snapshot, WallClock, node
 from actors.stream import CLOSE_MARGIN, StreamActor

@@ -6,7 +6,7 @@ from web.metrics import ServiceMetrics
 
 
 class MetricsObserver:
-    """An :class:`actors.observer.ActorObserver` backed by :class:`ServiceMetrics`."""
+    """An :class:`actors.ports.observer.ActorObserver` backed by :class:`ServiceMetrics`."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._received = metrics.messages_received

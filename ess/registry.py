@@ -1,4 +1,4 @@
-"""The event-stream registry on SQLite: :class:`actors.registry.Registry` for real.
+"""The event-stream registry on SQLite: :class:`actors.ports.registry.Registry` for real.
 
 Durability. An acknowledged ``POST`` must survive ``kill -9`` of the process
 *and* a power loss of the machine (SPEC section 3). We use WAL journaling with
@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from actors.registry import StreamRecord, new_stream_uuid
+from actors.ports.registry import StreamRecord, new_stream_uuid
 from ess.errors import StartupError
 
 __all__ = [

@@ -17,8 +17,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as serve_http
 
-from actors.broker import BrokerError
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
+from actors.ports.broker import BrokerError
 from actors.supervisor import Supervisor
 from web.api import create_app
 from web.metrics import ServiceMetrics

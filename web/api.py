@@ -15,8 +15,8 @@ from collections.abc import Callable
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from actors.broker import BrokerUnavailable
-from actors.registry import StreamRecord
+from actors.ports.broker import BrokerUnavailable
+from actors.ports.registry import StreamRecord
 from web.auth import bearer_token_matches
 from web.debug import PUBLIC_DEBUG_ENDPOINTS, install_debug_routes
 from web.errors import install_error_handlers

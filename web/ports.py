@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from actors.registry import StreamRecord
+from actors.ports.registry import StreamRecord
+from actors.ports.websocket import PendingWebSocket
 from actors.start import ClientStart
-from actors.websocket import PendingWebSocket
 
 
 class StreamHandle(Protocol):
@@ -34,7 +34,7 @@ class StreamDirectory(Protocol):
     """The supervisor, as the internal API and the websocket edge see it."""
 
     async def create_stream(self, routing_key: str) -> StreamRecord:
-        """Create and record a stream. Raises :class:`actors.broker.BrokerUnavailable`."""
+        """Create and record a stream. Raises :class:`actors.ports.broker.BrokerUnavailable`."""
         ...
 
     async def delete_stream(self, stream_id: int) -> bool:

@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
+from actors.ports.websocket import PendingWebSocket
 from actors.start import ClientStart
-from actors.websocket import PendingWebSocket
-from web.channel import CONNECTION_GONE, TrioPendingWebSocket, TrioWebSocketChannel, format_peer
+from web.client_socket import CONNECTION_GONE, TrioPendingWebSocket, TrioWebSocket, format_peer
 from web.metrics import ServiceMetrics
 from web.params import StartParameterError, parse_start
 from web.ports import StreamDirectory
@@ -39,7 +39,7 @@ from web.ports import StreamDirectory
 __all__ = [
     "UNKNOWN_STREAM_REASON",
     "TrioPendingWebSocket",
-    "TrioWebSocketChannel",
+    "TrioWebSocket",
     "serve_public_websockets",
 ]
 
@@ -187,7 +187,7 @@ class _Edge:
         if pending.channel is not None:
             await pending.channel.close(1000, "")
 
-    def _count_end(self, channel: TrioWebSocketChannel | None) -> None:
+    def _count_end(self, channel: TrioWebSocket | None) -> None:
         if self._metrics is None or channel is None:
             return
         self._metrics.websocket_connections.dec()
@@ -197,7 +197,7 @@ class _Edge:
 async def _accept_and_close(pending: TrioPendingWebSocket, code: int, reason: str) -> None:
     try:
         channel = await pending.accept()
-    except Exception:  # ChannelClosed: the client left; nothing to tell it
+    except Exception:  # WebSocketClosed: the client left; nothing to tell it
         return
     await channel.close(code, reason)
 

@@ -45,7 +45,7 @@ __all__ = [
     "CloseAction",
     "Event",
     "close_action",
-    "format_event",
+    "event_line",
     "format_timestamp",
     "listen",
     "parse_frame",
@@ -183,7 +183,7 @@ def _escape(ch: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def format_event(event: Event) -> str:
+def event_line(event: Event) -> str:
     """One readable line: ``#<ordinal> <ISO time> <type> <body>``.
 
     Multi-line protobuf text is folded onto one line (in the protobuf text
@@ -375,7 +375,7 @@ class _Printer:
         last = self._state.last_ordinal
         if event.ordinal is not None and last is not None and event.ordinal <= last:
             return  # already printed before a reconnect: never twice
-        line = _printable(message) if self._as_json else format_event(event)
+        line = _printable(message) if self._as_json else event_line(event)
         self._out.write(line + "\n")
         self._out.flush()  # a pipe reader (tee, grep, a test) sees each event now
         self._state.printed += 1

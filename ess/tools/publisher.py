@@ -1,6 +1,6 @@
 """``ess publish``: publish test events the way the Account Server does.
 
-It goes through :class:`actors.rabbitmq.RabbitMQBroker`, the service's own
+It goes through :class:`actors.adapters.rabbitmq.RabbitMQBroker`, the service's own
 broker adapter (our AMQP client with publisher confirms), so "published"
 means "the broker confirmed it": when the command returns, every event it
 counted is in the stream queue (or was dropped as unroutable, which it warns
@@ -27,7 +27,7 @@ from typing import TextIO
 
 import trio
 
-from actors.broker import Broker, BrokerError
+from actors.ports.broker import Broker, BrokerError
 from ess.config import Config, redact_url
 
 __all__ = [
@@ -222,7 +222,7 @@ async def _publish_with_rabbitmq(
     err: TextIO,
 ) -> int:
     # Imported here: the AMQP client is only needed by this command.
-    from actors.rabbitmq import RabbitMQBroker
+    from actors.adapters.rabbitmq import RabbitMQBroker
 
     def say(text: str) -> None:
         err.write(f"{PROG}: {text}\n")

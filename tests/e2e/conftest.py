@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 
 from .service import ServiceProcess
 

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 
 from .service import ServiceProcess
 

@@ -8,7 +8,7 @@ import re
 import httpx
 import trio
 
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 
 from .client import connect, receive, wait_closed
 from .service import ServiceProcess

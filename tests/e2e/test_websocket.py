@@ -12,7 +12,7 @@ import pytest
 import trio
 
 import amqp
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 
 from .client import (
     connect,

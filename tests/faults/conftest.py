@@ -24,7 +24,7 @@ import pytest
 import trio
 
 import amqp
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 from tests.e2e.service import ServiceProcess
 
 #: Generous bound on any single wait in these tests (they use their own, tighter ones).

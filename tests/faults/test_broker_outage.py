@@ -93,7 +93,7 @@ async def start_broker() -> None:
 
 
 def connection_attempts(log_path: Path) -> tuple[int, int]:
-    """(failed connects, successful connects) from the log lines of actors.rabbitmq."""
+    """(failed connects, successful connects) from the log lines of actors.adapters.rabbitmq."""
     text = log_path.read_text(errors="replace")
     failed = len(re.findall(r"actors\.rabbitmq: broker connection \d+ failed", text))
     up = len(re.findall(r"actors\.rabbitmq: broker connection \d+ up", text))

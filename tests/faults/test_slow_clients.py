@@ -17,7 +17,7 @@ import statistics
 import pytest
 import trio
 
-from actors.broker import FromNext
+from actors.ports.broker import FromNext
 from tests.e2e.client import connect, receive_json
 
 from .conftest import (

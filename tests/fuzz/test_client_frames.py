@@ -25,7 +25,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 from tests.e2e.service import ServiceProcess
 
 from .conftest import unique_key

@@ -19,7 +19,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 
 from .probes import known_failure
 from .test_routing_keys import MAX_KEY_BYTES, padded, uid

@@ -19,7 +19,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from actors.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq import RabbitMQBroker
 from tests.e2e.service import ServiceProcess
 
 MAX_KEY_BYTES = 255

@@ -12,7 +12,8 @@ import pytest
 import trio
 
 import amqp
-from actors.broker import (
+from actors.adapters.rabbitmq import BrokerConfigurationError, ExchangeTypeMismatch, RabbitMQBroker
+from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
     FromOffset,
@@ -21,7 +22,6 @@ from actors.broker import (
     StreamNotFound,
     Subscription,
 )
-from actors.rabbitmq import BrokerConfigurationError, ExchangeTypeMismatch, RabbitMQBroker
 
 from .amqp_client.conftest import close_connection_named
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import amqp
-from actors.rabbitmq import _queue_home_down
+from actors.adapters.rabbitmq import _queue_home_down
 
 
 def test_a_durable_queue_whose_home_is_still_starting_is_not_missing() -> None:

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from actors.memory import MemoryBroker
-from actors.registry import MemoryRegistry, StreamRecord
+from actors.adapters.memory_broker import MemoryBroker
+from actors.adapters.memory_registry import MemoryRegistry
+from actors.ports.registry import StreamRecord
+from actors.ports.websocket import WebSocketClosed
 from actors.settings import ActorSettings
 from actors.start import ClientStart, LiveTail
 from actors.stream import StreamActor
 from actors.supervisor import Supervisor
-from actors.websocket import ChannelClosed
 
 #: The wall clock of the tests: a fixed epoch plus the (mock) trio clock.
 EPOCH = 1_700_000_000.0
@@ -40,7 +41,7 @@ def wall_clock() -> float:
 
 
 class FakeWebSocket:
-    """Both a :class:`PendingWebSocket` and the :class:`WebSocketChannel` it accepts as.
+    """Both a :class:`PendingWebSocket` and the :class:`WebSocket` it accepts as.
 
     Records what the server sends and how it closes. Knobs simulate clients:
     ``reading=False`` blocks ``send_text`` (a client that stopped reading;
@@ -93,14 +94,14 @@ class FakeWebSocket:
         self._changed = trio.Event()
         self._to_server, self._from_client = trio.open_memory_channel[str](0)
 
-    # -- PendingWebSocket / WebSocketChannel ---------------------------------
+    # -- PendingWebSocket / WebSocket ---------------------------------
 
     async def accept(self) -> FakeWebSocket:
         await trio.lowlevel.checkpoint()
         if self.accept_delay:
             await trio.sleep(self.accept_delay)
         if self._gone:
-            raise ChannelClosed("the client left before the handshake")
+            raise WebSocketClosed("the client left before the handshake")
         self.accepted.set()
         if self.on_accept is not None:
             self.on_accept()
@@ -110,7 +111,7 @@ class FakeWebSocket:
         await trio.lowlevel.checkpoint()
         self.sends_started += 1
         if self.closed.is_set():
-            raise ChannelClosed("closed")
+            raise WebSocketClosed("closed")
         if self.fail_send is not None:
             raise self.fail_send
         if self.read_budget is not None and len(self.sent) >= self.read_budget:
@@ -118,7 +119,7 @@ class FakeWebSocket:
         while not self.reading:
             await self._wait_changed()
             if self.closed.is_set():
-                raise ChannelClosed("closed")
+                raise WebSocketClosed("closed")
         self.sent.append(text)
         self._notify()
 
@@ -131,16 +132,16 @@ class FakeWebSocket:
         try:
             return await self._from_client.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise ChannelClosed("closed") from None
+            raise WebSocketClosed("closed") from None
 
     async def ping(self) -> None:
         self.pings += 1
         await trio.lowlevel.checkpoint()
         if self.closed.is_set():
-            raise ChannelClosed("closed")
+            raise WebSocketClosed("closed")
         if not self.answers_pings:
             await self.closed.wait()
-            raise ChannelClosed("closed")
+            raise WebSocketClosed("closed")
 
     async def close(self, code: int, reason: str) -> None:
         self.close_calls.append((code, reason))

@@ -10,8 +10,8 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors.broker import FromOffset, FromTimestamp
-from actors.connection import RESUBSCRIBE_BACKOFF_MAX, SEND_BATCH, start_position
+from actors.connection_actor import RESUBSCRIBE_BACKOFF_MAX, SEND_BATCH, start_position
+from actors.ports.broker import FromOffset, FromTimestamp
 from actors.start import AfterOrdinal, AtOrAfterTime, LiveTail
 
 from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, running, settle, wall_clock

@@ -11,9 +11,9 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors.broker import BrokerUnavailable
-from actors.memory import MemoryBroker
-from actors.registry import MemoryRegistry
+from actors.adapters.memory_broker import MemoryBroker
+from actors.adapters.memory_registry import MemoryRegistry
+from actors.ports.broker import BrokerUnavailable
 from actors.start import AfterOrdinal
 from actors.stream import StreamActor
 

@@ -9,11 +9,10 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors.broker import StreamEvent
-from actors.connection import ConnectionActor
+from actors.connection_actor import ConnectionActor
+from actors.hub import DEMOTE_GRACE, LiveTailHub
+from actors.ports.broker import StreamEvent
 from actors.start import AfterOrdinal
-from actors.tail import DEMOTE_GRACE
-from actors.tail import LiveTail as LiveTailHub
 
 from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle
 

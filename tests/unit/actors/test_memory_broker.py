@@ -6,7 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors.broker import (
+from actors.adapters.memory_broker import MemoryBroker
+from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
     FromOffset,
@@ -15,7 +16,6 @@ from actors.broker import (
     StreamNotFound,
     Subscription,
 )
-from actors.memory import MemoryBroker
 
 from .actor_fakes import WAIT, wall_clock
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.registry import Registry, StreamRecord
+from actors.ports.registry import Registry, StreamRecord
 from ess.registry import (
     SCHEMA_VERSION,
     RegistryClosedError,

@@ -18,7 +18,7 @@ from ess.tools.listener import (
     Event,
     check_location,
     close_action,
-    format_event,
+    event_line,
     format_timestamp,
     parse_frame,
     parse_ordinal,
@@ -104,17 +104,17 @@ def test_format_timestamp() -> None:
 
 def test_format_event_line() -> None:
     frame = json.dumps({"type": "Hello", "n": 1, "ess_ordinal": 3, "ess_timestamp": TS})
-    assert format_event(parse_frame(frame)) == f'#3 {ISO} Hello {{"type": "Hello", "n": 1}}'
-    assert format_event(Event("text", None, None, "x")) == "#? - text x"
+    assert event_line(parse_frame(frame)) == f'#3 {ISO} Hello {{"type": "Hello", "n": 1}}'
+    assert event_line(Event("text", None, None, "x")) == "#? - text x"
 
 
 def test_multiline_protobuf_text_is_one_line() -> None:
     event = Event("T", 1, TS, 'status: "DONE"\n  detail {\n    code: 3\n  }\n')
-    assert format_event(event) == f'#1 {ISO} T status: "DONE" detail {{ code: 3 }}'
+    assert event_line(event) == f'#1 {ISO} T status: "DONE" detail {{ code: 3 }}'
 
 
 def test_control_characters_cannot_reach_the_terminal() -> None:
-    line = format_event(Event("T", 1, TS, "red \x1b[31m bell \x07 tab\there\u2028end"))
+    line = event_line(Event("T", 1, TS, "red \x1b[31m bell \x07 tab\there\u2028end"))
     assert "\x1b" not in line and "\x07" not in line
     assert "\\x1b[31m" in line and "\\x07" in line and "\\t" in line and "\\u2028" in line
 

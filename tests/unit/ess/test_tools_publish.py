@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors.broker import BrokerUnavailable
-from actors.memory import MemoryBroker
+from actors.adapters.memory_broker import MemoryBroker
+from actors.ports.broker import BrokerUnavailable
 from ess.tools.publisher import (
     Progress,
     PublishResult,

@@ -14,9 +14,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from actors.ports.websocket import PendingWebSocket, WebSocketClosed
 from actors.start import AfterOrdinal, AtOrAfterTime, ClientStart, LiveTail
-from actors.websocket import ChannelClosed, PendingWebSocket
-from web.channel import TrioWebSocketChannel
+from web.client_socket import TrioWebSocket
 from web.metrics import ServiceMetrics
 from web.websocket import serve_public_websockets
 
@@ -208,7 +208,7 @@ async def test_oversized_client_messages_close_with_1009() -> None:
         try:
             while True:
                 await channel.receive()
-        except ChannelClosed:
+        except WebSocketClosed:
             await channel.close(1000, "bye")
 
     directory.behaviour = drain
@@ -307,7 +307,7 @@ async def test_ping_fails_when_the_connection_goes_instead_of_hanging() -> None:
         actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
     ) -> None:
         channel = await websocket.accept()
-        assert isinstance(channel, TrioWebSocketChannel)
+        assert isinstance(channel, TrioWebSocket)
         async with trio.open_nursery() as nursery:
 
             async def abort_soon() -> None:
@@ -318,11 +318,11 @@ async def test_ping_fails_when_the_connection_goes_instead_of_hanging() -> None:
             with trio.fail_after(5):
                 try:
                     await channel.ping()
-                except ChannelClosed:
+                except WebSocketClosed:
                     outcomes.append("closed")
-        with pytest.raises(ChannelClosed):
+        with pytest.raises(WebSocketClosed):
             await channel.send_text("late")
-        with pytest.raises(ChannelClosed):
+        with pytest.raises(WebSocketClosed):
             await channel.ping()
         done.set()
 

@@ -11,10 +11,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from actors.broker import BrokerUnavailable
-from actors.registry import StreamRecord
+from actors.ports.broker import BrokerUnavailable
+from actors.ports.registry import StreamRecord
+from actors.ports.websocket import PendingWebSocket
 from actors.start import ClientStart
-from actors.websocket import PendingWebSocket
 
 
 async def send_two_frames(

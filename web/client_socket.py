@@ -1,13 +1,13 @@
-"""The websocket channel port (:mod:`actors.websocket`) on trio-websocket.
+"""The websocket channel port (:mod:`actors.ports.websocket`) on trio-websocket.
 
 trio-websocket 0.12 leaves three traps that these adapters close:
 
 - Its close is not shielded and waits for the peer's close frame for as long
-  as the caller lets it. :meth:`TrioWebSocketChannel.close` shields the close
+  as the caller lets it. :meth:`TrioWebSocket.close` shields the close
   and bounds it by ``close_timeout``, then drops the TCP stream whatever
   happened, so a close can run in a cancelled ``finally`` and always ends.
 - Its ``ping`` waits for the pong forever if the connection dies meanwhile.
-  :meth:`TrioWebSocketChannel.ping` also wakes when the connection closes.
+  :meth:`TrioWebSocket.ping` also wakes when the connection closes.
 - After some failures (an oversized client message) it stops reading but
   leaves the socket open; :meth:`close` always closes the socket at the end.
 """
@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebS
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
-from actors.websocket import ChannelClosed
+from actors.ports.websocket import WebSocketClosed
 from web.metrics import ServiceMetrics
 from web.reasons import close_reason
 
@@ -47,8 +47,8 @@ def format_peer(endpoint: Endpoint | str) -> str:
     return endpoint
 
 
-class TrioWebSocketChannel:
-    """One accepted websocket (implements :class:`actors.websocket.WebSocketChannel`)."""
+class TrioWebSocket:
+    """One accepted websocket (implements :class:`actors.ports.websocket.WebSocket`)."""
 
     def __init__(
         self,
@@ -82,7 +82,7 @@ class TrioWebSocketChannel:
         try:
             await self._ws.send_message(text)
         except CONNECTION_GONE as error:
-            raise ChannelClosed(str(error)) from None
+            raise WebSocketClosed(str(error)) from None
         if self._metrics is not None:
             self._metrics.messages_sent.inc()
             self._metrics.bytes_sent.inc(_utf8_length(text))
@@ -96,7 +96,7 @@ class TrioWebSocketChannel:
         """
         ws = self._ws
         if ws._close_reason is not None:
-            raise ChannelClosed("The websocket is closed")
+            raise WebSocketClosed("The websocket is closed")
         try:
             data = b"".join([ws._wsproto.send(TextMessage(data=text)) for text in texts])
             async with ws._stream_lock:
@@ -104,7 +104,7 @@ class TrioWebSocketChannel:
         except CONNECTION_GONE as error:
             with trio.CancelScope(shield=True):
                 await ws._abort_web_socket()
-            raise ChannelClosed(str(error)) from None
+            raise WebSocketClosed(str(error)) from None
         if self._metrics is not None:
             self._metrics.messages_sent.inc(len(texts))
             self._metrics.bytes_sent.inc(sum(map(_utf8_length, texts)))
@@ -113,12 +113,12 @@ class TrioWebSocketChannel:
         try:
             return await self._ws.get_message()
         except CONNECTION_GONE as error:
-            raise ChannelClosed(str(error)) from None
+            raise WebSocketClosed(str(error)) from None
 
     async def ping(self) -> None:
-        """Ping and wait for the pong, or raise :class:`ChannelClosed` if the socket goes."""
+        """Ping and wait for the pong, or raise :class:`WebSocketClosed` if the socket goes."""
         if self._closed.is_set() or self._ws.closed is not None:
-            raise ChannelClosed("The websocket is closed")
+            raise WebSocketClosed("The websocket is closed")
         answered = False
         async with trio.open_nursery() as nursery:
 
@@ -138,7 +138,7 @@ class TrioWebSocketChannel:
             nursery.start_soon(_wait_then_cancel, self._ws._close_handshake, nursery.cancel_scope)
             nursery.start_soon(_wait_then_cancel, self._closed, nursery.cancel_scope)
         if not answered:
-            raise ChannelClosed("The websocket closed while waiting for a pong")
+            raise WebSocketClosed("The websocket closed while waiting for a pong")
 
     async def close(self, code: int, reason: str) -> None:
         """Close handshake, shielded and bounded, then drop the socket; never raises."""
@@ -176,7 +176,7 @@ async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
 
 
 class TrioPendingWebSocket:
-    """A handshake not answered yet (implements :class:`actors.websocket.PendingWebSocket`)."""
+    """A handshake not yet answered: an :class:`~actors.ports.websocket.PendingWebSocket`."""
 
     def __init__(
         self,
@@ -191,13 +191,13 @@ class TrioPendingWebSocket:
         self._accept_timeout = accept_timeout
         self._close_timeout = close_timeout
         self._metrics = metrics
-        self.channel: TrioWebSocketChannel | None = None
+        self.channel: TrioWebSocket | None = None
 
     @property
     def peer(self) -> str:
         return self._peer
 
-    async def accept(self) -> TrioWebSocketChannel:
+    async def accept(self) -> TrioWebSocket:
         """Answer 101; bounded, because a client that stopped reading could stall it."""
         if self.channel is not None:
             return self.channel
@@ -205,8 +205,8 @@ class TrioPendingWebSocket:
             with trio.fail_after(self._accept_timeout):
                 connection = await self._request.accept()
         except (*CONNECTION_GONE, trio.TooSlowError) as error:
-            raise ChannelClosed(f"Handshake with {self._peer} failed: {error!r}") from None
-        self.channel = TrioWebSocketChannel(
+            raise WebSocketClosed(f"Handshake with {self._peer} failed: {error!r}") from None
+        self.channel = TrioWebSocket(
             connection, self._peer, close_timeout=self._close_timeout, metrics=self._metrics
         )
         if self._metrics is not None:
@@ -214,7 +214,7 @@ class TrioPendingWebSocket:
         return self.channel
 
 
-__all__ = ["CONNECTION_GONE", "TrioPendingWebSocket", "TrioWebSocketChannel", "format_peer"]
+__all__ = ["CONNECTION_GONE", "TrioPendingWebSocket", "TrioWebSocket", "format_peer"]
 
 
 def _utf8_length(text: str) -> int:

@@ -1,8 +1,8 @@
 """The broker port: everything an actor needs from a message broker.
 
 Actors never speak AMQP. They speak this small protocol, which has two
-adapters: :mod:`actors.rabbitmq` (the real broker, through :mod:`amqp`) and
-:mod:`actors.memory` (an in-process stream log for fast unit tests). Keeping
+adapters: :mod:`actors.adapters.rabbitmq` (the real broker, through :mod:`amqp`) and
+:mod:`actors.adapters.memory_broker` (an in-process stream log for fast unit tests). Keeping
 the port narrow is what lets the actor logic be tested under a MockClock.
 
 Positions are *stream offsets* (0-based) here; the public *ordinal* (1-based)
@@ -31,6 +31,26 @@ class BrokerUnavailable(BrokerError):
 
 class StreamNotFound(BrokerError):
     """The stream queue of the routing key does not exist in the broker."""
+
+
+class NotAStreamQueue(BrokerError):
+    """A queue named after the routing key exists but is not a stream queue.
+
+    The service never uses or changes such a queue (SPEC section 2): the
+    internal API answers 409 and records nothing.
+    """
+
+
+class SubscriptionLost(BrokerError):
+    """The consumer ended although its stream queue still exists: resubscribe now.
+
+    Raised by a subscription's iteration once it has yielded everything it
+    had buffered, when the adapter gave the consumer up on its own (its
+    buffer passed its bound while the client was not reading) or the broker
+    cancelled it for a reason other than the queue's deletion (a stream
+    leader moving). The owner resubscribes from its cursor + 1 at once, with
+    no pause: nothing is lost and the broker is not being refused.
+    """
 
 
 @dataclass(frozen=True, slots=True)

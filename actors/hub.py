@@ -3,7 +3,7 @@
 Broker consumers are counted per *cursor*, not per websocket (DESIGN "The
 actor tree"): every connection that asked for the live tail (no
 ``stream_from_*`` parameter) reads the same events, so a stream actor runs
-at most one :class:`LiveTail`, holding one ``broker.subscribe(routing_key,
+at most one :class:`LiveTailHub`, holding one ``broker.subscribe(routing_key,
 FromNext())``, and fans each event out to its members. RabbitMQ then opens
 one set of stream segment files per stream instead of one per websocket.
 
@@ -22,14 +22,14 @@ one set of stream segment files per stream instead of one per websocket.
   acking, the broker). A burst that a healthy client absorbs in a moment
   thus demotes nobody, and a slow client stalls the others at most once.
   One still behind is *demoted*: it leaves the hub, drains what it
-  buffered, then its iteration raises :class:`LeftTail`; the connection
+  buffered, then its iteration raises :class:`LeftHub`; the connection
   actor resubscribes on a consumer of its own from its cursor + 1 (no gap,
   no duplicate, and the slow client is backpressured by the broker again;
   its send timeout still applies).
 - Broker outage: the hub waits for the broker (jittered backoff) and
   resubscribes from its last offset + 1; members only see a pause.
-  :class:`~actors.broker.StreamNotFound` ends every member with that error.
-  Any other failure (a bug) ends every member with :class:`LeftTail`, so
+  :class:`~actors.ports.broker.StreamNotFound` ends every member with that error.
+  Any other failure (a bug) ends every member with :class:`LeftHub`, so
   connections fall back to consumers of their own instead of crashing.
 """
 
@@ -43,7 +43,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from actors.broker import (
+from actors.context import ActorContext
+from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
     FromOffset,
@@ -51,7 +52,6 @@ from actors.broker import (
     StreamEvent,
     StreamNotFound,
 )
-from actors.context import ActorContext
 from actors.snapshot import Snapshot, node
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ DEMOTE_GRACE = 0.5
 NAME = "live-tail"
 
 
-class LeftTail(Exception):
+class LeftHub(Exception):
     """A member no longer receives events from the hub: continue on a consumer of its own.
 
     Raised by the member's iteration once it has yielded everything it had
@@ -86,8 +86,8 @@ class LeftTail(Exception):
         self.resume_offset = resume_offset
 
 
-class TailMember:
-    """One connection's share of the hub: a :class:`~actors.broker.Subscription`.
+class HubMember:
+    """One connection's share of the hub: a :class:`~actors.ports.broker.Subscription`.
 
     Iteration yields the events the hub fanned out to it, in stream order;
     :meth:`ack` is a no-op (the hub acknowledges the broker itself).
@@ -144,7 +144,7 @@ class TailMember:
             room.set()
 
     async def _wait_room(self) -> None:
-        """Until the buffer has room (or the member is gone: see :meth:`LiveTail.leave`)."""
+        """Until the buffer has room (or the member is gone: see :meth:`LiveTailHub.leave`)."""
         room = self._room = trio.Event()
         await room.wait()
 
@@ -170,7 +170,7 @@ class TailMember:
         """Nothing to do: the hub acknowledged the event when it fanned it out."""
 
 
-class LiveTail:
+class LiveTailHub:
     """The shared live-tail consumer of one stream actor; see the module documentation."""
 
     def __init__(
@@ -178,7 +178,7 @@ class LiveTail:
         stream_id: int,
         routing_key: str,
         context: ActorContext,
-        on_stopped: Callable[[LiveTail], None] | None = None,
+        on_stopped: Callable[[LiveTailHub], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.routing_key = routing_key
@@ -197,9 +197,9 @@ class LiveTail:
         self._context = context
         self._prefetch = context.settings.prefetch
         self._on_stopped = on_stopped
-        self._members: dict[TailMember, None] = {}
+        self._members: dict[HubMember, None] = {}
         #: Members waiting for the hub to attach (they receive nothing yet).
-        self._joining: dict[TailMember, None] = {}
+        self._joining: dict[HubMember, None] = {}
         self._attached = False
         #: Set (and replaced) whenever the hub attaches or an attempt fails.
         self._changed = trio.Event()
@@ -241,7 +241,7 @@ class LiveTail:
     # -- members ---------------------------------------------------------
 
     @asynccontextmanager
-    async def membership(self, capacity: int) -> AsyncIterator[TailMember]:
+    async def membership(self, capacity: int) -> AsyncIterator[HubMember]:
         """:meth:`join` on entry, :meth:`leave` on exit: a ``Broker.subscribe`` look-alike."""
         member = await self.join(capacity)
         try:
@@ -249,19 +249,19 @@ class LiveTail:
         finally:
             self.leave(member)
 
-    async def join(self, capacity: int) -> TailMember:
+    async def join(self, capacity: int) -> HubMember:
         """Become a member; on return, every event the hub receives from now on is buffered.
 
         Synchronous (no checkpoint) when the hub is attached. Otherwise waits
-        until it is; raises :class:`~actors.broker.BrokerUnavailable` if the
+        until it is; raises :class:`~actors.ports.broker.BrokerUnavailable` if the
         broker is down (the caller waits and joins again, as it would
-        resubscribe), :class:`~actors.broker.StreamNotFound` if the queue is
-        missing, :class:`LeftTail` if the hub is gone.
+        resubscribe), :class:`~actors.ports.broker.StreamNotFound` if the queue is
+        missing, :class:`LeftHub` if the hub is gone.
         """
         if self._stopping:
-            raise LeftTail("the shared consumer has stopped", None)
+            raise LeftHub("the shared consumer has stopped", None)
         next_offset = None if self.last_offset is None else self.last_offset + 1
-        member = TailMember(capacity, next_offset)
+        member = HubMember(capacity, next_offset)
         if self._attached:
             self._members[member] = None
             return member
@@ -279,7 +279,7 @@ class LiveTail:
             raise
         return member
 
-    def leave(self, member: TailMember) -> None:
+    def leave(self, member: HubMember) -> None:
         """``member`` is done (idempotent); the last one to leave stops the hub."""
         self._members.pop(member, None)
         self._joining.pop(member, None)
@@ -303,7 +303,7 @@ class LiveTail:
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
-    def _end_all(self, end: Callable[[TailMember], BaseException]) -> None:
+    def _end_all(self, end: Callable[[HubMember], BaseException]) -> None:
         """End every member and joiner (they drain their buffers first)."""
         everyone = [*self._members, *self._joining]
         self._members.clear()
@@ -335,7 +335,7 @@ class LiveTail:
             self._stopping = True
             # Whoever is left (a crash, or the stream actor being cancelled)
             # continues on a consumer of its own.
-            self._end_all(lambda m: LeftTail("the shared consumer stopped", m.next_offset))
+            self._end_all(lambda m: LeftHub("the shared consumer stopped", m.next_offset))
             if self._on_stopped is not None:
                 self._on_stopped(self)
             log.info(
@@ -417,17 +417,17 @@ class LiveTail:
         self._notify()
         self._stop_if_empty()
 
-    def _fan_out(self, event: StreamEvent) -> list[TailMember]:
+    def _fan_out(self, event: StreamEvent) -> list[HubMember]:
         """Buffer ``event`` for every member; return those whose buffer is full."""
         self.received += 1
         self.last_offset = event.offset
-        slow: list[TailMember] = []
+        slow: list[HubMember] = []
         for member in self._members:
             if not member._offer(event):
                 slow.append(member)
         return slow
 
-    async def _fan_out_slow(self, event: StreamEvent, slow: list[TailMember]) -> None:
+    async def _fan_out_slow(self, event: StreamEvent, slow: list[HubMember]) -> None:
         """Give each full member its grace to make room for ``event``, else demote it.
 
         The graces run concurrently (all start now at the latest), so however
@@ -449,7 +449,7 @@ class LiveTail:
             if not offered and member in self._members:
                 self._demote(member)
 
-    def _demote(self, member: TailMember) -> None:
+    def _demote(self, member: HubMember) -> None:
         del self._members[member]
         self.demoted += 1
         log.info(
@@ -459,5 +459,5 @@ class LiveTail:
             member.buffered,
             member.next_offset,
         )
-        member._finish(LeftTail("too slow for the shared consumer", member.next_offset))
+        member._finish(LeftHub("too slow for the shared consumer", member.next_offset))
         self._stop_if_empty()

@@ -1,4 +1,4 @@
-"""An in-process :class:`~actors.broker.Broker` that behaves like RabbitMQ stream queues.
+"""An in-process :class:`~actors.ports.broker.Broker` that behaves like RabbitMQ stream queues.
 
 For unit tests of the actors (under ``trio.testing.MockClock``). Per routing
 key it keeps an append-only log of ``(offset, body, own timestamp, broker
@@ -18,9 +18,9 @@ Modelled RabbitMQ behaviour:
   the queue to exist. Otherwise the message is silently dropped, as an
   unroutable message is.
 - An outage (:meth:`MemoryBroker.set_available` with ``False``) ends every
-  live subscription with :class:`~actors.broker.BrokerUnavailable`, even if
+  live subscription with :class:`~actors.ports.broker.BrokerUnavailable`, even if
   the broker is back before the consumer notices; the log survives.
-- Deleting a queue ends its subscriptions with :class:`~actors.broker.StreamNotFound`.
+- Deleting a queue ends its subscriptions with :class:`~actors.ports.broker.StreamNotFound`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import trio
 
-from actors.broker import (
+from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
     FromOffset,
@@ -171,7 +171,7 @@ class MemorySubscription:
 
 
 class MemoryBroker:
-    """The :class:`~actors.broker.Broker` port over in-process stream logs.
+    """The :class:`~actors.ports.broker.Broker` port over in-process stream logs.
 
     ``clock`` gives the broker's wall time in seconds (``time.time`` by
     default); tests pass a function of ``trio.current_time()`` so that the

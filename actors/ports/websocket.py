@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 
-class ChannelClosed(Exception):
+class WebSocketClosed(Exception):
     """The peer went away, or the channel was closed; nothing more can be sent."""
 
 
-class WebSocketChannel(Protocol):
+class WebSocket(Protocol):
     """One accepted websocket, seen from the connection actor."""
 
     @property
@@ -23,18 +23,18 @@ class WebSocketChannel(Protocol):
         ...
 
     async def send_text(self, text: str) -> None:
-        """Send one text frame. Raises :class:`ChannelClosed`."""
+        """Send one text frame. Raises :class:`WebSocketClosed`."""
         ...
 
     async def send_texts(self, texts: Sequence[str]) -> None:
         """Send several text frames, in order, in as few socket writes as possible.
 
-        Raises :class:`ChannelClosed`.
+        Raises :class:`WebSocketClosed`.
         """
         ...
 
     async def receive(self) -> str | bytes:
-        """Wait for the next frame from the client. Raises :class:`ChannelClosed`.
+        """Wait for the next frame from the client. Raises :class:`WebSocketClosed`.
 
         Clients have nothing to say to this service, but frames must be read
         (and discarded) so that the protocol reader keeps answering pings.
@@ -42,7 +42,7 @@ class WebSocketChannel(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Send a ping and wait for its pong. Raises :class:`ChannelClosed`."""
+        """Send a ping and wait for its pong. Raises :class:`WebSocketClosed`."""
         ...
 
     async def close(self, code: int, reason: str) -> None:
@@ -68,6 +68,6 @@ class PendingWebSocket(Protocol):
     @property
     def peer(self) -> str: ...
 
-    async def accept(self) -> WebSocketChannel:
-        """Complete the handshake. Raises :class:`ChannelClosed` if the peer left."""
+    async def accept(self) -> WebSocket:
+        """Complete the handshake. Raises :class:`WebSocketClosed` if the peer left."""
         ...

@@ -5,9 +5,9 @@ Lifecycle (SPEC section 4, DESIGN "The actor tree"):
 1. Subscribe first (the consumer is attached before the handshake completes,
    so a live tail misses nothing published after it), then accept. It
    subscribes through its stream actor, which hands a live tail (``FromNext``)
-   a member of the stream's shared :class:`~actors.tail.LiveTail` consumer and
+   a member of the stream's shared :class:`~actors.hub.LiveTail` consumer and
    any other position a broker consumer of its own. Both are a
-   :class:`~actors.broker.Subscription`: the pump is one code path.
+   :class:`~actors.ports.broker.Subscription`: the pump is one code path.
 2. Run three things concurrently: the *pump* (event -> frame -> ack), a
    *reader* that drains and discards client frames (trio-websocket's inbound
    queue holds one message; an undrained one stops its ping answers), and a
@@ -36,15 +36,6 @@ from typing import NoReturn
 
 import trio
 
-from actors.broker import (
-    BrokerUnavailable,
-    FromNext,
-    FromOffset,
-    FromTimestamp,
-    StartPosition,
-    StreamNotFound,
-    Subscription,
-)
 from actors.close import (
     INTERNAL_ERROR,
     POISONED,
@@ -57,13 +48,22 @@ from actors.close import (
 )
 from actors.context import ActorContext
 from actors.formatting import EventClock, Poison, Skip, Text, format_event
+from actors.hub import RESUBSCRIBE_BACKOFF_INITIAL as RESUBSCRIBE_BACKOFF_INITIAL
+from actors.hub import RESUBSCRIBE_BACKOFF_MAX as RESUBSCRIBE_BACKOFF_MAX
+from actors.hub import RESUBSCRIBE_PAUSE as RESUBSCRIBE_PAUSE
+from actors.hub import HubMember, LeftHub
+from actors.ports.broker import (
+    BrokerUnavailable,
+    FromNext,
+    FromOffset,
+    FromTimestamp,
+    StartPosition,
+    StreamNotFound,
+    Subscription,
+)
+from actors.ports.websocket import PendingWebSocket, WebSocket, WebSocketClosed
 from actors.snapshot import Snapshot, node
 from actors.start import AfterOrdinal, AtOrAfterTime, ClientStart, LiveTail
-from actors.tail import RESUBSCRIBE_BACKOFF_INITIAL as RESUBSCRIBE_BACKOFF_INITIAL
-from actors.tail import RESUBSCRIBE_BACKOFF_MAX as RESUBSCRIBE_BACKOFF_MAX
-from actors.tail import RESUBSCRIBE_PAUSE as RESUBSCRIBE_PAUSE
-from actors.tail import LeftTail, TailMember
-from actors.websocket import ChannelClosed, PendingWebSocket, WebSocketChannel
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class ConnectionActor:
         self._context = context
         self._settings = context.settings
         self._pending = websocket
-        self._channel: WebSocketChannel | None = None
+        self._channel: WebSocket | None = None
         self._on_exit = on_exit
         self._subscribe = subscribe
         #: Set once the shared consumer dropped this connection: from then on
@@ -246,7 +246,7 @@ class ConnectionActor:
             while True:
                 try:
                     async with self._attach(position) as subscription:
-                        if isinstance(subscription, TailMember):
+                        if isinstance(subscription, HubMember):
                             # The hub's consumer is counted (and reported) by the hub.
                             self._consumer.state = "shared"
                         else:
@@ -261,7 +261,7 @@ class ConnectionActor:
                     # The broker ended the consumer without an error: attach again.
                     self._consumer.state = "reconnecting"
                     await trio.sleep(RESUBSCRIBE_PAUSE)
-                except LeftTail as left:
+                except LeftHub as left:
                     # Dropped by the shared consumer after draining what it
                     # buffered for us: continue at once on a consumer of our own.
                     self._own_consumer = True
@@ -320,7 +320,7 @@ class ConnectionActor:
     async def _accept(self, helpers: trio.Nursery) -> None:
         try:
             channel = await self._pending.accept()
-        except ChannelClosed:
+        except WebSocketClosed:
             await self._stop(Ending.PEER_GONE)
         self._channel = channel
         self.state = "open"
@@ -405,12 +405,12 @@ class ConnectionActor:
         self._not_before_ms = None  # positioned: deliver everything from here on
         return False
 
-    async def _send(self, channel: WebSocketChannel, texts: list[str], received_at: float) -> None:
+    async def _send(self, channel: WebSocket, texts: list[str], received_at: float) -> None:
         timeout = self._settings.send_timeout
         with trio.move_on_after(timeout) as sending:
             try:
                 await channel.send_texts(texts)
-            except ChannelClosed:
+            except WebSocketClosed:
                 await self._stop(Ending.PEER_GONE)
         if sending.cancelled_caught:
             log.warning(
@@ -424,15 +424,15 @@ class ConnectionActor:
             self.bytes_sent += len(text) if text.isascii() else len(text.encode("utf-8"))
         self.messages_sent += len(texts)
 
-    async def _read(self, channel: WebSocketChannel) -> None:
+    async def _read(self, channel: WebSocket) -> None:
         """Drain and discard whatever the client sends."""
         try:
             while True:
                 await channel.receive()
-        except ChannelClosed:
+        except WebSocketClosed:
             self.cancel(Ending.PEER_GONE)
 
-    async def _keepalive(self, channel: WebSocketChannel) -> None:
+    async def _keepalive(self, channel: WebSocket) -> None:
         interval = self._settings.ping_interval
         timeout = self._settings.ping_timeout
         while True:
@@ -440,7 +440,7 @@ class ConnectionActor:
             with trio.move_on_after(timeout) as waiting:
                 try:
                     await channel.ping()
-                except ChannelClosed:
+                except WebSocketClosed:
                     self.cancel(Ending.PEER_GONE)
                     return
             if waiting.cancelled_caught:
@@ -471,7 +471,7 @@ class ConnectionActor:
                 return
             # Never accepted: complete the handshake to be able to send the code.
             with trio.move_on_after(timeout):
-                with contextlib.suppress(ChannelClosed):
+                with contextlib.suppress(WebSocketClosed):
                     channel = await self._pending.accept()
             if channel is None:
                 self.state = "closed"
@@ -491,7 +491,7 @@ class ConnectionActor:
             await self._abort(channel)
         self.state = "closed"
 
-    async def _abort(self, channel: WebSocketChannel) -> None:
+    async def _abort(self, channel: WebSocket) -> None:
         with trio.move_on_after(self._settings.close_timeout):
             await channel.abort()
 

@@ -1,4 +1,4 @@
-"""The RabbitMQ adapter of the broker port (:mod:`actors.broker`), on :mod:`amqp`.
+"""The RabbitMQ adapter of the broker port (:mod:`actors.ports.broker`), on :mod:`amqp`.
 
 Resources do not grow with websockets: a small pool of AMQP connections
 (``pool_size``, default 2) carries every subscription as one channel each,
@@ -9,7 +9,7 @@ The connection manager (:meth:`RabbitMQBroker.run`) keeps each pool slot
 connected: on every successful connect it declares the exchange (durable,
 direct) and opens a publisher channel with confirms; when a connection ends
 it is removed from the pool at once -- its subscriptions end with
-:class:`~actors.broker.BrokerUnavailable` -- and the slot reconnects with
+:class:`~actors.ports.broker.BrokerUnavailable` -- and the slot reconnects with
 exponential backoff and full jitter (``backoff_initial`` doubling to
 ``backoff_max``; never a busy loop). ``available`` is true while at least
 one pooled connection is up.
@@ -46,7 +46,7 @@ from typing import Any, Final
 import trio
 
 import amqp
-from actors.broker import (
+from actors.ports.broker import (
     Broker,
     BrokerError,
     BrokerUnavailable,
@@ -210,7 +210,7 @@ class RabbitMQSubscription:
 
 
 class RabbitMQBroker:
-    """The :class:`~actors.broker.Broker` port on RabbitMQ stream queues."""
+    """The :class:`~actors.ports.broker.Broker` port on RabbitMQ stream queues."""
 
     def __init__(
         self,
@@ -409,7 +409,7 @@ class RabbitMQBroker:
     # ------------------------------------------------------------------ the port
 
     async def ensure_stream(self, routing_key: str) -> bool:
-        """See :meth:`actors.broker.Broker.ensure_stream`."""
+        """See :meth:`actors.ports.broker.Broker.ensure_stream`."""
         owned = False
         try:
             async with self._operation() as channel:
@@ -436,7 +436,7 @@ class RabbitMQBroker:
         return owned
 
     async def stream_exists(self, routing_key: str) -> bool:
-        """See :meth:`actors.broker.Broker.stream_exists`."""
+        """See :meth:`actors.ports.broker.Broker.stream_exists`."""
         try:
             async with self._operation() as channel:
                 await channel.queue_declare(routing_key, passive=True)
@@ -449,7 +449,7 @@ class RabbitMQBroker:
         return True
 
     async def delete_stream(self, routing_key: str) -> None:
-        """See :meth:`actors.broker.Broker.delete_stream`."""
+        """See :meth:`actors.ports.broker.Broker.delete_stream`."""
         try:
             async with self._operation() as channel:
                 await channel.queue_delete(routing_key)
@@ -463,7 +463,7 @@ class RabbitMQBroker:
     async def subscribe(
         self, routing_key: str, start: StartPosition, *, prefetch: int
     ) -> AsyncIterator[Subscription]:
-        """See :meth:`actors.broker.Broker.subscribe`."""
+        """See :meth:`actors.ports.broker.Broker.subscribe`."""
         if not 1 <= prefetch <= 65535:
             raise ValueError("prefetch must be between 1 and 65535")
         offset = _offset_argument(start)
@@ -512,7 +512,7 @@ class RabbitMQBroker:
         timestamp_ms: int | None = None,
         to_queue: bool = False,
     ) -> None:
-        """See :meth:`actors.broker.Broker.publish`."""
+        """See :meth:`actors.ports.broker.Broker.publish`."""
         properties = amqp.Properties(
             delivery_mode=2,
             headers={"timestamp_in_ms": timestamp_ms} if timestamp_ms is not None else None,
