@@ -168,6 +168,16 @@ class ConsumerCancelled(AMQPError):
     """The broker cancelled the consumer (``basic.cancel``), e.g. its queue was deleted."""
 
 
+class ConsumerOverflow(AMQPError):
+    """The consumer's buffer passed its bound: the client gave it up and cancelled it.
+
+    Raised by iteration after every message buffered before the overflow has
+    been yielded. The connection's reader never waits for one consumer, so a
+    consumer that is not iterated fast enough is cancelled instead; its
+    unacknowledged messages return to the queue when its channel closes.
+    """
+
+
 class PublishNacked(AMQPError):
     """The broker answered a confirmed publish with ``basic.nack``."""
 
