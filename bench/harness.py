@@ -189,20 +189,23 @@ def broker_ports_of(pid: int, broker_port: int = 5672) -> set[int]:
     return ports
 
 
-def rabbitmq_connections() -> list[dict[str, Any]] | None:
-    """``rabbitmqctl list_connections`` as dicts (peer_port, channels), or None if unavailable."""
+def rabbitmqctl(*args: str) -> str | None:
+    """What ``rabbitmqctl ARGS`` prints, or None if it is not installed or fails."""
     exe = shutil.which("rabbitmqctl")
     if exe is None:
         return None
     try:
-        out = subprocess.run(
-            [exe, "list_connections", "-q", "--no-table-headers", "peer_port", "channels"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
+        return subprocess.run(
+            [exe, *args], capture_output=True, text=True, timeout=30, check=True
         ).stdout
     except (subprocess.SubprocessError, OSError):
+        return None
+
+
+def rabbitmq_connections() -> list[dict[str, Any]] | None:
+    """``rabbitmqctl list_connections`` as dicts (peer_port, channels), or None if unavailable."""
+    out = rabbitmqctl("list_connections", "-q", "--no-table-headers", "peer_port", "channels")
+    if out is None:
         return None
     rows = []
     for line in out.splitlines():
@@ -214,43 +217,22 @@ def rabbitmq_connections() -> list[dict[str, Any]] | None:
 
 def rabbitmq_fds() -> dict[str, int] | None:
     """The broker's file descriptors (``total_limit``, ``total_used``, ...) or None."""
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
+    out = rabbitmqctl("status", "--formatter", "json")
+    if out is None:
         return None
     try:
-        out = subprocess.run(
-            [exe, "status", "--formatter", "json"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
         fds = json.loads(out).get("file_descriptors")
-    except (subprocess.SubprocessError, OSError, ValueError):
+    except ValueError:
         return None
     return {k: int(v) for k, v in fds.items()} if isinstance(fds, dict) else None
 
 
 def rabbitmq_count(what: str) -> int | None:
     """Number of broker-wide ``list_<what>`` rows (channels, consumers), or None."""
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, f"list_{what}", "-q", "--no-table-headers"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (subprocess.SubprocessError, OSError):
+    out = rabbitmqctl(f"list_{what}", "-q", "--no-table-headers")
+    if out is None:
         return None
     return sum(1 for line in out.splitlines() if line.strip())
-
-
-# --------------------------------------------------------------------------- #
-# The service
 
 
 def _die_with_parent() -> None:
@@ -426,6 +408,20 @@ class Api:
             raise RuntimeError(f"POST /event-stream/ {routing_key!r}: {r.status_code} {r.text}")
         body = r.json()
         return int(body["id"]), str(body["location"])
+
+    async def create_many(
+        self, service: Service, prefix: str, count: int, *, concurrency: int = 10
+    ) -> tuple[list[str], list[str]]:
+        """Create ``count`` streams of fresh keys (removed with the service): keys, locations."""
+        keys = [unique_key(f"{prefix}{i}") for i in range(count)]
+        service.routing_keys.extend(keys)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def create(key: str) -> str:
+            async with slots:
+                return (await self.create(key))[1]
+
+        return keys, list(await asyncio.gather(*(create(key) for key in keys)))
 
     async def delete(self, stream_id: int) -> int:
         r = await self.client.delete(f"/event-stream/{stream_id}")

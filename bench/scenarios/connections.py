@@ -28,7 +28,6 @@ from ..harness import (
     rabbitmq_connections,
     rabbitmq_fds,
     running_service,
-    unique_key,
 )
 
 NAME = "connections"
@@ -68,15 +67,7 @@ async def run(args: argparse.Namespace) -> Result:
                 "broker's limit, or --force-broker-fds"
             )
     async with running_service(env, args.log_level) as (service, api, publisher):
-        keys = [unique_key(f"conn{i}") for i in range(streams)]
-        service.routing_keys.extend(keys)
-        sem = asyncio.Semaphore(10)
-
-        async def create(key: str) -> str:
-            async with sem:
-                return (await api.create(key))[1]
-
-        locations = await asyncio.gather(*(create(k) for k in keys))
+        keys, locations = await api.create_many(service, "conn", streams)
         await asyncio.sleep(2.0)
         rss_base = service.rss_kb()
         broker_before = len(broker_ports_of(service.pid))

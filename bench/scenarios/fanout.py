@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..client import open_ws
-from ..harness import Profiler, Result, latency_summary, running_service, unique_key
+from ..harness import Profiler, Result, latency_summary, running_service
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "fanout"
@@ -34,16 +34,8 @@ async def run(args: argparse.Namespace) -> Result:
         {"streams": streams, "rate_msg_per_s": rate, "duration_s": duration, "body_bytes": size},
     )
     async with running_service({}, args.log_level) as (service, api, publisher):
-        keys = [unique_key(f"fanout{i}") for i in range(streams)]
-        service.routing_keys.extend(keys)
-        sem = asyncio.Semaphore(10)
-
-        async def create(key: str) -> str:
-            async with sem:
-                return (await api.create(key))[1]
-
         t0 = time.perf_counter()
-        locations = await asyncio.gather(*(create(k) for k in keys))
+        keys, locations = await api.create_many(service, "fanout", streams)
         result.figures["stream_creates_per_s"] = round(streams / (time.perf_counter() - t0), 1)
         rss_idle = service.rss_kb()
         open_sem = asyncio.Semaphore(50)
