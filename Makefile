@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench rabbitmq chromium clean
+.PHONY: run test test-fast lint bench rabbitmq chromium promtool clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,17 @@ rabbitmq:
 chromium:
 	scripts/ensure-chromium.sh
 
+promtool:
+	scripts/ensure-promtool.sh
+
 run: $(STAMP) rabbitmq
 	$(BIN)/ess serve
 
-test: $(STAMP) rabbitmq chromium
+test: $(STAMP) rabbitmq chromium promtool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Skips the long fault/load tests marked `slow`.
-test-fast: $(STAMP) rabbitmq
+test-fast: $(STAMP) rabbitmq promtool
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 lint: $(STAMP)
