@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from actors.adapters.memory_broker import MemoryBroker
+from actors.adapters.memory_broker import MemoryBroker, MemorySubscription
 from actors.adapters.memory_registry import MemoryRegistry
+from actors.ports.broker import StartPosition, StreamEvent, SubscriptionLost
 from actors.ports.registry import StreamRecord
 from actors.ports.websocket import WebSocketClosed
 from actors.settings import ActorSettings
@@ -217,6 +218,59 @@ class FakeWebSocket:
 
     async def _wait_changed(self) -> None:
         await self._changed.wait()
+
+
+class LossySubscription:
+    """A memory subscription that the adapter gives up after ``lose_after`` events.
+
+    Like the RabbitMQ adapter whose consumer's buffer passed its bound: it
+    yields what it had, then reports nothing buffered and raises
+    :class:`SubscriptionLost`; the events it never yielded stay in the log.
+    """
+
+    def __init__(self, inner: MemorySubscription, lose_after: int | None) -> None:
+        self.inner = inner
+        self.lose_after = lose_after
+        self.yielded = 0
+
+    @property
+    def losing(self) -> bool:
+        return self.lose_after is not None and self.yielded >= self.lose_after
+
+    @property
+    def buffered(self) -> int:
+        return 0 if self.losing else self.inner.buffered
+
+    def __aiter__(self) -> LossySubscription:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self.losing:
+            await trio.lowlevel.checkpoint()
+            raise SubscriptionLost("the consumer's buffer passed its bound")
+        event = await self.inner.__anext__()
+        self.yielded += 1
+        return event
+
+    async def ack(self, offset: int) -> None:
+        await self.inner.ack(offset)
+
+
+class LossyBroker(MemoryBroker):
+    """A memory broker whose consumers of ``lossy_keys`` are lost every ``lose_after`` events."""
+
+    def __init__(self, *, lose_after: int, lossy_keys: Sequence[str] = ("rk",)) -> None:
+        super().__init__(clock=wall_clock)
+        self.lose_after = lose_after
+        self.lossy_keys = set(lossy_keys)
+
+    @asynccontextmanager
+    async def subscribe(  # type: ignore[override]
+        self, routing_key: str, start: StartPosition, *, prefetch: int
+    ) -> AsyncIterator[LossySubscription]:
+        lose_after = self.lose_after if routing_key in self.lossy_keys else None
+        async with super().subscribe(routing_key, start, prefetch=prefetch) as inner:
+            yield LossySubscription(inner, lose_after)
 
 
 @dataclass
