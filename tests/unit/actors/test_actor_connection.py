@@ -438,3 +438,38 @@ async def test_a_replay_burst_is_written_in_batches_and_a_live_event_alone(
         await h.publish("rk", "live")
         await ws.wait_frames(101)
         assert ws.batches[batches_before:] == [1]  # nothing waits for company
+
+
+async def test_every_line_of_a_stream_or_connection_carries_its_log_context(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running(replace(SETTINGS, max_connections_per_stream=0)) as h:
+        record = await h.stream()
+        live = await h.open(record)  # through the live-tail hub
+        replay = await h.open(record, AfterOrdinal(0))
+        await h.publish("rk", b"a", b"\xff")
+        await replay.wait_frames(1)
+        await live.wait_frames(1)
+        h.broker.set_available(False)
+        await settle()
+        h.broker.set_available(True)
+        await h.publish("rk", b"b")
+        await replay.wait_frames(2)
+        await live.wait_frames(2)
+        replay.disconnect()
+        live.disconnect()
+        await settle()
+    actor_records = [
+        r for r in caplog.records if r.name in ("actors.connection_actor", "actors.hub")
+    ]
+    assert {r.name for r in actor_records} == {"actors.connection_actor", "actors.hub"}
+    messages = [r.getMessage() for r in actor_records]
+    assert any("resubscribing" in m for m in messages)
+    assert any("skipped ordinal=2" in m for m in messages)
+    for r in actor_records:
+        assert r.stream == record.id  # type: ignore[attr-defined]  # structured, for JSON
+        assert r.getMessage().startswith(f"stream={record.id} ")
+        if r.name == "actors.connection_actor":
+            assert r.getMessage().startswith(f"stream={record.id} conn={r.conn} ")  # type: ignore[attr-defined]
+        assert record.uuid not in r.getMessage()
