@@ -55,7 +55,6 @@ from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
     FromOffset,
-    FromTimestamp,
     StartPosition,
     StreamEvent,
     StreamNotFound,
@@ -408,7 +407,7 @@ class LiveTailHub:
         return self._context.broker.subscribe(self.routing_key, position, prefetch=self._prefetch)
 
     async def consume(self, subscription: Subscription, position: StartPosition) -> None:
-        self._attach(position)
+        self._attach()
         async for event in subscription:
             slow = self._fan_out(event)
             if slow:
@@ -432,16 +431,17 @@ class LiveTailHub:
         self._notify()
         self._stop_if_empty()
 
-    def _attach(self, position: StartPosition) -> None:
+    def _attach(self) -> None:
         self._attached = True
         self.state = "attached"
         self.subscriptions += 1
         self._context.observer.consumer_subscribed()
         if self._since_ms is None:
             self._since_ms = int(self._context.clock() * 1000)
-        if isinstance(position, FromTimestamp) and not self._by_time:
-            # Resumed by time: from now on, nobody gets what was stamped
-            # before it joined (the window starts before the first member).
+        elif self.last_offset is None and not self._by_time:
+            # Attached again having received nothing: by time (see position).
+            # From now on nobody gets what was stamped before it joined (the
+            # broker's window starts a second before the first member).
             self._by_time = True
             for member in [*self._members, *self._joining]:
                 member.not_before_ms = member.since_ms

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import pytest
 import trio
 
 from actors.adapters.memory_broker import MemoryBroker, MemorySubscription
 from actors.adapters.memory_registry import MemoryRegistry
+from actors.hub import HubMember, LiveTailHub
 from actors.ports.broker import StartPosition, StreamEvent, SubscriptionLost
 from actors.ports.registry import StreamRecord
 from actors.ports.websocket import WebSocketClosed
@@ -35,6 +37,10 @@ SETTINGS = ActorSettings(
     restart_backoff_initial=0.5,
     restart_backoff_max=4.0,
 )
+
+
+#: Any number of websockets per stream (the live-tail tests share one hub).
+MANY = replace(SETTINGS, max_connections_per_stream=0)
 
 
 def wall_clock() -> float:
@@ -343,6 +349,25 @@ async def running(
         await nursery.start(supervisor.run)
         yield Harness(broker, registry, supervisor, nursery, settings)
         nursery.cancel_scope.cancel()
+
+
+def hub_of(h: Harness, record: StreamRecord) -> LiveTailHub:
+    """The running live-tail hub of ``record``'s stream actor."""
+    hub = h.actor(record).live_tail
+    assert hub is not None
+    return hub
+
+
+def crash_hub_at(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    """Make every live-tail hub fail (a bug) when it receives the event at ``offset``."""
+    original = LiveTailHub._fan_out
+
+    def fan_out(self: LiveTailHub, event: StreamEvent) -> list[HubMember]:
+        if event.offset == offset:
+            raise RuntimeError("hub bug")
+        return original(self, event)
+
+    monkeypatch.setattr(LiveTailHub, "_fan_out", fan_out)
 
 
 async def settle() -> None:

@@ -11,27 +11,19 @@ from trio.testing import MockClock
 
 import actors.delivery
 from actors.formatting import Formatted, format_event
-from actors.hub import LiveTailHub
-from actors.ports.broker import StreamEvent
 from actors.start import AfterOrdinal
 
 from .actor_fakes import (
+    MANY,
     SETTINGS,
     FakeWebSocket,
-    Harness,
     LossyBroker,
+    crash_hub_at,
+    hub_of,
     running,
     settle,
     wall_clock,
 )
-
-MANY = replace(SETTINGS, max_connections_per_stream=0)
-
-
-def hub_of(h: Harness, record: object) -> LiveTailHub:
-    hub = h.actor(record).live_tail  # type: ignore[arg-type]
-    assert hub is not None
-    return hub
 
 
 async def test_a_lost_consumer_is_replaced_at_once_without_gap_or_duplicate(
@@ -133,20 +125,13 @@ async def test_a_hub_that_received_nothing_loses_nothing_published_during_an_out
 async def test_a_live_connection_that_received_nothing_resumes_from_its_attach_time(
     autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = LiveTailHub._fan_out
-
-    def fan_out(self: LiveTailHub, event: StreamEvent) -> list[object]:
-        if event.offset == 1:
-            raise RuntimeError("hub bug")  # its first event: nobody received anything yet
-        return original(self, event)  # type: ignore[return-value]
-
-    monkeypatch.setattr(LiveTailHub, "_fan_out", fan_out)
+    crash_hub_at(monkeypatch, 1)  # its first event: nobody received anything yet
     async with running(MANY) as h:
         record = await h.stream()
         await h.publish("rk", "before")  # published before the handshake
         await trio.sleep(10)
         sockets = [await h.open(record) for _ in range(2)]
-        await h.publish("rk", "e1")  # crashes the hub: members move to their own consumers
+        await h.publish("rk", "e1")  # the hub fails: members move to their own consumers
         await h.publish("rk", "e2")
         for ws in sockets:
             await ws.wait_frames(2)
