@@ -1,8 +1,8 @@
 """The live-tail hub: one broker consumer shared by a stream's live-tail websockets.
 
-Broker consumers are counted per *cursor*, not per websocket (DESIGN "The
-actor tree"): every connection that asked for the live tail (no
-``stream_from_*`` parameter) reads the same events, so a stream actor runs
+Broker consumers are counted per *cursor*, not per websocket: every
+connection that asked for the live tail (no ``stream_from_*`` parameter)
+reads the same events, so a stream actor runs
 at most one :class:`LiveTailHub`, holding one ``broker.subscribe(routing_key,
 FromNext())``, and fans each event out to its members. RabbitMQ then opens
 one set of stream segment files per stream instead of one per websocket.
