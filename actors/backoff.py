@@ -73,17 +73,24 @@ class Backoff:
                 backoff.reset()
     """
 
-    __slots__ = ("_delays", "attempts", "policy")
+    __slots__ = ("_delays", "_uniform", "attempts", "policy")
 
-    def __init__(self, policy: BackoffPolicy) -> None:
+    def __init__(
+        self,
+        policy: BackoffPolicy,
+        *,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
         self.policy = policy
-        self._delays = policy.delays()
+        #: Where the jitter comes from; tests pin it to an end of the range.
+        self._uniform = uniform
+        self._delays = policy.delays(uniform)
         #: Failures since the last :meth:`reset`.
         self.attempts = 0
 
     def reset(self) -> None:
         """The attempt succeeded: the next failure pauses ``initial`` again."""
-        self._delays = self.policy.delays()
+        self._delays = self.policy.delays(self._uniform)
         self.attempts = 0
 
     def next_delay(self) -> float:

@@ -1,8 +1,8 @@
 """The live-tail hub: one broker consumer shared by a stream's live-tail websockets.
 
-Broker consumers are counted per *cursor*, not per websocket (DESIGN "The
-actor tree"): every connection that asked for the live tail (no
-``stream_from_*`` parameter) reads the same events, so a stream actor runs
+Broker consumers are counted per *cursor*, not per websocket: every
+connection that asked for the live tail (no ``stream_from_*`` parameter)
+reads the same events, so a stream actor runs
 at most one :class:`LiveTailHub`, holding one ``broker.subscribe(routing_key,
 FromNext())``, and fans each event out to its members. RabbitMQ then opens
 one set of stream segment files per stream instead of one per websocket.
@@ -26,8 +26,15 @@ one set of stream segment files per stream instead of one per websocket.
   actor resubscribes on a consumer of its own from its cursor + 1 (no gap,
   no duplicate, and the slow client is backpressured by the broker again;
   its send timeout still applies).
-- Broker outage: the hub waits for the broker (jittered backoff) and
-  resubscribes from its last offset + 1; members only see a pause.
+- Broker outage or a lost consumer: the hub resubscribes through the one
+  resubscription loop (:func:`~actors.resubscription.keep_subscribed`) from
+  its last offset + 1; members only see a pause. A hub that has received
+  nothing yet resumes from the time it was first attached
+  (:func:`~actors.resubscription.position_at`), and from then on gives each
+  member only the events not stamped (own timestamp) before that member
+  joined: nothing published during the outage is lost, and a member that
+  joined later receives nothing stamped before its handshake. Events without
+  a timestamp of their own are positioned by the broker (whole seconds).
   :class:`~actors.ports.broker.StreamNotFound` ends every member with that error.
   Any other failure (a bug) ends every member with :class:`LeftHub`, so
   connections fall back to consumers of their own instead of crashing.
@@ -36,14 +43,14 @@ one set of stream segment files per stream instead of one per websocket.
 from __future__ import annotations
 
 import logging
-import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
 from actors.context import ActorContext
+from actors.logcontext import LogContext
 from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
@@ -51,17 +58,12 @@ from actors.ports.broker import (
     StartPosition,
     StreamEvent,
     StreamNotFound,
+    Subscription,
 )
+from actors.resubscription import Detached, keep_subscribed, position_at
 from actors.snapshot import Snapshot, node
 
 log = logging.getLogger(__name__)
-
-#: Pause before resubscribing when the broker ended a consumer without an error.
-RESUBSCRIBE_PAUSE = 1.0
-#: Backoff between resubscriptions that keep failing although the broker says
-#: it is available (e.g. channels exhausted): never a busy loop.
-RESUBSCRIBE_BACKOFF_INITIAL = 0.1
-RESUBSCRIBE_BACKOFF_MAX = 5.0
 
 #: Seconds a member with a full buffer has to empty it before it is demoted
 #: (counted from when the hub first found it full since it was last empty).
@@ -78,12 +80,17 @@ class LeftHub(Exception):
     buffered. ``resume_offset`` is the offset of the first event the member
     has not received (``None`` if the hub never saw one); a member that
     processed events resumes from its cursor + 1, which is the same offset.
+    ``not_before_ms`` is set when the hub was filtering the member's events
+    by time (it resumed by time): the member goes on filtering them.
     """
 
-    def __init__(self, reason: str, resume_offset: int | None) -> None:
+    def __init__(
+        self, reason: str, resume_offset: int | None, not_before_ms: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.resume_offset = resume_offset
+        self.not_before_ms = not_before_ms
 
 
 class HubMember:
@@ -93,9 +100,19 @@ class HubMember:
     :meth:`ack` is a no-op (the hub acknowledges the broker itself).
     """
 
-    __slots__ = ("_buffer", "_capacity", "_end", "_room", "_waiter", "behind_since", "next_offset")
+    __slots__ = (
+        "_buffer",
+        "_capacity",
+        "_end",
+        "_room",
+        "_waiter",
+        "behind_since",
+        "next_offset",
+        "not_before_ms",
+        "since_ms",
+    )
 
-    def __init__(self, capacity: int, next_offset: int | None) -> None:
+    def __init__(self, capacity: int, next_offset: int | None, since_ms: int) -> None:
         self._buffer: deque[StreamEvent] = deque()
         self._capacity = max(capacity, 1)
         #: Raised once the buffer is drained: the member's iteration is over.
@@ -107,6 +124,10 @@ class HubMember:
         self.next_offset = next_offset
         #: When the hub found the buffer full (trio time), until it is empty again.
         self.behind_since: float | None = None
+        #: Wall time (ms) the member joined: its handshake, as far as the hub knows.
+        self.since_ms = since_ms
+        #: Set once the hub resumed by time: events stamped before it are not offered.
+        self.not_before_ms: int | None = None
 
     @property
     def buffered(self) -> int:
@@ -117,7 +138,15 @@ class HubMember:
         return self._end is not None
 
     def _offer(self, event: StreamEvent) -> bool:
-        """Buffer ``event``; ``False`` (nothing buffered) if the buffer is full."""
+        """Buffer ``event``; ``False`` (nothing buffered) if the buffer is full.
+
+        An event stamped before :attr:`not_before_ms` is passed over (and
+        counts as offered): it was published before the member joined.
+        """
+        own_ms = event.timestamp_ms
+        if self.not_before_ms is not None and own_ms is not None and own_ms < self.not_before_ms:
+            self.next_offset = event.offset + 1
+            return True
         if len(self._buffer) >= self._capacity:
             return False
         self._buffer.append(event)
@@ -194,6 +223,11 @@ class LiveTailHub:
         self.subscriptions = 0
         #: Members that were too slow and moved to a consumer of their own.
         self.demoted = 0
+        self.log = LogContext(log, stream=stream_id)
+        #: Wall time (ms) of the first attach: where a hub that received nothing resumes.
+        self._since_ms: int | None = None
+        #: Whether the hub resumed by time (members then filter by their join time).
+        self._by_time = False
         self._context = context
         self._prefetch = context.settings.prefetch
         self._on_stopped = on_stopped
@@ -261,7 +295,9 @@ class LiveTailHub:
         if self._stopping:
             raise LeftHub("the shared consumer has stopped", None)
         next_offset = None if self.last_offset is None else self.last_offset + 1
-        member = HubMember(capacity, next_offset)
+        member = HubMember(capacity, next_offset, int(self._context.clock() * 1000))
+        if self._by_time:
+            member.not_before_ms = member.since_ms
         if self._attached:
             self._members[member] = None
             return member
@@ -316,16 +352,14 @@ class LiveTailHub:
 
     async def run(self) -> None:
         """Consume the stream and fan out until stopped; never raises (but Cancelled)."""
-        log.info("stream=%d live-tail starting", self.stream_id)
+        self.log.info("live-tail starting")
         try:
             with self._scope:
                 self._stop_if_empty()  # its first member could not join
                 await self._consume()
         except Exception:
-            log.exception(
-                "stream=%d live-tail crashed: %d members fall back to their own consumers",
-                self.stream_id,
-                self.members,
+            self.log.exception(
+                "live-tail crashed: %d members fall back to their own consumers", self.members
             )
             self.state = "failed"
         finally:
@@ -335,12 +369,13 @@ class LiveTailHub:
             self._stopping = True
             # Whoever is left (a crash, or the stream actor being cancelled)
             # continues on a consumer of its own.
-            self._end_all(lambda m: LeftHub("the shared consumer stopped", m.next_offset))
+            self._end_all(
+                lambda m: LeftHub("the shared consumer stopped", m.next_offset, m.not_before_ms)
+            )
             if self._on_stopped is not None:
                 self._on_stopped(self)
-            log.info(
-                "stream=%d live-tail %s received=%d last_offset=%s subscriptions=%d demoted=%d",
-                self.stream_id,
+            self.log.info(
+                "live-tail %s received=%d last_offset=%s subscriptions=%d demoted=%d",
                 self.state,
                 self.received,
                 self.last_offset,
@@ -348,74 +383,74 @@ class LiveTailHub:
                 self.demoted,
             )
 
-    def _position(self) -> StartPosition:
-        return FromNext() if self.last_offset is None else FromOffset(self.last_offset + 1)
-
     async def _consume(self) -> None:
-        broker = self._context.broker
-        backoff = RESUBSCRIBE_BACKOFF_INITIAL
-        while True:
-            self.state = "attaching"
-            try:
-                async with broker.subscribe(
-                    self.routing_key, self._position(), prefetch=self._prefetch
-                ) as subscription:
-                    self._attach()
-                    backoff = RESUBSCRIBE_BACKOFF_INITIAL
-                    async for event in subscription:
-                        slow = self._fan_out(event)
-                        if slow:
-                            await self._fan_out_slow(event, slow)
-                        await subscription.ack(event.offset)
-                # The broker ended the consumer without an error: attach again.
-                self._detach()
-                await trio.sleep(RESUBSCRIBE_PAUSE)
-            except StreamNotFound:
-                log.warning("stream=%d live-tail: the stream queue does not exist", self.stream_id)
-                self.state = "failed"
-                self._attached = False
-                self._end_all(lambda m: StreamNotFound(self.routing_key))
-                return
-            except BrokerUnavailable:
-                self._detach()
-                log.warning(
-                    "stream=%d live-tail: broker unavailable; %d members wait (last_offset=%s)",
-                    self.stream_id,
-                    self.members,
-                    self.last_offset,
-                )
-                await broker.wait_available()
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, RESUBSCRIBE_BACKOFF_MAX)
-            log.info(
-                "stream=%d live-tail resubscribing from %s (%d members)",
-                self.stream_id,
-                "next" if self.last_offset is None else f"offset {self.last_offset + 1}",
+        try:
+            await keep_subscribed(self, self._context.broker, self.log)
+        except StreamNotFound:
+            self.log.warning("live-tail: the stream queue does not exist")
+            self.state = "failed"
+            self._attached = False
+            self._end_all(lambda m: StreamNotFound(self.routing_key))
+
+    # -- the resubscription loop's owner ---------------------------------
+
+    def position(self) -> StartPosition:
+        """After the last event received; by time if none was; else the next one."""
+        if self.last_offset is not None:
+            return FromOffset(self.last_offset + 1)
+        if self._since_ms is not None:
+            return position_at(self._since_ms)
+        return FromNext()
+
+    def subscribe(self, position: StartPosition) -> AbstractAsyncContextManager[Subscription]:
+        self.state = "attaching"
+        return self._context.broker.subscribe(self.routing_key, position, prefetch=self._prefetch)
+
+    async def consume(self, subscription: Subscription, position: StartPosition) -> None:
+        self._attach()
+        async for event in subscription:
+            slow = self._fan_out(event)
+            if slow:
+                await self._fan_out_slow(event, slow)
+            await subscription.ack(event.offset)
+
+    async def detached(self, why: Detached) -> None:
+        """The consumer is gone (members stay and wait); joiners wait for the broker too."""
+        self._attached = False
+        self.state = "reconnecting"
+        if why is Detached.UNAVAILABLE:
+            self.log.warning(
+                "live-tail: broker unavailable; %d members wait (last_offset=%s)",
                 self.members,
+                self.last_offset,
             )
+            joining = list(self._joining)
+            self._joining.clear()
+            for member in joining:
+                member._finish(BrokerUnavailable("the broker connection was lost"))
+        self._notify()
+        self._stop_if_empty()
 
     def _attach(self) -> None:
         self._attached = True
         self.state = "attached"
         self.subscriptions += 1
         self._context.observer.consumer_subscribed()
+        if self._since_ms is None:
+            self._since_ms = int(self._context.clock() * 1000)
+        elif self.last_offset is None and not self._by_time:
+            # Attached again having received nothing: by time (see position).
+            # From now on nobody gets what was stamped before it joined (the
+            # broker's window starts a second before the first member).
+            self._by_time = True
+            for member in [*self._members, *self._joining]:
+                member.not_before_ms = member.since_ms
         # Joiners become members without a checkpoint: from the first event on.
         for member in self._joining:
             self._members[member] = None
         self._joining.clear()
         self._notify()
         self._stop_if_empty()  # everyone left (or could not join) meanwhile
-
-    def _detach(self) -> None:
-        """The consumer is gone (members stay and wait); joiners are told to wait too."""
-        self._attached = False
-        self.state = "reconnecting"
-        joining = list(self._joining)
-        self._joining.clear()
-        for member in joining:
-            member._finish(BrokerUnavailable("the broker connection was lost"))
-        self._notify()
-        self._stop_if_empty()
 
     def _fan_out(self, event: StreamEvent) -> list[HubMember]:
         """Buffer ``event`` for every member; return those whose buffer is full."""
@@ -452,12 +487,12 @@ class LiveTailHub:
     def _demote(self, member: HubMember) -> None:
         del self._members[member]
         self.demoted += 1
-        log.info(
-            "stream=%d live-tail: a member is %d events behind; it moves to its own consumer "
-            "at offset %s",
-            self.stream_id,
+        self.log.info(
+            "live-tail: a member is %d events behind; it moves to its own consumer at offset %s",
             member.buffered,
             member.next_offset,
         )
-        member._finish(LeftHub("too slow for the shared consumer", member.next_offset))
+        member._finish(
+            LeftHub("too slow for the shared consumer", member.next_offset, member.not_before_ms)
+        )
         self._stop_if_empty()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from actors.backoff import BackoffPolicy
+
 
 @dataclass(frozen=True, slots=True)
 class ActorSettings:
@@ -32,3 +34,12 @@ class ActorSettings:
     #: Restart backoff of a crashed stream actor, doubling up to the maximum.
     restart_backoff_initial: float = 0.5
     restart_backoff_max: float = 30.0
+
+    @property
+    def restart_policy(self) -> BackoffPolicy:
+        """The pauses before a crashed stream actor restarts.
+
+        Without jitter: a restart concerns one stream, not a crowd, and an
+        operator reading the log sees the doubling as configured.
+        """
+        return BackoffPolicy(self.restart_backoff_initial, self.restart_backoff_max, jitter=0.0)

@@ -21,8 +21,10 @@ have exited.
 
 If the task itself fails (a bug in the stream actor, not in a connection:
 connection actors contain their own crashes), its connections are closed
-with 1011 and the actor restarts after a doubling backoff; websockets that
-arrive meanwhile wait for the restart.
+with 1011 and the actor restarts after a pause from the shared
+:class:`~actors.backoff.Backoff` (the settings' restart policy, reset by a
+run that ends without a crash); websockets that arrive meanwhile wait for
+the restart. Every line it logs carries ``stream=`` (its log context).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from contextlib import AbstractAsyncContextManager
 
 import trio
 
+from actors.backoff import Backoff
 from actors.close import INTERNAL_ERROR, SHUTDOWN, TAKEOVER, CloseReason
 from actors.connection_actor import ConnectionActor
 from actors.context import ActorContext
 from actors.hub import LiveTailHub
+from actors.logcontext import LogContext
 from actors.ports.broker import FromNext, StartPosition, Subscription
 from actors.ports.registry import StreamRecord
 from actors.ports.websocket import PendingWebSocket, WebSocket, WebSocketClosed
@@ -72,13 +76,14 @@ class StreamActor:
         "_closing",
         "_connections",
         "_context",
-        "_crashes",
         "_nursery",
+        "_restart_backoff",
         "_restarting",
         "_run",
         "_spawn",
         "_spawning",
         "_tail",
+        "log",
         "record",
         "restarts",
         "started_at",
@@ -98,7 +103,9 @@ class StreamActor:
         self._spawning: trio.Event | None = None
         self._restarting: trio.Event | None = None
         self._changed: trio.Event | None = None
-        self._crashes = 0
+        self._restart_backoff = Backoff(context.settings.restart_policy)
+        #: Every line this actor logs says which stream it is about.
+        self.log = LogContext(log, stream=record.id)
         #: The shared live-tail consumer, while it runs.
         self._tail: LiveTailHub | None = None
 
@@ -196,7 +203,7 @@ class StreamActor:
             return
         live = [c for c in self._connections if not c.ending]
         for old in live[:-limit]:
-            log.info("stream=%d conn=%s replaced by conn=%s", self.record.id, old.id, connection.id)
+            old.log.info("replaced by conn=%s", connection.id)
             old.cancel(TAKEOVER)
 
     def _subscribe(
@@ -274,7 +281,7 @@ class StreamActor:
                 except* Exception:
                     await self._after_crash()
                 else:
-                    self._crashes = 0
+                    self._restart_backoff.reset()
         finally:
             run.exited.set()
             if self._run is run:
@@ -287,14 +294,9 @@ class StreamActor:
             await self._wait_changed()
 
     async def _after_crash(self) -> None:
-        self._crashes += 1
         self.restarts += 1
-        settings = self._context.settings
-        delay = min(
-            settings.restart_backoff_initial * 2 ** (self._crashes - 1),
-            settings.restart_backoff_max,
-        )
-        log.exception("stream=%d crashed; restarting in %.3gs", self.record.id, delay)
+        delay = self._restart_backoff.next_delay()
+        self.log.exception("crashed; restarting in %.3gs", delay)
         restarting = self._restarting
         if restarting is None:
             restarting = self._restarting = trio.Event()
@@ -303,7 +305,7 @@ class StreamActor:
         finally:
             self._restarting = None
             restarting.set()
-        log.info("stream=%d restarted", self.record.id)
+        self.log.info("restarted")
 
     # -- closing ---------------------------------------------------------
 

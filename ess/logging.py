@@ -3,17 +3,26 @@
 Two formats (``ESS_LOG_FORMAT``):
 
 * ``text``: one compact line for people,
-  ``2024-05-01T12:00:00.123Z INFO ess.registry: message stream=ab12cd34… conn=7``;
+  ``2024-05-01T12:00:00.123Z INFO actors.hub: stream=3 live-tail starting``,
+  with every ``extra=`` field as ``key=value`` after the message unless the
+  message already shows it;
 * ``json``: one JSON object per line for log pipelines, with ``time``
   (ISO 8601, UTC), ``level``, ``logger``, ``message``, every ``extra=`` field
-  (``stream``, ``conn``, ...) and ``exc_info`` as a string when present.
+  as a structured field and ``exc_info`` as a string when present.
+
+The actors log through their :class:`~actors.logcontext.LogContext`, which
+starts each message with the actor's ``stream=3 conn=4f2a1c`` and passes the
+same fields as ``extra=``: a text line shows them once, at the start of the
+message, and a JSON line has them both in ``message`` and as ``"stream": 3,
+"conn": "4f2a1c"`` for a pipeline to filter on.
 
 Both go to stderr, so stdout stays free for the tools' output (``ess listen``).
 Libraries' chatter (Hypercorn, Quart, trio-websocket) is kept at WARNING
 unless the level is DEBUG.
 
 Never log a stream's full uuid: it is the websocket client's only credential
-(SPEC section 3). Use :func:`redact_uuid`.
+(SPEC section 3). Log the stream's id; where a uuid must be shown, its
+prefix (:func:`actors.snapshot.short_uuid`).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Literal
 
-__all__ = ["NOISY_LOGGERS", "JsonFormatter", "TextFormatter", "configure_logging", "redact_uuid"]
+__all__ = ["NOISY_LOGGERS", "JsonFormatter", "TextFormatter", "configure_logging"]
 
 #: Third-party loggers held at WARNING unless the level is DEBUG.
 NOISY_LOGGERS = ("hypercorn", "quart", "trio-websocket", "trio_websocket")
@@ -36,12 +45,6 @@ _STANDARD_ATTRS = frozenset(
 
 #: Marks the handler we install, so a second configure_logging() replaces it.
 _HANDLER_NAME = "ess"
-
-
-def redact_uuid(uuid: str) -> str:
-    """The first 8 characters and an ellipsis: enough to correlate log lines,
-    far too little (32 bits) to connect to someone else's stream."""
-    return uuid[:8] + "…"
 
 
 def _utc_iso(created: float) -> str:
@@ -77,10 +80,14 @@ class TextFormatter(logging.Formatter):
     """``<time> <LEVEL> <logger>: <message> key=value ...`` plus any traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_utc_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
-        extras = _extras(record)
+        message = record.getMessage()
+        line = f"{_utc_iso(record.created)} {record.levelname} {record.name}: {message}"
+        # A field the message already shows (an actor's log context) is not repeated.
+        pairs = [f"{key}={value}" for key, value in _extras(record).items()]
+        shown = set(message.split())
+        extras = [pair for pair in pairs if pair not in shown]
         if extras:
-            line += " " + " ".join(f"{key}={value}" for key, value in extras.items())
+            line += " " + " ".join(extras)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         if record.stack_info:

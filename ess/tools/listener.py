@@ -8,23 +8,23 @@ its ordinal (``ess_ordinal`` in JSON, ``|ordinal: N|timestamp: T`` appended
 to text), and reconnecting with ``stream_from_ordinal=<last seen>`` resumes
 right after it; deliberate closes have codes of their own.
 
-The pure parts (frame parsing, line formatting, URLs, close policy, backoff)
-are plain functions so they can be tested without sockets; :func:`run_listener`
-is the loop that connects, prints and reconnects.
+The pure parts (frame parsing, line formatting, URLs, close policy) are
+plain functions so they can be tested without sockets; :func:`run_listener`
+is the loop that connects, prints and reconnects, pausing between attempts
+with the service's one retry schedule (:class:`actors.backoff.Backoff`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import sys
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from functools import partial
@@ -40,8 +40,10 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from actors.backoff import Backoff, BackoffPolicy
+
 __all__ = [
-    "Backoff",
+    "RECONNECT_BACKOFF",
     "CloseAction",
     "Event",
     "close_action",
@@ -70,6 +72,10 @@ DISCONNECT_TIMEOUT = 2.0
 #: client that only reads.
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
+#: Reconnect pauses: growing to 10 s, shortened by up to a fifth at random so
+#: the listeners that lost their connection in the same restart of the
+#: service spread out. Reset after a connection that printed something.
+RECONNECT_BACKOFF = BackoffPolicy(initial=0.5, maximum=10.0, jitter=0.2)
 
 #: The ``stream_from_*`` query parameters of SPEC section 4; a reconnect
 #: replaces whichever the location or the options carried.
@@ -144,11 +150,6 @@ def parse_frame(text: str) -> Event:
     if not bar:
         kind, rest = "text", text
     return Event(type=kind or "text", ordinal=ordinal, timestamp_ms=timestamp, body=rest)
-
-
-def parse_ordinal(text: str) -> int | None:
-    """The ordinal of a frame, or ``None`` if it carries none."""
-    return parse_frame(text).ordinal
 
 
 def format_timestamp(timestamp_ms: int | None) -> str:
@@ -297,35 +298,6 @@ def close_action(code: int | None) -> CloseAction:
     return CloseAction.RECONNECT
 
 
-@dataclass
-class Backoff:
-    """Exponential reconnect delays with jitter, reset after a good connection.
-
-    The jitter (a factor in ``[1 - jitter, 1]``) spreads out the listeners
-    that all lost their connection in the same restart of the service.
-    """
-
-    initial: float = 0.5
-    maximum: float = 10.0
-    factor: float = 2.0
-    jitter: float = 0.2
-    rand: Callable[[], float] = random.random
-    _next: float = field(default=0.0, init=False)
-
-    def __post_init__(self) -> None:
-        self._next = self.initial
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call grows the following one."""
-        delay = self._next * (1 - self.jitter * self.rand())
-        self._next = min(self._next * self.factor, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        """Start again from ``initial`` (after a connection that worked)."""
-        self._next = self.initial
-
-
 # --------------------------------------------------------------------------- #
 # The loop
 
@@ -455,13 +427,14 @@ async def run_listener(
     """Connect, print every event, reconnect after drops; returns the exit status.
 
     The first connection must succeed (a typo in the location should fail at
-    once, not retry forever); after that, every drop is retried with
-    :class:`Backoff` from the last ordinal printed, until the server closes
-    deliberately (:func:`close_action`) or the user interrupts.
+    once, not retry forever); after that, every drop is retried, after a
+    pause of ``backoff`` (default :data:`RECONNECT_BACKOFF`), from the last
+    ordinal printed, until the server closes deliberately (:func:`close_action`)
+    or the user interrupts.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    backoff = Backoff() if backoff is None else backoff
+    backoff = Backoff(RECONNECT_BACKOFF) if backoff is None else backoff
     state = _State()
     printer = _Printer(out, state, as_json)
     connected_once = False

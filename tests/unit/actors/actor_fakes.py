@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import pytest
 import trio
 
-from actors.adapters.memory_broker import MemoryBroker
+from actors.adapters.memory_broker import MemoryBroker, MemorySubscription
 from actors.adapters.memory_registry import MemoryRegistry
+from actors.hub import HubMember, LiveTailHub
+from actors.ports.broker import StartPosition, StreamEvent, SubscriptionLost
 from actors.ports.registry import StreamRecord
 from actors.ports.websocket import WebSocketClosed
 from actors.settings import ActorSettings
@@ -34,6 +37,10 @@ SETTINGS = ActorSettings(
     restart_backoff_initial=0.5,
     restart_backoff_max=4.0,
 )
+
+
+#: Any number of websockets per stream (the live-tail tests share one hub).
+MANY = replace(SETTINGS, max_connections_per_stream=0)
 
 
 def wall_clock() -> float:
@@ -219,6 +226,59 @@ class FakeWebSocket:
         await self._changed.wait()
 
 
+class LossySubscription:
+    """A memory subscription that the adapter gives up after ``lose_after`` events.
+
+    Like the RabbitMQ adapter whose consumer's buffer passed its bound: it
+    yields what it had, then reports nothing buffered and raises
+    :class:`SubscriptionLost`; the events it never yielded stay in the log.
+    """
+
+    def __init__(self, inner: MemorySubscription, lose_after: int | None) -> None:
+        self.inner = inner
+        self.lose_after = lose_after
+        self.yielded = 0
+
+    @property
+    def losing(self) -> bool:
+        return self.lose_after is not None and self.yielded >= self.lose_after
+
+    @property
+    def buffered(self) -> int:
+        return 0 if self.losing else self.inner.buffered
+
+    def __aiter__(self) -> LossySubscription:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self.losing:
+            await trio.lowlevel.checkpoint()
+            raise SubscriptionLost("the consumer's buffer passed its bound")
+        event = await self.inner.__anext__()
+        self.yielded += 1
+        return event
+
+    async def ack(self, offset: int) -> None:
+        await self.inner.ack(offset)
+
+
+class LossyBroker(MemoryBroker):
+    """A memory broker whose consumers of ``lossy_keys`` are lost every ``lose_after`` events."""
+
+    def __init__(self, *, lose_after: int, lossy_keys: Sequence[str] = ("rk",)) -> None:
+        super().__init__(clock=wall_clock)
+        self.lose_after = lose_after
+        self.lossy_keys = set(lossy_keys)
+
+    @asynccontextmanager
+    async def subscribe(  # type: ignore[override]
+        self, routing_key: str, start: StartPosition, *, prefetch: int
+    ) -> AsyncIterator[LossySubscription]:
+        lose_after = self.lose_after if routing_key in self.lossy_keys else None
+        async with super().subscribe(routing_key, start, prefetch=prefetch) as inner:
+            yield LossySubscription(inner, lose_after)
+
+
 @dataclass
 class Harness:
     """A running supervisor over a memory broker and registry."""
@@ -289,6 +349,25 @@ async def running(
         await nursery.start(supervisor.run)
         yield Harness(broker, registry, supervisor, nursery, settings)
         nursery.cancel_scope.cancel()
+
+
+def hub_of(h: Harness, record: StreamRecord) -> LiveTailHub:
+    """The running live-tail hub of ``record``'s stream actor."""
+    hub = h.actor(record).live_tail
+    assert hub is not None
+    return hub
+
+
+def crash_hub_at(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    """Make every live-tail hub fail (a bug) when it receives the event at ``offset``."""
+    original = LiveTailHub._fan_out
+
+    def fan_out(self: LiveTailHub, event: StreamEvent) -> list[HubMember]:
+        if event.offset == offset:
+            raise RuntimeError("hub bug")
+        return original(self, event)
+
+    monkeypatch.setattr(LiveTailHub, "_fan_out", fan_out)
 
 
 async def settle() -> None:

@@ -10,24 +10,24 @@ import trio
 from trio.testing import MockClock
 
 from actors.connection_actor import ConnectionActor
-from actors.hub import DEMOTE_GRACE, LiveTailHub
-from actors.ports.broker import StreamEvent
+from actors.hub import DEMOTE_GRACE
 from actors.start import AfterOrdinal
 
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle
-
-MANY = replace(SETTINGS, max_connections_per_stream=0)
+from .actor_fakes import (
+    MANY,
+    SETTINGS,
+    WAIT,
+    FakeWebSocket,
+    crash_hub_at,
+    hub_of,
+    running,
+    settle,
+)
 
 
 def consumer_state(connection: ConnectionActor) -> str:
     [consumer] = connection.snapshot()["children"]  # type: ignore[misc]
     return str(consumer["state"])
-
-
-def hub_of(h: Harness, record: object) -> LiveTailHub:
-    hub = h.actor(record).live_tail  # type: ignore[arg-type]
-    assert hub is not None
-    return hub
 
 
 async def test_many_live_connections_share_one_broker_consumer(autojump_clock: MockClock) -> None:
@@ -363,14 +363,7 @@ async def test_missing_queue_closes_every_member_1013(autojump_clock: MockClock)
 async def test_a_crashed_hub_sends_members_to_their_own_consumers(
     autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = LiveTailHub._fan_out
-
-    def fan_out(self: LiveTailHub, event: StreamEvent) -> list[object]:
-        if event.offset == 2:
-            raise RuntimeError("hub bug")
-        return original(self, event)  # type: ignore[return-value]
-
-    monkeypatch.setattr(LiveTailHub, "_fan_out", fan_out)
+    crash_hub_at(monkeypatch, 2)
     async with running(MANY) as h:
         record = await h.stream()
         sockets = [await h.open(record) for _ in range(2)]

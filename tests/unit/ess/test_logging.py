@@ -10,7 +10,8 @@ from datetime import datetime
 
 import pytest
 
-from ess.logging import NOISY_LOGGERS, configure_logging, redact_uuid
+from actors.logcontext import LogContext
+from ess.logging import NOISY_LOGGERS, configure_logging
 
 
 @pytest.fixture(autouse=True)
@@ -97,5 +98,23 @@ def test_libraries_quiet_unless_debug() -> None:
     assert "now visible" in out.getvalue()
 
 
-def test_redact_uuid() -> None:
-    assert redact_uuid("0123456789abcdef-rest") == "01234567…"
+def test_an_actor_context_is_structured_in_json_and_shown_once_in_text() -> None:
+    text, js = io.StringIO(), io.StringIO()
+    stream = LogContext(logging.getLogger("actors.stream"), stream=3)
+    conn = stream.bind(logging.getLogger("actors.connection_actor"), conn="4f2a1c")
+    configure_logging("INFO", "text", stream=text)
+    conn.info("skipped ordinal=%d", 7, extra={"why": "bad"})
+    configure_logging("INFO", "json", stream=js)
+    conn.warning("client did not read")
+    stream.info("restarted")
+
+    (line,) = text.getvalue().splitlines()
+    assert line.endswith(
+        " INFO actors.connection_actor: stream=3 conn=4f2a1c skipped ordinal=7 why=bad"
+    )
+    first, second = (json.loads(entry) for entry in js.getvalue().splitlines())
+    assert first["message"] == "stream=3 conn=4f2a1c client did not read"
+    assert (first["stream"], first["conn"]) == (3, "4f2a1c")
+    assert second["message"] == "stream=3 restarted"
+    assert second["stream"] == 3 and "conn" not in second
+    assert str(conn) == "stream=3 conn=4f2a1c"

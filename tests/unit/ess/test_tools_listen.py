@@ -6,14 +6,16 @@ import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
+from actors.backoff import Backoff
 from ess.tools.listener import (
-    Backoff,
+    RECONNECT_BACKOFF,
     CloseAction,
     Event,
     check_location,
@@ -21,7 +23,6 @@ from ess.tools.listener import (
     event_line,
     format_timestamp,
     parse_frame,
-    parse_ordinal,
     resume_query,
     run_listener,
     start_query,
@@ -86,9 +87,9 @@ def test_other_frames(frame: str, expected: Event) -> None:
 
 
 def test_parse_ordinal() -> None:
-    assert parse_ordinal('{"ess_ordinal": 41, "ess_timestamp": 0}') == 41
-    assert parse_ordinal("T|x|ordinal: 42|timestamp: 0") == 42
-    assert parse_ordinal("T|x") is None
+    assert parse_frame('{"ess_ordinal": 41, "ess_timestamp": 0}').ordinal == 41
+    assert parse_frame("T|x|ordinal: 42|timestamp: 0").ordinal == 42
+    assert parse_frame("T|x").ordinal is None
 
 
 # --------------------------------------------------------------------------- #
@@ -188,14 +189,16 @@ def test_close_action(code: int | None, action: CloseAction) -> None:
 
 
 def test_backoff_grows_caps_and_resets() -> None:
-    backoff = Backoff(initial=0.5, maximum=4.0, rand=lambda: 0.0)
+    # The listener's schedule, capped lower, without its jitter.
+    backoff = Backoff(replace(RECONNECT_BACKOFF, maximum=4.0), uniform=lambda low, high: high)
     assert [backoff.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     backoff.reset()
     assert backoff.next_delay() == 0.5
 
 
 def test_backoff_jitter_only_shortens() -> None:
-    backoff = Backoff(initial=1.0, jitter=0.2, rand=lambda: 1.0)
+    # The listener's jitter at its largest: a fifth off the delay.
+    backoff = Backoff(replace(RECONNECT_BACKOFF, initial=1.0), uniform=lambda low, high: low)
     assert backoff.next_delay() == pytest.approx(0.8)
 
 
@@ -232,7 +235,9 @@ async def listen_to(location: str, query: dict[str, str] | None = None) -> tuple
             query or {},
             out=out,
             err=err,
-            backoff=Backoff(initial=0.01, rand=lambda: 0.0),
+            backoff=Backoff(
+                replace(RECONNECT_BACKOFF, initial=0.01), uniform=lambda low, high: high
+            ),
             handle_signals=False,
         )
     return code, out.getvalue(), err.getvalue()
