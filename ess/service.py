@@ -66,6 +66,9 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
     def readiness() -> str | None:
         if not registry.is_open:
             return "the registry is not open"
+        # ``available`` is False while the registry cannot be read or written.
+        if not getattr(registry, "available", True):
+            return "the registry cannot be read or written"
         if not broker.available:
             return "the broker connection is down"
         return None
@@ -80,6 +83,7 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
         version=service_version(),
         metrics=metrics,
         request_timeout=config.request_timeout,
+        replica=config.replica_name,
     )
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -101,7 +105,8 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
             websockets = trio.CancelScope()
             await nursery.start(_serve_websockets, supervisor, config, metrics, websockets)
             log.info(
-                "serving: websockets on %s:%d, internal API on %s:%d",
+                "serving as replica %r: websockets on %s:%d, internal API on %s:%d",
+                config.replica_name,
                 config.host,
                 config.public_port,
                 config.host,

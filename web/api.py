@@ -15,11 +15,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestTimeout
 
-from actors.ports.broker import BrokerUnavailable
+from actors.ports.broker import BrokerUnavailable, NotAStreamQueue
 from actors.ports.registry import StreamRecord
 from web.auth import bearer_token_matches
 from web.debug import PUBLIC_DEBUG_ENDPOINTS, install_debug_routes
-from web.errors import install_error_handlers
+from web.errors import install_error_handlers, service_unavailable
 from web.instrument import install_request_metrics
 from web.metrics import ServiceMetrics
 from web.openapi import build_openapi
@@ -30,8 +30,6 @@ from web.validation import InvalidRequest, parse_create_body
 
 #: Largest accepted request body; a create request needs a few hundred bytes.
 MAX_BODY_BYTES = 64 * 1024
-#: Seconds a client is told to wait after a 503 from POST.
-RETRY_AFTER_SECONDS = 5
 #: Seconds a client has to send a request's whole body (SPEC section 3: 30 s).
 DEFAULT_REQUEST_TIMEOUT = 30.0
 #: Ids are SQLite integers: positive and at most 2**63-1.
@@ -52,12 +50,15 @@ def create_app(
     version: str,
     metrics: ServiceMetrics | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    replica: str = "",
 ) -> QuartTrio:
     """Build the internal API app; serve it with Hypercorn's trio worker.
 
     ``metrics`` defaults to a fresh :class:`ServiceMetrics` (its own
     registry); pass the service-wide one so ``/metrics`` shows everything.
-    An empty ``internal_token`` counts as unset. A request body that has not
+    ``replica`` names this process in ``/health/*``, ``/metrics`` and
+    ``/debug/actors`` (``ESS_REPLICA_NAME``). An empty ``internal_token``
+    counts as unset. A request body that has not
     arrived within ``request_timeout`` seconds is answered 408 (the head is
     bounded by Hypercorn: :mod:`web.http_server`).
     """
@@ -66,6 +67,7 @@ def create_app(
     app.config["BODY_TIMEOUT"] = request_timeout
     app.url_map.strict_slashes = False
     metrics = metrics if metrics is not None else ServiceMetrics()
+    metrics.name_replica(replica)
     locations = _Locations(ingress_location, ingress_secure)
 
     install_request_metrics(app, metrics)
@@ -89,10 +91,14 @@ def create_app(
         try:
             record = await streams.create_stream(routing_key)
         except BrokerUnavailable:
+            return service_unavailable(
+                "The message broker cannot be reached; nothing was recorded, try again later"
+            )
+        except NotAStreamQueue:
             return error_response(
-                503,
-                "The message broker cannot be reached; nothing was recorded, try again later",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                409,
+                f"A queue named {routing_key[:100]!r} exists but is not a stream queue; "
+                "it was not used or changed and nothing was recorded",
             )
         return json_response({"id": record.id, "location": locations.of(record)}, 201)
 
@@ -118,8 +124,9 @@ def create_app(
         readiness=readiness,
         metrics=metrics,
         openapi=build_openapi(name=name, version=version, secured=bool(internal_token)),
+        replica=replica,
     )
-    install_debug_routes(app, streams)
+    install_debug_routes(app, streams, replica=replica)
     return app
 
 

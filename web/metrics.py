@@ -90,12 +90,23 @@ class ServiceMetrics:
             ["route", "method"],
             registry=r,
         )
+        self.replica_info = Gauge(
+            "ess_replica_info",
+            "This replica's name (ESS_REPLICA_NAME), always 1",
+            ["replica"],
+            registry=r,
+        )
         self.delivery_lag = Histogram(
             "ess_delivery_lag_seconds",
             "Time from an event's receipt from the broker to its websocket send",
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+
+    def name_replica(self, name: str) -> None:
+        """Set ``ess_replica_info{replica="<name>"} 1`` (one series: the last name given)."""
+        self.replica_info.clear()
+        self.replica_info.labels(name).set(1)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
