@@ -146,7 +146,7 @@ async def test_actor_that_returns_without_closing_gets_a_normal_close() -> None:
 
     async def forgetful(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
         channel = await websocket.accept()
-        await channel.send_text("only")
+        await channel.send_texts(["only"])
 
     directory.behaviour = forgetful
     uuid = await make_stream(directory)
@@ -163,7 +163,7 @@ async def test_shutdown_closes_open_connections_with_1001() -> None:
 
     async def hold(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
         channel = await websocket.accept()
-        await channel.send_text("hello")
+        await channel.send_texts(["hello"])
         await trio.sleep_forever()
 
     directory.behaviour = hold
@@ -323,7 +323,7 @@ async def test_ping_fails_when_the_connection_goes_instead_of_hanging() -> None:
                 except WebSocketClosed:
                     outcomes.append("closed")
         with pytest.raises(WebSocketClosed):
-            await channel.send_text("late")
+            await channel.send_texts(["late"])
         with pytest.raises(WebSocketClosed):
             await channel.ping()
         done.set()

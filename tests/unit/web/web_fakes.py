@@ -22,8 +22,8 @@ async def send_two_frames(
 ) -> None:
     """The default connection: accept, two frames, close normally."""
     channel = await websocket.accept()
-    await channel.send_text(f"first {start!r}")
-    await channel.send_text(f"second from {actor.record.routing_key}")
+    await channel.send_texts([f"first {start!r}"])
+    await channel.send_texts([f"second from {actor.record.routing_key}"])
     await channel.close(1000, "done")
 
 
