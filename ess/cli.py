@@ -15,7 +15,7 @@ from importlib import metadata
 
 import trio
 
-from ess.config import Config, ConfigError, load_config
+from ess.config import Config, ConfigError, load_config, redact_passwords
 from ess.errors import StartupError
 from ess.logging import configure_logging
 from ess.tools.epilogs import LISTEN_EPILOG, PUBLISH_EPILOG, STREAMS_EPILOG
@@ -313,7 +313,10 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         startup = _find_startup_error(exc)
         if startup is None:
             raise
-        print(f"ess: cannot start: {startup}", file=sys.stderr)
+        # One line whatever the adapter said (database drivers like
+        # multi-line messages), and never a URL's password.
+        line = " ".join(redact_passwords(str(startup)).split())
+        print(f"ess: cannot start: {line}", file=sys.stderr)
         return 1
     return code
 

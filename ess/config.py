@@ -82,7 +82,14 @@ from amqp import parse_url
 
 _ACTOR_DEFAULTS = ActorSettings()
 
-__all__ = ["Config", "ConfigError", "default_replica_name", "load_config", "redact_url"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "default_replica_name",
+    "load_config",
+    "redact_passwords",
+    "redact_url",
+]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -194,6 +201,14 @@ def redact_url(url: str) -> str:
     if colon < 0:
         return url
     return f"{url[: start + colon + 1]}***{url[at:]}"
+
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@")
+
+
+def redact_passwords(text: str) -> str:
+    """``text`` (say, a driver's error message) with the password of every URL in it masked."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 # --------------------------------------------------------------------------- #

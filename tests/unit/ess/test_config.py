@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from actors.settings import ActorSettings
-from ess.config import Config, ConfigError, load_config, redact_url
+from ess.config import Config, ConfigError, load_config, redact_passwords, redact_url
 
 TOKEN = "s3cr3t-t0ken-value"
 
@@ -370,3 +370,16 @@ def test_unknown_override_is_a_programming_error() -> None:
 def test_every_field_is_loadable_and_overridable() -> None:
     for f in fields(Config):
         load_config({}, {f.name: None})  # no TypeError: every field has a spec
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("at postgresql://u:pw@db:5432/x failed", "at postgresql://u:***@db:5432/x failed"),
+        ("amqp://a:1@h/, amqps://b:2@k/", "amqp://a:***@h/, amqps://b:***@k/"),
+        ("no url here: a:b@c", "no url here: a:b@c"),
+        ("postgresql://user@db/x", "postgresql://user@db/x"),
+    ],
+)
+def test_redact_passwords(text: str, redacted: str) -> None:
+    assert redact_passwords(text) == redacted
