@@ -227,3 +227,12 @@ def test_half_a_websocket_handshake_is_closed(strict_requests: ServiceProcess) -
         )
         answer, _ = _until_closed(sock)
     assert not answer.startswith(b"HTTP/1.1 101")
+
+
+def test_a_plain_http_request_on_the_websocket_port_is_answered_or_closed(
+    strict_requests: ServiceProcess,
+) -> None:
+    with _connect(strict_requests.public_port) as sock:
+        sock.sendall(b"GET /event-stream/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer, _ = _until_closed(sock)
+    assert not answer.startswith(b"HTTP/1.1 101")
