@@ -358,6 +358,8 @@ def test_bad_override_names_the_flag() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config({"ESS_PUBLIC_PORT": "9000"}, {"public_port": "http"})
     assert str(caught.value).startswith("--public-port='http' is not a valid port")
+    with pytest.raises(ConfigError, match=r"^--amqp-url='http://x/' is not an AMQP URL"):
+        load_config({}, {"amqp_urls": "http://x/"})
     with pytest.raises(ConfigError, match=r"^--database must not be empty$"):
         load_config({}, {"database": ""})
 
