@@ -15,7 +15,7 @@ from importlib import metadata
 
 import trio
 
-from ess.config import Config, ConfigError, load_config
+from ess.config import Config, ConfigError, load_config, redact_passwords
 from ess.errors import StartupError
 from ess.logging import configure_logging
 from ess.tools.epilogs import LISTEN_EPILOG, PUBLISH_EPILOG, STREAMS_EPILOG
@@ -31,10 +31,12 @@ command-line flags override them."""
 
 _SERVE_EPILOG = """\
 environment variables (flags above override them):
-  ESS_AMQP_URL (or ESS_AMPQ_URL)   broker URL, default amqp://guest:guest@localhost:5672/
+  ESS_AMQP_URL (or ESS_AMPQ_URL)   broker URL(s), comma-separated for a cluster, default
+                                   amqp://guest:guest@localhost:5672/
   ESS_INGRESS_LOCATION             host[:port] put into websocket locations (localhost:8080)
   ESS_INGRESS_SECURE               yes: locations use wss:// (no)
-  ESS_DATABASE                     registry SQLite file (./data/event-streams.db)
+  ESS_DATABASE                     registry: a SQLite file (./data/event-streams.db)
+                                   or a postgresql://user:password@host:port/db URL
   ESS_EXCHANGE                     direct exchange the Account Server publishes to
                                    (event-streams)
   ESS_STREAM_MAX_AGE               retention of created stream queues, e.g. 7D, 12h (7D)
@@ -51,6 +53,10 @@ environment variables (flags above override them):
   ESS_CLOSE_TIMEOUT                bound on a closing handshake, seconds (2)
   ESS_SHUTDOWN_GRACE               drain time on SIGTERM/SIGINT, seconds (10)
   ESS_AMQP_POOL_SIZE               AMQP connections shared by all consumers (2)
+  ESS_REQUEST_TIMEOUT              seconds a client has to send a whole HTTP request or
+                                   websocket handshake; then 408 or closed (30)
+  ESS_KEEPALIVE_TIMEOUT            idle keep-alive HTTP connections are closed after N s (5)
+  ESS_REPLICA_NAME                 this replica's name in /health, /metrics (<host>-<pid>)
 
 exit status: 0 after a clean shutdown, 1 if start-up fails, 2 for a bad
 configuration value (reported on one line naming the variable)."""
@@ -79,7 +85,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--internal-port", metavar="PORT", help="internal API port (ESS_INTERNAL_PORT)"
     )
-    serve.add_argument("--database", metavar="PATH", help="registry SQLite file (ESS_DATABASE)")
+    serve.add_argument(
+        "--database",
+        metavar="PATH_OR_URL",
+        help="registry SQLite file or postgresql:// URL (ESS_DATABASE)",
+    )
     serve.add_argument(
         "--amqp-url",
         metavar="URL",
@@ -274,15 +284,15 @@ def _find_startup_error(exc: BaseException) -> StartupError | None:
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     overrides = {
-        name: getattr(args, name)
-        for name in (
-            "host",
-            "public_port",
-            "internal_port",
-            "database",
-            "amqp_url",
-            "log_level",
-            "log_format",
+        field: getattr(args, flag)
+        for field, flag in (
+            ("host", "host"),
+            ("public_port", "public_port"),
+            ("internal_port", "internal_port"),
+            ("database", "database"),
+            ("amqp_urls", "amqp_url"),
+            ("log_level", "log_level"),
+            ("log_format", "log_format"),
         )
     }
     try:
@@ -303,7 +313,10 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         startup = _find_startup_error(exc)
         if startup is None:
             raise
-        print(f"ess: cannot start: {startup}", file=sys.stderr)
+        # One line whatever the adapter said (database drivers like
+        # multi-line messages), and never a URL's password.
+        line = " ".join(redact_passwords(str(startup)).split())
+        print(f"ess: cannot start: {line}", file=sys.stderr)
         return 1
     return code
 
@@ -311,7 +324,10 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _tool_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     return load_config(
         environ,
-        {"amqp_url": getattr(args, "amqp_url", None), "exchange": getattr(args, "exchange", None)},
+        {
+            "amqp_urls": getattr(args, "amqp_url", None),
+            "exchange": getattr(args, "exchange", None),
+        },
     )
 
 

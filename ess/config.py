@@ -9,7 +9,7 @@ variable                           default                             field
 ``ESS_AMQP_URL`` [#a]_             ``amqp://guest:guest@localhost:5672/``  ``amqp_url``
 ``ESS_INGRESS_LOCATION``           ``localhost:8080``                  ``ingress_location``
 ``ESS_INGRESS_SECURE``             ``no``                              ``ingress_secure``
-``ESS_DATABASE``                   ``./data/event-streams.db``         ``database``
+``ESS_DATABASE`` [#d]_             ``./data/event-streams.db``         ``database``
 ``ESS_EXCHANGE``                   ``event-streams``                   ``exchange``
 ``ESS_STREAM_MAX_AGE``             ``7D``                              ``stream_max_age``
 ``ESS_STREAM_MAX_LENGTH_BYTES``    ``1000000000``                      ``stream_max_length_bytes``
@@ -23,7 +23,13 @@ variable                           default                             field
 =================================  ==================================  =========================
 
 .. [#a] Also read: ``ESS_AMPQ_URL`` (the upstream's spelling), used only when
-   ``ESS_AMQP_URL`` is unset or empty.
+   ``ESS_AMQP_URL`` is unset or empty. Either may list several URLs separated
+   by commas (the nodes of a cluster, tried in turn: SPEC section 7); each is
+   validated with :func:`amqp.parse_url` and kept, in order, in
+   ``amqp_urls``.
+.. [#d] A SQLite file path, or a ``postgresql://`` (or ``postgres://``) URL
+   (SPEC section 7): a :class:`~pathlib.Path` for a file, the URL text (a
+   ``str``) for PostgreSQL.
 
 Variables of our own, the actor tunables (:class:`actors.settings.ActorSettings`):
 
@@ -40,7 +46,13 @@ variable                              default  meaning
 ``ESS_CLOSE_TIMEOUT``                 ``2``    seconds a closing handshake may take
 ``ESS_SHUTDOWN_GRACE``                ``10``   seconds SIGTERM/SIGINT waits for connections to drain
 ``ESS_AMQP_POOL_SIZE``                ``2``    AMQP connections shared by all consumers
+``ESS_REQUEST_TIMEOUT``               ``30``   seconds a client has to send a whole HTTP request
+                                               (head and body) or websocket handshake
+``ESS_KEEPALIVE_TIMEOUT``             ``5``    seconds an idle keep-alive HTTP connection is kept
+``ESS_REPLICA_NAME``                  [#r]_    how this replica names itself (health, metrics)
 ====================================  =======  ====================================================
+
+.. [#r] Default: the host name and the process id, ``<host>-<pid>``.
 
 Rules shared by every variable: surrounding whitespace is ignored and an empty
 value counts as unset (so ``ESS_X=`` in a compose file means "the default").
@@ -58,21 +70,35 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from actors.settings import ActorSettings
+from amqp import parse_url
 
 _ACTOR_DEFAULTS = ActorSettings()
 
-__all__ = ["Config", "ConfigError", "load_config", "redact_url"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "default_replica_name",
+    "load_config",
+    "redact_passwords",
+    "redact_url",
+]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LogFormat = Literal["text", "json"]
+#: Query options :func:`amqp.parse_url` knows (checked here too, see ``_one_amqp_url``).
+AMQP_URL_OPTIONS = frozenset(
+    {"heartbeat", "connection_timeout", "frame_max", "channel_max", "name", "connection_name"}
+)
+DATABASE_URL_SCHEMES = ("postgresql", "postgres")
 
 _T = TypeVar("_T")
 
@@ -85,10 +111,11 @@ class ConfigError(ValueError):
 class Config:
     """Everything ``ess serve`` needs, validated; build it with :func:`load_config`."""
 
-    amqp_url: str = DEFAULT_AMQP_URL
+    amqp_urls: tuple[str, ...] = (DEFAULT_AMQP_URL,)
     ingress_location: str = "localhost:8080"
     ingress_secure: bool = False
-    database: Path = Path("./data/event-streams.db")
+    #: A SQLite file (a :class:`Path`) or a ``postgresql://`` URL (the text given).
+    database: Path | str = Path("./data/event-streams.db")
     exchange: str = "event-streams"
     stream_max_age: str = "7D"
     stream_max_length_bytes: int = 1_000_000_000
@@ -109,6 +136,9 @@ class Config:
     close_timeout: float = _ACTOR_DEFAULTS.close_timeout
     shutdown_grace: float = 10.0
     amqp_pool_size: int = 2
+    request_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
+    replica_name: str = field(default_factory=lambda: default_replica_name())
 
     def __repr__(self) -> str:
         # The default repr would print the token and the broker password into
@@ -118,19 +148,17 @@ class Config:
             value: object = getattr(self, f.name)
             if f.name == "internal_token" and value is not None:
                 value = "***"
-            elif f.name == "amqp_url":
-                value = redact_url(str(value))
+            elif f.name == "amqp_urls":
+                value = tuple(redact_url(url) for url in self.amqp_urls)
+            elif f.name == "database":
+                value = redact_url(str(self.database))
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
 
     @property
-    def websocket_scheme(self) -> str:
-        """``wss`` behind a TLS-terminating ingress, else ``ws``."""
-        return "wss" if self.ingress_secure else "ws"
-
-    def location(self, stream_uuid: str) -> str:
-        """The websocket URL handed to the Account Server for one event stream."""
-        return f"{self.websocket_scheme}://{self.ingress_location}/event-stream/{stream_uuid}"
+    def amqp_url(self) -> str:
+        """The first broker URL: the one tools (``ess publish``) and a single broker use."""
+        return self.amqp_urls[0]
 
     def actor_settings(self) -> ActorSettings:
         """The actor tree's tunables; backoff keeps ActorSettings' defaults."""
@@ -143,6 +171,11 @@ class Config:
             close_timeout=self.close_timeout,
             stats_interval=self.message_stats_interval,
         )
+
+
+def default_replica_name() -> str:
+    """``<host name>-<pid>``: unique among the replicas of one host, readable in logs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 # --------------------------------------------------------------------------- #
@@ -168,6 +201,14 @@ def redact_url(url: str) -> str:
     if colon < 0:
         return url
     return f"{url[: start + colon + 1]}***{url[at:]}"
+
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@")
+
+
+def redact_passwords(text: str) -> str:
+    """``text`` (say, a driver's error message) with the password of every URL in it masked."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 # --------------------------------------------------------------------------- #
@@ -228,18 +269,52 @@ def _bool(text: str) -> bool:
         raise _Invalid("is not a valid boolean", "yes/no, true/false, on/off or 1/0") from None
 
 
-def _amqp_url(text: str) -> str:
+def _amqp_urls(text: str) -> tuple[str, ...]:
+    """One URL or several separated by commas (tried in turn), each validated."""
+    urls = tuple(part.strip() for part in text.split(","))
+    if not all(urls):
+        raise _Invalid("has an empty entry in its list", "comma-separated amqp[s]:// URLs")
+    for url in urls:
+        _one_amqp_url(url)
+    return urls
+
+
+def _one_amqp_url(url: str) -> None:
+    """Validate with :func:`amqp.parse_url`, the parser the broker adapter uses.
+
+    The shape checks that parse_url may or may not make (unknown option, a
+    path of more than one segment, a bad port, another scheme) are repeated
+    here, so a bad value stops start-up rather than the first connection.
+    Messages never contain the URL (the caller prints it redacted).
+    """
     expected = "amqp://user:password@host:port/vhost or amqps://..."
     try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 -- raises ValueError for a port that is not 0-65535
+        parts = urlsplit(url)
+        port = parts.port
     except ValueError:
-        raise _Invalid("is not a valid AMQP URL", expected) from None
+        raise _Invalid("has an invalid port", "a port 1-65535") from None
     if parts.scheme.lower() not in ("amqp", "amqps"):
         raise _Invalid("is not an AMQP URL (the scheme must be amqp or amqps)", expected)
     if not parts.hostname:
         raise _Invalid("is not a valid AMQP URL (it has no host)", expected)
-    return text
+    if port == 0:
+        raise _Invalid("has an invalid port", "a port 1-65535")
+    if "/" in parts.path[1:]:
+        raise _Invalid(
+            "has a path of more than one segment", "one segment, the vhost (write '/' as %2F)"
+        )
+    unknown = sorted(
+        {key for key, _ in parse_qsl(parts.query, keep_blank_values=True)} - AMQP_URL_OPTIONS
+    )
+    if unknown:
+        raise _Invalid(
+            f"has unknown option(s) {', '.join(map(repr, unknown))}",
+            "options among " + ", ".join(sorted(AMQP_URL_OPTIONS)),
+        )
+    try:
+        parse_url(url)
+    except ValueError as error:
+        raise _Invalid(f"is not a valid AMQP URL ({error})", expected) from None
 
 
 def _ingress_location(text: str) -> str:
@@ -296,11 +371,39 @@ def _log_format(text: str) -> LogFormat:
     return cast(LogFormat, fmt)
 
 
-def _database(text: str) -> Path:
-    # The OS rejects a NUL in a path with ValueError, far from here; say it now.
+def _database(text: str) -> Path | str:
+    """A SQLite path, or a PostgreSQL URL whose shape (scheme, host, port) is checked.
+
+    Only the shape: whether the server answers is the registry's business at
+    open. Reasons never include the URL (the caller prints it redacted).
+    """
     if "\x00" in text:
         raise _Invalid("is not a valid file path", "a path to the registry SQLite file")
-    return Path(text)
+    scheme, sep, _ = text.partition("://")
+    if not sep:
+        return Path(text)
+    expected = "a SQLite file path or postgresql://user:password@host:port/database"
+    if scheme.lower() not in DATABASE_URL_SCHEMES:
+        raise _Invalid("is not a PostgreSQL URL (the scheme must be postgresql)", expected)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise _Invalid("has an invalid port", expected) from None
+    if not parts.hostname:
+        raise _Invalid("is not a valid PostgreSQL URL (it has no host)", expected)
+    if port == 0:
+        raise _Invalid("has an invalid port", expected)
+    return text
+
+
+def _replica_name(text: str) -> str:
+    # It goes into Prometheus label values and log lines: keep it printable.
+    if len(text) > 200 or _CONTROL_RE.search(text):
+        raise _Invalid(
+            "is not a valid replica name", "up to 200 characters without control characters"
+        )
+    return text
 
 
 def _token(text: str) -> str:
@@ -319,7 +422,7 @@ _positive_int = _int_in(1, None, "positive integer", "an integer greater than 0"
 
 #: How to read each field: its variable(s), its parser, whether it is secret.
 _SPEC: dict[str, tuple[tuple[str, ...], Callable[[str], object], bool]] = {
-    "amqp_url": (("ESS_AMQP_URL", "ESS_AMPQ_URL"), _amqp_url, False),
+    "amqp_urls": (("ESS_AMQP_URL", "ESS_AMPQ_URL"), _amqp_urls, False),
     "ingress_location": (("ESS_INGRESS_LOCATION",), _ingress_location, False),
     "ingress_secure": (("ESS_INGRESS_SECURE",), _bool, False),
     "database": (("ESS_DATABASE",), _database, False),
@@ -353,13 +456,18 @@ _SPEC: dict[str, tuple[tuple[str, ...], Callable[[str], object], bool]] = {
         _int_in(1, 1000, "pool size", "an integer 1-1000"),
         False,
     ),
+    "request_timeout": (("ESS_REQUEST_TIMEOUT",), _positive_seconds, False),
+    "keepalive_timeout": (("ESS_KEEPALIVE_TIMEOUT",), _positive_seconds, False),
+    "replica_name": (("ESS_REPLICA_NAME",), _replica_name, False),
 }
+#: Flags whose name is not ``--`` + the field name.
+_FLAGS = {"amqp_urls": "--amqp-url"}
 
 
 def _shown(name: str, text: str, secret: bool) -> str:
     if secret:
         return "<redacted>"
-    if name == "amqp_url":
+    if name in ("amqp_urls", "database"):
         return repr(redact_url(text))
     return repr(text)  # repr keeps the message on one line whatever the value
 
@@ -403,7 +511,7 @@ def load_config(
     for field_name, (names, _, _) in _SPEC.items():
         override = overrides.get(field_name)
         if override is not None:
-            source = "--" + field_name.replace("_", "-")
+            source = _FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
             text = str(override).strip()
             if not text and field_name != "internal_token":
                 raise ConfigError(f"{source} must not be empty")

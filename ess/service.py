@@ -16,11 +16,13 @@ from importlib.metadata import PackageNotFoundError, version
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as serve_http
+from hypercorn.typing import ASGIFramework
 
 from actors.adapters.rabbitmq import RabbitMQBroker
 from actors.ports.broker import BrokerError
 from actors.supervisor import Supervisor
 from web.api import create_app
+from web.http_server import hypercorn_config, shield_sends
 from web.metrics import ServiceMetrics
 from web.websocket import serve_public_websockets
 
@@ -64,6 +66,9 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
     def readiness() -> str | None:
         if not registry.is_open:
             return "the registry is not open"
+        # ``available`` is False while the registry cannot be read or written.
+        if not getattr(registry, "available", True):
+            return "the registry cannot be read or written"
         if not broker.available:
             return "the broker connection is down"
         return None
@@ -77,6 +82,8 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
         name=SERVICE_NAME,
         version=service_version(),
         metrics=metrics,
+        request_timeout=config.request_timeout,
+        replica=config.replica_name,
     )
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -88,19 +95,18 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
             await nursery.start(supervisor.run)
 
             http_stopped = trio.Event()
-            http_config = HypercornConfig()
-            http_config.bind = [f"{_bind_host(config.host)}:{config.internal_port}"]
-            http_config.accesslog = None
-            # A Logger (not "-"): Hypercorn then adds no stderr handler of its
-            # own and its lines go through ours (one format, JSON included).
-            http_config.errorlog = logging.getLogger("hypercorn.error")
-            http_config.graceful_timeout = 1.0
-            await nursery.start(_serve_internal_api, app, http_config, http_stopped)
+            http_config = hypercorn_config(
+                f"{_bind_host(config.host)}:{config.internal_port}",
+                request_timeout=config.request_timeout,
+                keepalive_timeout=config.keepalive_timeout,
+            )
+            await nursery.start(_serve_internal_api, shield_sends(app), http_config, http_stopped)
 
             websockets = trio.CancelScope()
             await nursery.start(_serve_websockets, supervisor, config, metrics, websockets)
             log.info(
-                "serving: websockets on %s:%d, internal API on %s:%d",
+                "serving as replica %r: websockets on %s:%d, internal API on %s:%d",
+                config.replica_name,
                 config.host,
                 config.public_port,
                 config.host,
@@ -130,13 +136,13 @@ def _bind_host(host: str) -> str:
 
 
 async def _serve_internal_api(
-    app: object,
+    app: ASGIFramework,
     http_config: HypercornConfig,
     stopped: trio.Event,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve_http(app, http_config, shutdown_trigger=stopped.wait, task_status=task_status)  # type: ignore[arg-type]
+    await serve_http(app, http_config, shutdown_trigger=stopped.wait, task_status=task_status)
 
 
 async def _serve_websockets(
@@ -154,6 +160,7 @@ async def _serve_websockets(
             host=config.host,
             port=config.public_port,
             metrics=metrics,
+            handshake_timeout=config.request_timeout,
             close_timeout=config.close_timeout,
             task_status=task_status,
         )

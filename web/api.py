@@ -8,18 +8,18 @@ off: no redirects, which API clients often do not follow for POST/DELETE).
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable
 
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestTimeout
 
-from actors.ports.broker import BrokerUnavailable
+from actors.ports.broker import BrokerUnavailable, NotAStreamQueue
 from actors.ports.registry import StreamRecord
 from web.auth import bearer_token_matches
 from web.debug import PUBLIC_DEBUG_ENDPOINTS, install_debug_routes
-from web.errors import install_error_handlers
+from web.errors import install_error_handlers, service_unavailable
 from web.instrument import install_request_metrics
 from web.metrics import ServiceMetrics
 from web.openapi import build_openapi
@@ -30,8 +30,8 @@ from web.validation import InvalidRequest, parse_create_body
 
 #: Largest accepted request body; a create request needs a few hundred bytes.
 MAX_BODY_BYTES = 64 * 1024
-#: Seconds a client is told to wait after a 503 from POST.
-RETRY_AFTER_SECONDS = 5
+#: Seconds a client has to send a request's whole body (SPEC section 3: 30 s).
+DEFAULT_REQUEST_TIMEOUT = 30.0
 #: Ids are SQLite integers: positive and at most 2**63-1.
 _MAX_STREAM_ID = 2**63 - 1
 _STREAM_ID = re.compile(r"[0-9]{1,19}")
@@ -49,22 +49,30 @@ def create_app(
     name: str,
     version: str,
     metrics: ServiceMetrics | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    replica: str = "",
 ) -> QuartTrio:
     """Build the internal API app; serve it with Hypercorn's trio worker.
 
     ``metrics`` defaults to a fresh :class:`ServiceMetrics` (its own
     registry); pass the service-wide one so ``/metrics`` shows everything.
-    An empty ``internal_token`` counts as unset.
+    ``replica`` names this process in ``/health/*``, ``/metrics`` and
+    ``/debug/actors`` (``ESS_REPLICA_NAME``). An empty ``internal_token``
+    counts as unset. A request body that has not
+    arrived within ``request_timeout`` seconds is answered 408 (the head is
+    bounded by Hypercorn: :mod:`web.http_server`).
     """
     app = QuartTrio(__name__, static_url_path="/debug/static", static_folder="static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = request_timeout
     app.url_map.strict_slashes = False
     metrics = metrics if metrics is not None else ServiceMetrics()
+    metrics.name_replica(replica)
     locations = _Locations(ingress_location, ingress_secure)
 
     install_request_metrics(app, metrics)
     install_error_handlers(app)
-    _install_body_drain(app)
+    _install_body_first(app, request_timeout)
     if internal_token:
         _install_bearer_auth(app, internal_token)
 
@@ -83,10 +91,14 @@ def create_app(
         try:
             record = await streams.create_stream(routing_key)
         except BrokerUnavailable:
+            return service_unavailable(
+                "The message broker cannot be reached; nothing was recorded, try again later"
+            )
+        except NotAStreamQueue:
             return error_response(
-                503,
-                "The message broker cannot be reached; nothing was recorded, try again later",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                409,
+                f"A queue named {routing_key[:100]!r} exists but is not a stream queue; "
+                "it was not used or changed and nothing was recorded",
             )
         return json_response({"id": record.id, "location": locations.of(record)}, 201)
 
@@ -112,8 +124,9 @@ def create_app(
         readiness=readiness,
         metrics=metrics,
         openapi=build_openapi(name=name, version=version, secured=bool(internal_token)),
+        replica=replica,
     )
-    install_debug_routes(app, streams)
+    install_debug_routes(app, streams, replica=replica)
     return app
 
 
@@ -136,22 +149,33 @@ def _parse_stream_id(text: str) -> int | None:
     return value if 1 <= value <= _MAX_STREAM_ID else None
 
 
-def _install_body_drain(app: QuartTrio) -> None:
-    """Read every request body to its end before the response goes out.
+def _install_body_first(app: QuartTrio, timeout: float) -> None:
+    """Read every request body to its end, within ``timeout``, before anything else runs.
 
-    Hypercorn 0.18's HTTP/1.1 handler (trio worker) stops serving a
-    keep-alive connection when a response completes before the request body
-    has been received: the next request on that connection is never
-    answered. Answers that ignore the body (404, 405, 401, DELETE, GET with
-    a body) hit that; found by tests/fuzz. Draining is bounded by
-    ``MAX_CONTENT_LENGTH`` (a larger body fails fast and is not waited for).
+    Two reasons. A client that sends half a body must not hold its
+    connection (SPEC section 3): it gets 408 (Quart's ``BODY_TIMEOUT``)
+    and, since its request never ended, Hypercorn closes the connection;
+    reading first means nothing was done for an incomplete request (no
+    DELETE half-applied behind a 408). And Hypercorn 0.18's HTTP/1.1 handler
+    (trio worker) stops serving a keep-alive connection when a response
+    completes before the request body has been received: answers that
+    ignore the body (404, 405, 401, DELETE, GET with a body) hit that; found
+    by tests/fuzz. The body is bounded by ``MAX_CONTENT_LENGTH`` (a larger
+    one fails fast with 413 and is not waited for). Registered before the
+    bearer check so that a 401 drains too.
     """
 
-    @app.after_request
-    async def drain_request_body(response: Response) -> Response:
-        with contextlib.suppress(Exception):
-            await request.body
-        return response
+    @app.before_request
+    async def read_whole_body() -> Response | None:
+        try:
+            await request.get_data(cache=True, as_text=False, parse_form_data=False)
+        except RequestTimeout:
+            return error_response(
+                408,
+                f"The request body did not arrive within {timeout:g} s",
+                {"Connection": "close"},
+            )
+        return None
 
 
 def _install_bearer_auth(app: QuartTrio, token: str) -> None:

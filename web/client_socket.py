@@ -78,21 +78,14 @@ class TrioWebSocket:
         reason = self._ws.closed
         return reason.code if reason is not None else 1006
 
-    async def send_text(self, text: str) -> None:
-        try:
-            await self._ws.send_message(text)
-        except CONNECTION_GONE as error:
-            raise WebSocketClosed(str(error)) from None
-        if self._metrics is not None:
-            self._metrics.messages_sent.inc()
-            self._metrics.bytes_sent.inc(_utf8_length(text))
-
     async def send_texts(self, texts: Sequence[str]) -> None:
         """Encode every frame, then write them with one ``send_all``.
 
         trio-websocket has no batch send: this mirrors its private ``_send``
         (same wsproto connection, same stream lock, so pongs and closes from
-        its reader task never interleave with our bytes). Pinned to 0.12.x.
+        its reader task never interleave with our bytes). Pinned to 0.12.x;
+        tests/unit/web/test_trio_websocket_internals.py names every private
+        attribute used here and fails if one goes.
         """
         ws = self._ws
         if ws._close_reason is not None:

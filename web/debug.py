@@ -22,13 +22,13 @@ from web.responses import json_response
 PUBLIC_DEBUG_ENDPOINTS = frozenset({"debug_page", "static"})
 
 
-def install_debug_routes(app: QuartTrio, streams: StreamDirectory) -> None:
-    """``GET /debug/actors`` (JSON) and ``GET /debug/`` (the HTML view)."""
+def install_debug_routes(app: QuartTrio, streams: StreamDirectory, *, replica: str) -> None:
+    """``GET /debug/actors`` (JSON, the root names the replica) and ``GET /debug/`` (HTML)."""
     page = resources.files("web").joinpath("static", "debug.html").read_text(encoding="utf-8")
 
     @app.get("/debug/actors")
     async def debug_actors() -> Response:
-        return json_response(streams.snapshot())
+        return json_response({**streams.snapshot(), "replica": replica})
 
     @app.get("/debug/")
     async def debug_page() -> Response:

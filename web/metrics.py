@@ -21,12 +21,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["METRICS_CONTENT_TYPE", "ServiceMetrics"]
+__all__ = ["METRICS_CONTENT_TYPE", "SERVICE_CLOSE_CODES", "ServiceMetrics", "close_code_label"]
 
 #: What :func:`generate_latest` (legacy name escaping) produces. Spelled out
 #: because newer prometheus_client releases point ``CONTENT_TYPE_LATEST`` at
 #: format 1.0.0, which older scrapers do not announce they accept.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Close codes the service itself ends websockets with (SPEC section 4, plus
+#: 1006 for a connection dropped without a close frame, 1008 for a client
+#: that stopped reading, 1009 for an oversized client message, 1011 for an
+#: internal error). Each is a label value of ``ess_websocket_closes``.
+SERVICE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1006, 1008, 1009, 1011, 1013, 4001})
+#: The one label for every other code: a client may close with any of
+#: thousands of codes, and each would otherwise become a time series.
+OTHER_CLOSE_CODE = "other"
+
+
+def close_code_label(code: int) -> str:
+    """The ``code`` label of ``ess_websocket_closes``: bounded, whatever the client sends."""
+    return str(code) if code in SERVICE_CLOSE_CODES else OTHER_CLOSE_CODE
+
 
 _LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 
@@ -52,7 +67,7 @@ class ServiceMetrics:
         )
         self.websocket_closes = Counter(
             "ess_websocket_closes",
-            "Websockets closed by the service, by close code",
+            "Websockets closed, by close code (codes the service does not send: other)",
             ["code"],
             registry=r,
         )
@@ -75,12 +90,23 @@ class ServiceMetrics:
             ["route", "method"],
             registry=r,
         )
+        self.replica_info = Gauge(
+            "ess_replica_info",
+            "This replica's name (ESS_REPLICA_NAME), always 1",
+            ["replica"],
+            registry=r,
+        )
         self.delivery_lag = Histogram(
             "ess_delivery_lag_seconds",
             "Time from an event's receipt from the broker to its websocket send",
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+
+    def name_replica(self, name: str) -> None:
+        """Set ``ess_replica_info{replica="<name>"} 1`` (one series: the last name given)."""
+        self.replica_info.clear()
+        self.replica_info.labels(name).set(1)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

@@ -29,6 +29,14 @@ def _error(description: str) -> dict[str, Any]:
     return _json_body("Error", description)
 
 
+def _retry_later(description: str) -> dict[str, Any]:
+    return {**_error(description), "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+
+
+#: A registry that cannot be read or written (disk full, database down).
+_REGISTRY_DOWN = "The registry cannot be read or written now; nothing was changed"
+
+
 def _operation(
     summary: str,
     responses: dict[str, Any],
@@ -41,6 +49,8 @@ def _operation(
     answers = dict(responses)
     if secured and protected:
         answers["401"] = _ref("responses", "Unauthorized")
+    # Any request may send its body too slowly (web.api reads it first).
+    answers["408"] = _ref("responses", "RequestTimeout")
     answers["500"] = _ref("responses", "InternalError")
     operation: dict[str, Any] = {"summary": summary, "tags": tags, "responses": answers, **extra}
     if secured and not protected:
@@ -54,6 +64,7 @@ def _schemas() -> dict[str, Any]:
         "description": "The websocket URL a client connects to: ws[s]://<ingress>/event-stream/<uuid>",
         "pattern": "^wss?://.+/event-stream/[^/]+$",
     }
+    replica = {"type": "string", "description": "The answering replica's name (ESS_REPLICA_NAME)"}
     return {
         "Error": {
             "type": "object",
@@ -110,19 +121,27 @@ def _schemas() -> dict[str, Any]:
         },
         "Live": {
             "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+            "required": ["status", "replica"],
+            "properties": {"status": {"type": "string", "enum": ["ok"]}, "replica": replica},
         },
         "Ready": {
             "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["ready"]}},
+            "required": ["status", "replica"],
+            "properties": {"status": {"type": "string", "enum": ["ready"]}, "replica": replica},
+        },
+        "NotReady": {
+            "type": "object",
+            "required": ["detail", "replica"],
+            "properties": {
+                "detail": {"type": "string", "description": "Why not"},
+                "replica": replica,
+            },
         },
         "ActorTree": {
             "type": "object",
             "description": (
                 "The supervisor and its children: each node has its kind, name, state, "
-                "start time and counters, children nested"
+                "start time and counters, children nested; the root also names the replica"
             ),
             "additionalProperties": True,
         },
@@ -156,11 +175,15 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
                 {
                     "201": _json_body("CreatedEventStream", "Created"),
                     "413": _error("The body is larger than the limit"),
+                    "409": _error(
+                        "A queue named after the routing key exists but is not a stream "
+                        "queue; it was not used or changed and nothing was recorded"
+                    ),
                     "422": _error("The body is not a JSON object or the routing key is invalid"),
-                    "503": {
-                        **_error("The broker cannot be reached; nothing was recorded"),
-                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                    },
+                    "503": _retry_later(
+                        "The broker cannot be reached, or the registry cannot be written; "
+                        "nothing was recorded"
+                    ),
                 },
                 tags=api,
                 secured=secured,
@@ -173,7 +196,10 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
             ),
             "get": _operation(
                 "List the event streams, ordered by id",
-                {"200": _json_body("EventStreamList", "The event streams")},
+                {
+                    "200": _json_body("EventStreamList", "The event streams"),
+                    "503": _retry_later("The registry cannot be read now"),
+                },
                 tags=api,
                 secured=secured,
                 operationId="listEventStreams",
@@ -182,7 +208,11 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
         "/event-stream/{stream_id}": {
             "delete": _operation(
                 "Delete an event stream; answers once its websockets are closed",
-                {"204": {"description": "Deleted"}, "404": _error("No such event stream")},
+                {
+                    "204": {"description": "Deleted"},
+                    "404": _error("No such event stream"),
+                    "503": _retry_later(_REGISTRY_DOWN),
+                },
                 tags=api,
                 secured=secured,
                 operationId="deleteEventStream",
@@ -201,8 +231,8 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
         },
         "/health/ready": {
             "get": _operation(
-                "Readiness: the registry is open and the broker connection is up",
-                {"200": _json_body("Ready", "Ready"), "503": _error("Not ready, and why")},
+                "Readiness: the registry can be used and the broker connection is up",
+                {"200": _json_body("Ready", "Ready"), "503": _json_body("NotReady", "Not ready")},
                 tags=ops,
                 secured=secured,
                 protected=False,
@@ -266,6 +296,10 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
         "schemas": _schemas(),
         "responses": {
             "InternalError": _error("An unexpected error (a bug; the traceback is logged)"),
+            "RequestTimeout": _error(
+                "The request body did not arrive within the request timeout; the "
+                "connection is closed and nothing was done"
+            ),
             "Unauthorized": {
                 **_error("Missing or wrong bearer token"),
                 "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},

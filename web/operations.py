@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 
 from web.metrics import METRICS_CONTENT_TYPE, ServiceMetrics
 from web.ports import StreamDirectory
-from web.responses import error_response, json_response
+from web.responses import json_response
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +28,24 @@ def install_operator_routes(
     readiness: Callable[[], str | None],
     metrics: ServiceMetrics,
     openapi: dict[str, Any],
+    replica: str,
 ) -> None:
-    """``/health/live``, ``/health/ready``, ``/metrics`` and ``/openapi.json``."""
+    """``/health/live``, ``/health/ready``, ``/metrics`` and ``/openapi.json``.
+
+    Both health answers name the replica, so an operator behind a load
+    balancer sees which process answered.
+    """
 
     @app.get("/health/live")
     async def health_live() -> Response:
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "replica": replica})
 
     @app.get("/health/ready")
     async def health_ready() -> Response:
         reason = readiness()
         if reason is None:
-            return json_response({"status": "ready"})
-        return error_response(503, reason)
+            return json_response({"status": "ready", "replica": replica})
+        return json_response({"detail": reason, "replica": replica}, 503)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -16,6 +16,11 @@ Bounds: a client must complete its HTTP handshake within
 limited to ``max_message_size`` (larger ones close with 1009); closes are
 bounded by ``close_timeout``. A handler never raises into trio-websocket's
 server, whose nursery would otherwise take every connection down with it.
+
+Nothing a client without a credential does can grow the log or the metrics
+without bound: the lines for refused handshakes (and for connections that
+fail inside trio-websocket) go through :class:`web.log_limit.RateLimitedLog`,
+and close codes are counted under :func:`web.metrics.close_code_label`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
@@ -32,7 +38,8 @@ from trio_websocket import WebSocketRequest, WebSocketServer
 from actors.ports.websocket import PendingWebSocket
 from actors.start import ClientStart
 from web.client_socket import CONNECTION_GONE, TrioPendingWebSocket, TrioWebSocket, format_peer
-from web.metrics import ServiceMetrics
+from web.log_limit import RateLimitedLog
+from web.metrics import ServiceMetrics, close_code_label
 from web.params import StartParameterError, parse_start
 from web.ports import StreamDirectory
 
@@ -49,6 +56,9 @@ UNKNOWN_STREAM_REASON = "Unknown event stream"
 SHUTDOWN_REASON = "The service is shutting down"
 _STREAM_PATH = re.compile(r"/event-stream/([^/]+)/?")
 _NOT_FOUND_BODY = b"Not found: websockets are served at /event-stream/<uuid>\n"
+#: Refused-handshake lines let through per window, and the window in seconds.
+REFUSAL_LOG_BURST = 20
+REFUSAL_LOG_INTERVAL = 60.0
 
 _Serve = Callable[[PendingWebSocket, ClientStart], Awaitable[None]]
 
@@ -108,11 +118,21 @@ class _IsolatingWebSocketServer(WebSocketServer):
     failure is logged and ends that connection only.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._failures = RateLimitedLog(
+            log,
+            what="websocket connections failed inside trio-websocket",
+            burst=REFUSAL_LOG_BURST,
+            interval=REFUSAL_LOG_INTERVAL,
+            level=logging.WARNING,
+        )
+
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         try:
             await super()._handle_connection(stream)
         except* Exception as failure:
-            log.warning(
+            self._failures.log(
                 "A websocket connection failed inside trio-websocket; dropped it: %r",
                 failure.exceptions,
             )
@@ -133,6 +153,12 @@ class _Edge:
         self._metrics = metrics
         self._handshake_timeout = handshake_timeout
         self._close_timeout = close_timeout
+        self._refusals = RateLimitedLog(
+            log,
+            what="refused websocket handshakes",
+            burst=REFUSAL_LOG_BURST,
+            interval=REFUSAL_LOG_INTERVAL,
+        )
 
     async def handle(self, request: WebSocketRequest) -> None:
         """trio-websocket's handler: never raises (except cancellation)."""
@@ -157,12 +183,12 @@ class _Edge:
             try:
                 start = parse_start(query)
             except StartParameterError as error:
-                log.info("Websocket %s: %s", pending.peer, error.reason)
+                self._refusals.log("Websocket %s: %s", pending.peer, error.reason)
                 await _accept_and_close(pending, 1002, error.reason)
                 return
             actor = self._streams.find_stream(match.group(1))
             if actor is None:
-                log.info("Websocket %s: unknown event stream", pending.peer)
+                self._refusals.log("Websocket %s: unknown event stream", pending.peer)
                 await _accept_and_close(pending, 1000, UNKNOWN_STREAM_REASON)
                 return
             await self._serve(actor.serve, pending, start)
@@ -191,7 +217,7 @@ class _Edge:
         if self._metrics is None or channel is None:
             return
         self._metrics.websocket_connections.dec()
-        self._metrics.websocket_closes.labels(str(channel.close_code)).inc()
+        self._metrics.websocket_closes.labels(close_code_label(channel.close_code)).inc()
 
 
 async def _accept_and_close(pending: TrioPendingWebSocket, code: int, reason: str) -> None:

@@ -22,10 +22,6 @@ class WebSocket(Protocol):
         """The client's address as ``host:port``, for logs and the debug tree."""
         ...
 
-    async def send_text(self, text: str) -> None:
-        """Send one text frame. Raises :class:`WebSocketClosed`."""
-        ...
-
     async def send_texts(self, texts: Sequence[str]) -> None:
         """Send several text frames, in order, in as few socket writes as possible.
 

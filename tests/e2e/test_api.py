@@ -8,6 +8,7 @@ import uuid
 import httpx
 import pytest
 
+import amqp
 from actors.adapters.rabbitmq import RabbitMQBroker
 
 from .service import ServiceProcess
@@ -192,6 +193,45 @@ async def test_existing_queue_is_used_and_kept(
         assert await broker.stream_exists(routing_key)
     finally:
         await broker.delete_stream(routing_key)
+
+
+async def test_post_for_an_existing_classic_queue_is_409_and_touches_nothing(
+    api: httpx.AsyncClient, service: ServiceProcess, amqp_url: str, routing_key: str
+) -> None:
+    """SPEC section 2: a queue of that name that is not a stream queue is never used or changed.
+
+    Needs the broker adapter's NotAStreamQueue (ensure_stream); the API maps it to 409.
+    """
+    async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
+        await channel.queue_declare(routing_key, durable=True)
+        try:
+            await channel.confirm_select()
+            await channel.basic_publish(b"kept", routing_key=routing_key)  # default exchange
+            before = await list_ids(api)
+
+            response = await api.post("/event-stream/", json={"routing_key": routing_key})
+            assert response.status_code == 409, response.text
+            assert response.headers["content-type"].startswith("application/json")
+            assert "not a stream queue" in response.json()["detail"]
+            assert await list_ids(api) == before  # nothing recorded
+
+            # Not bound to the service's exchange: a message published there is unroutable.
+            await channel.basic_publish(
+                b"dropped", exchange=service.exchange, routing_key=routing_key
+            )
+            # Same queue, same type (a passive declare of a classic queue with its
+            # arguments succeeds), same content: one message.
+            still = await channel.queue_declare(routing_key, passive=True)
+            assert still.message_count == 1
+        finally:
+            async with connection.channel() as cleanup:
+                await cleanup.queue_delete(routing_key)
+
+
+async def list_ids(api: httpx.AsyncClient) -> list[int]:
+    response = await api.get("/event-stream/")
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["event_streams"]]
 
 
 async def test_shared_key_queue_outlives_the_owner_while_another_stream_uses_it(

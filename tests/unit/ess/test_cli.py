@@ -176,3 +176,25 @@ def test_serve_registry_open_failure_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("ess: cannot start: cannot create the registry directory")
     assert err.count("\n") == 1
+
+
+def test_serve_startup_error_is_one_line_without_passwords(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A driver's multi-line message (PostgreSQL's are) still makes one line."""
+    from ess.config import Config
+    from ess.errors import StartupError
+
+    async def serve(config: Config) -> int:
+        raise StartupError(
+            "cannot open the registry postgresql://ess:hunter2@db:5432/ess:\n"
+            "\tconnection refused\n\tIs the server running on that host?"
+        )
+
+    _fake_service(monkeypatch, serve)
+    assert main(["serve"], environ={}) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "ess: cannot start: cannot open the registry postgresql://ess:***@db:5432/ess: "
+        "connection refused Is the server running on that host?\n"
+    )

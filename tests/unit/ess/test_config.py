@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from actors.settings import ActorSettings
-from ess.config import Config, ConfigError, load_config, redact_url
+from ess.config import Config, ConfigError, load_config, redact_passwords, redact_url
 
 TOKEN = "s3cr3t-t0ken-value"
 
@@ -33,6 +35,8 @@ def test_defaults_match_spec() -> None:
     assert (config.ping_interval, config.ping_timeout, config.close_timeout) == (20.0, 20.0, 2.0)
     assert config.shutdown_grace == 10.0
     assert config.amqp_pool_size == 2
+    assert (config.request_timeout, config.keepalive_timeout) == (30.0, 5.0)
+    assert config.replica_name == f"{socket.gethostname()}-{os.getpid()}"
 
 
 FULL_ENV = {
@@ -58,13 +62,16 @@ FULL_ENV = {
     "ESS_CLOSE_TIMEOUT": "0.5",
     "ESS_SHUTDOWN_GRACE": "3",
     "ESS_AMQP_POOL_SIZE": "4",
+    "ESS_REQUEST_TIMEOUT": "7",
+    "ESS_KEEPALIVE_TIMEOUT": "3",
+    "ESS_REPLICA_NAME": "ess-a",
 }
 
 
 def test_every_variable_is_read() -> None:
     config = load_config(FULL_ENV)
     assert config == Config(
-        amqp_url="amqps://user:pw@broker.example:5671/vhost",
+        amqp_urls=("amqps://user:pw@broker.example:5671/vhost",),
         ingress_location="ess.example.com",
         ingress_secure=True,
         database=Path("/var/lib/ess/registry.db"),
@@ -86,6 +93,9 @@ def test_every_variable_is_read() -> None:
         close_timeout=0.5,
         shutdown_grace=3.0,
         amqp_pool_size=4,
+        request_timeout=7.0,
+        keepalive_timeout=3.0,
+        replica_name="ess-a",
     )
 
 
@@ -102,10 +112,70 @@ def test_actor_settings() -> None:
     )
 
 
-def test_location() -> None:
-    assert Config().location("u") == "ws://localhost:8080/event-stream/u"
-    secure = load_config({"ESS_INGRESS_SECURE": "on", "ESS_INGRESS_LOCATION": "h:443/"})
-    assert secure.location("u") == "wss://h:443/event-stream/u"
+def test_several_amqp_urls_are_kept_in_order() -> None:
+    text = "amqp://u:p@node-1:5672/v , amqps://u:p@node-2/v"
+    config = load_config({"ESS_AMQP_URL": text})
+    assert config.amqp_urls == ("amqp://u:p@node-1:5672/v", "amqps://u:p@node-2/v")
+    assert config.amqp_url == "amqp://u:p@node-1:5672/v"
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        (f"amqp://user:{TOKEN}@host/?bogus=1", "unknown option"),
+        (f"amqp://user:{TOKEN}@host/vhost/extra", "more than one segment"),
+        (f"amqp://user:{TOKEN}@host:99999/", "invalid port"),
+        (f"amqp://user:{TOKEN}@host:abc/", "invalid port"),
+        (f"amqp://user:{TOKEN}@host:0/", "invalid port"),
+        (f"http://user:{TOKEN}@host/", "scheme"),
+        (f"amqp://user:{TOKEN}@host/?heartbeat=x", "not an integer"),
+        (f"amqp://u:p@ok/,amqp://user:{TOKEN}@host/a/b", "more than one segment"),
+        ("amqp://u:p@ok/,", "empty entry"),
+    ],
+)
+@pytest.mark.parametrize("variable", ["ESS_AMQP_URL", "ESS_AMPQ_URL"])
+def test_bad_amqp_url_is_one_line_without_the_password(variable: str, url: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({variable: url})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}=")
+    assert hint in message
+    assert "\n" not in message
+    assert TOKEN not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://ess:pw@db.example:5432/ess",
+        "postgres://db.example/ess",
+        "postgresql://ess@[::1]:6432/ess?sslmode=require",
+    ],
+)
+def test_database_may_be_a_postgresql_url(url: str) -> None:
+    assert load_config({"ESS_DATABASE": url}).database == url
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        (f"mysql://u:{TOKEN}@db/ess", "scheme"),
+        (f"postgresql://u:{TOKEN}@db:70000/ess", "invalid port"),
+        (f"postgresql://u:{TOKEN}@/ess", "no host"),
+    ],
+)
+def test_bad_database_url_never_shows_the_password(url: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"ESS_DATABASE": url})
+    message = str(caught.value)
+    assert message.startswith("ESS_DATABASE=")
+    assert hint in message
+    assert TOKEN not in message
+
+
+def test_database_password_is_not_in_repr() -> None:
+    config = load_config({"ESS_DATABASE": f"postgresql://u:{TOKEN}@db/ess"})
+    assert TOKEN not in repr(config)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +226,7 @@ def test_good_amqp_urls(url: str) -> None:
 BAD_VALUES = [
     ("ESS_AMQP_URL", "http://user:pw@host/", "amqp or amqps"),
     ("ESS_AMQP_URL", "amqp:///vhost", "no host"),
-    ("ESS_AMQP_URL", "amqp://host:99999/", "AMQP URL"),
+    ("ESS_AMQP_URL", "amqp://host:99999/", "invalid port"),
     ("ESS_AMQP_URL", "localhost:5672", "amqp or amqps"),
     ("ESS_INGRESS_LOCATION", "wss://ess.example.com", "scheme"),
     ("ESS_INGRESS_LOCATION", "a b", "host[:port]"),
@@ -189,6 +259,9 @@ BAD_VALUES = [
     ("ESS_SHUTDOWN_GRACE", "-1", "seconds"),
     ("ESS_AMQP_POOL_SIZE", "0", "1-1000"),
     ("ESS_AMQP_POOL_SIZE", "1_000", "1-1000"),
+    ("ESS_REQUEST_TIMEOUT", "0", "greater than 0"),
+    ("ESS_KEEPALIVE_TIMEOUT", "-5", "greater than 0"),
+    ("ESS_REPLICA_NAME", "a\nb", "control characters"),
 ]
 
 
@@ -264,12 +337,14 @@ def test_overrides_win_over_environment() -> None:
         {
             "public_port": "9100",
             "database": Path("/tmp/x.db"),
+            "amqp_urls": "amqp://flag-host/",
             "host": None,
             "log_level": "warning",
         },
     )
     assert config.public_port == 9100
     assert config.database == Path("/tmp/x.db")
+    assert config.amqp_urls == ("amqp://flag-host/",)
     assert config.host == "127.0.0.1"  # None means "flag not given"
     assert config.log_level == "WARNING"
 
@@ -283,6 +358,8 @@ def test_bad_override_names_the_flag() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config({"ESS_PUBLIC_PORT": "9000"}, {"public_port": "http"})
     assert str(caught.value).startswith("--public-port='http' is not a valid port")
+    with pytest.raises(ConfigError, match=r"^--amqp-url='http://x/' is not an AMQP URL"):
+        load_config({}, {"amqp_urls": "http://x/"})
     with pytest.raises(ConfigError, match=r"^--database must not be empty$"):
         load_config({}, {"database": ""})
 
@@ -295,3 +372,16 @@ def test_unknown_override_is_a_programming_error() -> None:
 def test_every_field_is_loadable_and_overridable() -> None:
     for f in fields(Config):
         load_config({}, {f.name: None})  # no TypeError: every field has a spec
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("at postgresql://u:pw@db:5432/x failed", "at postgresql://u:***@db:5432/x failed"),
+        ("amqp://a:1@h/, amqps://b:2@k/", "amqp://a:***@h/, amqps://b:***@k/"),
+        ("no url here: a:b@c", "no url here: a:b@c"),
+        ("postgresql://user@db/x", "postgresql://user@db/x"),
+    ],
+)
+def test_redact_passwords(text: str, redacted: str) -> None:
+    assert redact_passwords(text) == redacted

@@ -219,14 +219,56 @@ async def test_unexpected_errors_are_json_500_and_logged(
 
 async def test_health(directory: FakeDirectory) -> None:
     reason: list[str | None] = [None]
-    app = make_app(directory, readiness=lambda: reason[0])
+    app = make_app(directory, readiness=lambda: reason[0], replica="ess-7")
     async with running_api(app) as client:
-        assert (await client.get("/health/live")).json() == {"status": "ok"}
-        assert (await client.get("/health/ready")).json() == {"status": "ready"}
+        assert (await client.get("/health/live")).json() == {"status": "ok", "replica": "ess-7"}
+        ready = (await client.get("/health/ready")).json()
+        assert ready == {"status": "ready", "replica": "ess-7"}
         reason[0] = "broker connection is down"
         response = await client.get("/health/ready")
-        assert assert_error(response, 503) == "broker connection is down"
+        assert response.status_code == 503
+        assert response.json() == {"detail": "broker connection is down", "replica": "ess-7"}
         assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_replica_is_named_in_metrics_and_the_actor_tree(directory: FakeDirectory) -> None:
+    metrics = ServiceMetrics(CollectorRegistry())
+    async with running_api(make_app(directory, metrics=metrics, replica="ess-b")) as client:
+        text = (await client.get("/metrics")).text
+        assert 'ess_replica_info{replica="ess-b"} 1.0' in text
+        assert (await client.get("/debug/actors")).json()["replica"] == "ess-b"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/event-stream/", {"routing_key": "k"}),
+        ("DELETE", "/event-stream/1", None),
+        ("GET", "/event-stream/", None),
+    ],
+)
+async def test_an_unusable_registry_is_503_with_the_reason(
+    directory: FakeDirectory, method: str, path: str, body: object
+) -> None:
+    """Disk full, read-only file, database down: 503 and Retry-After, never 500."""
+    async with running_api(make_app(directory)) as client:
+        assert (await client.post("/event-stream/", json={"routing_key": "k"})).status_code == 201
+        directory.registry_down = "database or disk is full"
+        response = await client.request(method, path, json=body)
+        detail = assert_error(response, 503)
+        assert "database or disk is full" in detail
+        assert int(response.headers["retry-after"]) > 0
+        directory.registry_down = None
+        assert len((await client.get("/event-stream/")).json()["event_streams"]) == 1
+
+
+async def test_a_classic_queue_of_that_name_is_409(directory: FakeDirectory) -> None:
+    directory.classic_queues.add("legacy.queue")
+    async with running_api(make_app(directory)) as client:
+        response = await client.post("/event-stream/", json={"routing_key": "legacy.queue"})
+        detail = assert_error(response, 409)
+        assert "legacy.queue" in detail and "not a stream queue" in detail
+        assert (await client.get("/event-stream/")).json() == {"event_streams": []}
 
 
 BAD_AUTHORIZATIONS: list[dict[str, str | bytes]] = [
@@ -258,7 +300,7 @@ async def test_bearer_token(directory: FakeDirectory) -> None:
         assert (await client.get("/openapi.json", headers=good)).status_code == 200
         # Health and the (data-free) debug page stay open.
         assert (await client.get("/health/live")).status_code == 200
-        assert_error(await client.get("/health/ready"), 503)
+        assert (await client.get("/health/ready")).status_code == 503
         assert (await client.get("/debug/")).status_code == 200
         assert (await client.get("/debug/static/debug.js")).status_code == 200
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -17,8 +19,8 @@ from trio_websocket import (
 from actors.ports.websocket import PendingWebSocket, WebSocketClosed
 from actors.start import AfterOrdinal, AtOrAfterTime, ClientStart, LiveTail
 from web.client_socket import TrioWebSocket
-from web.metrics import ServiceMetrics
-from web.websocket import serve_public_websockets
+from web.metrics import ServiceMetrics, close_code_label
+from web.websocket import REFUSAL_LOG_BURST, serve_public_websockets
 
 from .web_fakes import FakeActor, FakeDirectory
 from .web_servers import running_websockets
@@ -144,7 +146,7 @@ async def test_actor_that_returns_without_closing_gets_a_normal_close() -> None:
 
     async def forgetful(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
         channel = await websocket.accept()
-        await channel.send_text("only")
+        await channel.send_texts(["only"])
 
     directory.behaviour = forgetful
     uuid = await make_stream(directory)
@@ -161,7 +163,7 @@ async def test_shutdown_closes_open_connections_with_1001() -> None:
 
     async def hold(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
         channel = await websocket.accept()
-        await channel.send_text("hello")
+        await channel.send_texts(["hello"])
         await trio.sleep_forever()
 
     directory.behaviour = hold
@@ -321,7 +323,7 @@ async def test_ping_fails_when_the_connection_goes_instead_of_hanging() -> None:
                 except WebSocketClosed:
                     outcomes.append("closed")
         with pytest.raises(WebSocketClosed):
-            await channel.send_text("late")
+            await channel.send_texts(["late"])
         with pytest.raises(WebSocketClosed):
             await channel.ping()
         done.set()
@@ -345,3 +347,66 @@ async def test_a_client_that_never_completes_its_handshake_is_dropped() -> None:
         started = time.monotonic()
         assert await receive_until_eof(stream) == b""
     assert time.monotonic() - started < 2
+
+
+# --- what a client without a credential can cost: log lines and metric labels --------
+
+
+async def test_refused_handshakes_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Unknown uuids and bad queries in a loop: at most a burst of INFO lines per window."""
+    caplog.set_level(logging.DEBUG, logger="web.websocket")
+    directory = FakeDirectory()
+    uuid = await make_stream(directory)
+    attempts = REFUSAL_LOG_BURST + 15
+    async with running_websockets(directory) as port:
+        for n in range(attempts):
+            target = f"nope-{n}" if n % 2 else f"{uuid}?stream_from_ordinal=bad"
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{target}") as ws:
+                await read_until_closed(ws)
+    refusals = [
+        r
+        for r in caplog.records
+        if r.name == "web.websocket" and r.getMessage().startswith("Websocket ")
+    ]
+    assert len(refusals) >= attempts  # every refusal is still seen at DEBUG
+    assert len([r for r in refusals if r.levelno >= logging.INFO]) == REFUSAL_LOG_BURST
+    assert all("nope" not in r.getMessage() for r in refusals)  # the uuid tried is not logged
+
+
+async def test_client_chosen_close_codes_share_one_metric_label() -> None:
+    directory = FakeDirectory()
+
+    async def wait_for_client_close(
+        actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
+    ) -> None:
+        channel = await websocket.accept()
+        with contextlib.suppress(WebSocketClosed):
+            while True:
+                await channel.receive()
+
+    directory.behaviour = wait_for_client_close
+    metrics = ServiceMetrics()
+    uuid = await make_stream(directory)
+    async with running_websockets(directory, metrics=metrics) as port:
+        for code in (4999, 3000, 4002):
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws:
+                await ws.aclose(code, "client's choice")
+        with trio.fail_after(5):
+            while metrics.registry.get_sample_value("ess_websocket_connections") != 0:
+                await trio.sleep(0.01)  # the handlers' finally blocks: no event to wait on
+    rendered = metrics.render().decode()
+    assert 'ess_websocket_closes_total{code="other"} 3.0' in rendered
+    for code in ("4999", "3000", "4002"):
+        assert f'code="{code}"' not in rendered
+
+
+SERVICE_CODES = [1000, 1001, 1002, 1006, 1008, 1009, 1011, 1013, 4001]
+CLIENT_CODES = [1003, 1005, 3000, 4000, 4002, 4999]
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [(code, str(code)) for code in SERVICE_CODES] + [(code, "other") for code in CLIENT_CODES],
+)
+def test_close_code_label(code: int, label: str) -> None:
+    assert close_code_label(code) == label

@@ -11,8 +11,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from actors.ports.broker import BrokerUnavailable
-from actors.ports.registry import StreamRecord
+from actors.ports.broker import BrokerUnavailable, NotAStreamQueue
+from actors.ports.registry import RegistryUnavailable, StreamRecord
 from actors.ports.websocket import PendingWebSocket
 from actors.start import ClientStart
 
@@ -22,8 +22,8 @@ async def send_two_frames(
 ) -> None:
     """The default connection: accept, two frames, close normally."""
     channel = await websocket.accept()
-    await channel.send_text(f"first {start!r}")
-    await channel.send_text(f"second from {actor.record.routing_key}")
+    await channel.send_texts([f"first {start!r}"])
+    await channel.send_texts([f"second from {actor.record.routing_key}"])
     await channel.close(1000, "done")
 
 
@@ -44,11 +44,15 @@ class FakeActor:
 
 
 class FakeDirectory:
-    """An in-memory supervisor: records, actors, an on/off broker."""
+    """An in-memory supervisor: records, actors, an on/off broker and registry."""
 
     def __init__(self) -> None:
         self.actors: dict[int, FakeActor] = {}
         self.broker_up = True
+        #: ``None``: the registry works; else the reason RegistryUnavailable gives.
+        self.registry_down: str | None = None
+        #: Routing keys whose queue exists but is a classic (non-stream) queue.
+        self.classic_queues: set[str] = set()
         self.behaviour: Behaviour = send_two_frames
         self.deleted: list[int] = []
         self._ids = itertools.count(1)
@@ -56,6 +60,9 @@ class FakeDirectory:
     async def create_stream(self, routing_key: str) -> StreamRecord:
         if not self.broker_up:
             raise BrokerUnavailable("broker down")
+        if routing_key in self.classic_queues:
+            raise NotAStreamQueue(f"queue {routing_key!r} is a classic queue")
+        self._check_registry()
         record = StreamRecord(
             id=next(self._ids),
             uuid=str(uuid.uuid4()),
@@ -66,11 +73,17 @@ class FakeDirectory:
         self.actors[record.id] = FakeActor(record, self.behaviour)
         return record
 
+    def _check_registry(self) -> None:
+        if self.registry_down is not None:
+            raise RegistryUnavailable(self.registry_down)
+
     async def delete_stream(self, stream_id: int) -> bool:
+        self._check_registry()
         self.deleted.append(stream_id)
         return self.actors.pop(stream_id, None) is not None
 
     async def list_streams(self) -> list[StreamRecord]:
+        self._check_registry()
         return [self.actors[key].record for key in sorted(self.actors)]
 
     def find_stream(self, uuid: str) -> FakeActor | None:

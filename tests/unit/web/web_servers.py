@@ -8,25 +8,26 @@ from typing import Any
 
 import httpx
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
+from web.http_server import hypercorn_config, shield_sends
 from web.ports import StreamDirectory
 from web.websocket import serve_public_websockets
 
 
 @asynccontextmanager
 async def running_api(app: QuartTrio) -> AsyncIterator[httpx.AsyncClient]:
-    """Serve ``app`` with Hypercorn's trio worker on 127.0.0.1:0; yield a client for it."""
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
+    """Serve ``app`` as the service does (Hypercorn, trio worker) on 127.0.0.1:0; yield a client."""
+    config = hypercorn_config("127.0.0.1:0", request_timeout=30.0, keepalive_timeout=5.0)
     config.graceful_timeout = 0.1
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
             lambda task_status: serve(
-                app, config, shutdown_trigger=trio.sleep_forever, task_status=task_status
+                shield_sends(app),
+                config,
+                shutdown_trigger=trio.sleep_forever,
+                task_status=task_status,
             )
         )
         async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:

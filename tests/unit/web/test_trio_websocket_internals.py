@@ -1,0 +1,83 @@
+"""The private parts of trio-websocket that web/ relies on are still there, with their types.
+
+trio-websocket has no batch send, no bounded close and no way to wake a
+ping when the connection dies, so :mod:`web.client_socket` reaches into
+``WebSocketConnection`` and :mod:`web.websocket` overrides
+``WebSocketServer._handle_connection``. pyproject.toml pins the 0.12 series
+where these were read; an upgrade that changes any of them fails here, with
+the attribute's name, instead of in production.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import CloseReason, WebSocketConnection, WebSocketServer
+from wsproto import ConnectionType, WSConnection
+
+
+def _connection() -> tuple[WebSocketConnection, trio.abc.Stream]:
+    stream, _ = trio.testing.memory_stream_pair()
+    return WebSocketConnection(stream, WSConnection(ConnectionType.SERVER)), stream
+
+
+def test_the_installed_version_is_the_pinned_series() -> None:
+    installed = version("trio-websocket")
+    assert installed.startswith("0.12."), (
+        f"trio-websocket {installed} is installed; web/client_socket.py was written against "
+        "0.12.x private attributes: re-read them, then widen the pin in pyproject.toml"
+    )
+
+
+async def test_connection_private_attributes() -> None:
+    ws, stream = _connection()
+    expected: dict[str, type | tuple[type, ...]] = {
+        # send_texts: refuses to send once closed
+        "_close_reason": (type(None), CloseReason),
+        # send_texts: encodes frames with the connection's own wsproto state
+        "_wsproto": WSConnection,
+        # send_texts: the lock trio-websocket's reader also takes to write pongs/closes
+        "_stream_lock": trio.StrictFIFOLock,
+        # ping: set when either side closes or the stream breaks
+        "_close_handshake": trio.Event,
+    }
+    for name, kind in expected.items():
+        assert hasattr(ws, name), f"trio-websocket's WebSocketConnection has no {name} any more"
+        value = getattr(ws, name)
+        assert isinstance(value, kind), (
+            f"WebSocketConnection.{name} is now {type(value).__name__}, web/ expects {kind}"
+        )
+    # send_texts and _drop write to / close the very stream given to the connection.
+    assert getattr(ws, "_stream", None) is stream, "WebSocketConnection._stream changed"
+    assert callable(getattr(ws._wsproto, "send", None)), "wsproto's WSConnection.send changed"
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "parameters"),
+    [
+        # send_texts aborts a connection whose stream broke, as trio-websocket's _send does.
+        (WebSocketConnection, "_abort_web_socket", ["self"]),
+        # web.websocket._IsolatingWebSocketServer wraps each connection's handling.
+        (WebSocketServer, "_handle_connection", ["self", "stream"]),
+    ],
+)
+def test_private_coroutines(owner: type, name: str, parameters: list[str]) -> None:
+    method = getattr(owner, name, None)
+    assert method is not None, f"trio-websocket's {owner.__name__} has no {name} any more"
+    assert inspect.iscoroutinefunction(method), f"{owner.__name__}.{name} is not async any more"
+    assert list(inspect.signature(method).parameters) == parameters, (
+        f"{owner.__name__}.{name} now takes {inspect.signature(method)}"
+    )
+
+
+async def test_close_reason_is_set_by_a_close() -> None:
+    """``_close_reason`` goes from None to a CloseReason when the connection closes."""
+    ws, _ = _connection()
+    assert ws._close_reason is None
+    await ws._abort_web_socket()
+    assert isinstance(ws._close_reason, CloseReason)
+    assert ws.closed is ws._close_reason
