@@ -33,7 +33,7 @@ import anyio
 from pamqp import base, commands
 
 from . import codec
-from .consumer import Consumer
+from .consumer import DEFAULT_MAX_BUFFER_BYTES, Consumer
 from .errors import (
     ChannelClosed,
     ConsumerCancelled,
@@ -202,7 +202,7 @@ class Channel:
         elif isinstance(event, DeliveredMessage):
             consumer = self._consumers.get(event.consumer_tag)
             if consumer is not None:
-                consumer._push(event)
+                consumer.deliver(event)
         elif isinstance(event, ReturnedMessage):
             pass  # we never publish with mandatory=True nor call basic.get
         elif isinstance(event, Heartbeat):
@@ -502,15 +502,24 @@ class Channel:
         no_ack: bool = False,
         exclusive: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         buffer_size: int | None = None,
     ) -> Consumer:
         """A consumer of ``queue``: use it with ``async with`` and ``async for``.
 
         ``arguments`` may carry ``x-stream-offset``: ``"first"``, ``"last"``,
         ``"next"``, an ``int`` offset, or a :class:`datetime.datetime` (sent as
-        an AMQP timestamp, whole seconds). ``buffer_size`` defaults to
-        ``max(prefetch_count, 1024)``; keep it at least the prefetch count.
+        an AMQP timestamp, whole seconds).
+
+        ``max_buffer_bytes`` bounds what the consumer buffers (bodies plus
+        :data:`~amqp.consumer.MESSAGE_OVERHEAD` per message); a consumer that
+        falls behind past it is cancelled and ends with
+        :class:`~amqp.errors.ConsumerOverflow` (see :mod:`amqp.consumer`).
+        ``buffer_size`` (a message count) is ignored: a count bounds nothing
+        on a stream queue, whose chunks pass the prefetch window. It stays
+        accepted until callers stop passing it.
         """
+        del buffer_size
         return Consumer(
             self,
             queue,
@@ -518,7 +527,7 @@ class Channel:
             no_ack=no_ack,
             exclusive=exclusive,
             arguments=_normalise_arguments(arguments),
-            buffer_size=buffer_size,
+            max_buffer_bytes=max_buffer_bytes,
         )
 
     async def basic_cancel(self, consumer_tag: str) -> None:

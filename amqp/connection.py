@@ -7,7 +7,10 @@ it):
 - the **reader** receives up to 64 KiB at a time and hands each buffer to
   the :class:`~amqp.frames.FrameDecoder`, then dispatches every complete
   event it returns without awaiting -- one socket read, one checkpoint, many
-  messages. Deliveries go straight to their consumer's buffer.
+  messages. Deliveries go straight to their consumer's buffer; the reader
+  never waits for a consumer (a consumer that falls too far behind is given
+  up instead, see :mod:`amqp.consumer`), so one slow consumer delays no other
+  channel and no request on the connection.
 - the **writer** owns the socket's send side. Callers append complete frames
   to an outbox synchronously (:meth:`Connection._send`), so a cancelled
   caller can never leave half a frame on the wire and concurrent senders
@@ -112,7 +115,6 @@ class Connection:
         self._blocked: str | None = None
         self._unblocked = anyio.Event()
         self._unblocked.set()
-        self._reader_waiting = False
         self._last_rx = self._last_tx = anyio.current_time()
 
     def __repr__(self) -> str:
@@ -271,13 +273,8 @@ class Connection:
                         if channel is None:
                             continue
                         consumer = channel._consumers.get(event.consumer_tag)
-                        if consumer is not None and not consumer._push(event):
-                            # Buffer full (no prefetch limit): push back via TCP.
-                            self._reader_waiting = True
-                            try:
-                                await consumer._push_wait(event)
-                            finally:
-                                self._reader_waiting = False
+                        if consumer is not None:
+                            consumer.deliver(event)  # never waits: see amqp.consumer
                     elif number == 0:
                         self._on_connection_event(event)
                     else:
@@ -331,8 +328,6 @@ class Connection:
         interval = float(self.heartbeat)
         while self._error is None:
             now = anyio.current_time()
-            if self._reader_waiting:
-                self._last_rx = now  # we are not reading on purpose: not the peer's fault
             silent = now - self._last_rx
             if silent >= 2 * interval:
                 self._fail(HeartbeatTimeout(f"nothing received from the broker for {silent:.1f} s"))
