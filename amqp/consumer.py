@@ -37,19 +37,16 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Mapping
+from typing import Any, Final
 
 import anyio
 from pamqp import commands
 
 from . import codec
+from .contract import BoundedExit, ConsumerHost
 from .errors import ConsumerOverflow, fresh
 from .message import DeliveredMessage
-
-if TYPE_CHECKING:
-    from .channel import Channel
 
 #: Bytes a buffered message counts on top of its body: measured at about
 #: 800 bytes for a stream delivery with two headers (the message object, its
@@ -67,7 +64,7 @@ _NEW, _ACTIVE, _CANCELLING, _ENDED = 0, 1, 2, 3
 _tags = itertools.count(1)
 
 
-class Consumer:
+class Consumer(BoundedExit):
     """One ``basic.consume`` on a channel; iterate it to receive deliveries.
 
     Iteration ends with :class:`StopAsyncIteration` after :meth:`cancel`, and
@@ -79,9 +76,11 @@ class Consumer:
     (:class:`~amqp.errors.ConsumerOverflow`).
     """
 
+    exit_timeout = CANCEL_TIMEOUT
+
     def __init__(
         self,
-        channel: Channel,
+        channel: ConsumerHost,
         queue: str,
         *,
         consumer_tag: str | None = None,
@@ -114,25 +113,18 @@ class Consumer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.move_on_after(CANCEL_TIMEOUT, shield=True):
-            await self.cancel()
+    def exit_handshake(self) -> Awaitable[None]:
+        """Leaving the context cancels the consumer."""
+        return self.cancel()
 
     async def start(self) -> None:
         """Send ``basic.consume``; return once the broker confirmed it."""
         if self._state != _NEW or self._abandoned:
             raise RuntimeError("a consumer can be started only once")
         channel = self.channel
-        channel._check()
-        if self.consumer_tag in channel._consumers:
-            raise ValueError(f"consumer tag {self.consumer_tag!r} is already in use")
+        channel.check()
         # Register before sending: deliveries may follow consume-ok immediately.
-        channel._consumers[self.consumer_tag] = self
+        channel.add_consumer(self)
         frame = codec.basic_consume(
             channel.number,
             self.queue,
@@ -142,7 +134,7 @@ class Consumer:
             arguments=self._arguments,
         )
         try:
-            await channel._call(
+            await channel.call(
                 frame,
                 commands.Basic.ConsumeOk,
                 on_abandon=_ignore,
@@ -150,7 +142,7 @@ class Consumer:
             )
         except BaseException:
             # Cancelled while waiting, or the channel closed (e.g. 404: no such
-            # queue). If consume-ok arrives later, _activated() cancels it.
+            # queue). If consume-ok arrives later, on_consume_ok() cancels it.
             self._abandon()
             raise
 
@@ -159,9 +151,9 @@ class Consumer:
         self._abandoned = True
         self._finish(None)
         self._cancel_nowait()
-        if self._state == _NEW and not self.channel._usable():
-            self.channel._consumers.pop(self.consumer_tag, None)
-            self._ended(None)
+        if self._state == _NEW and not self.channel.usable():
+            self.channel.remove_consumer(self.consumer_tag)
+            self.on_end(None)
 
     def _cancel_nowait(self) -> None:
         """Send ``basic.cancel`` if the broker delivers to us; do not wait for cancel-ok."""
@@ -169,14 +161,14 @@ class Consumer:
             return
         self._state = _CANCELLING
         channel = self.channel
-        if channel._usable():
-            channel._call_nowait(
+        if channel.usable():
+            channel.call_nowait(
                 codec.basic_cancel(channel.number, self.consumer_tag),
                 commands.Basic.CancelOk,
                 self.consumer_tag,
             )
         else:
-            channel._consumers.pop(self.consumer_tag, None)
+            channel.remove_consumer(self.consumer_tag)
 
     async def cancel(self) -> None:
         """Cancel the consumer (``basic.cancel``); iteration then stops.
@@ -185,7 +177,7 @@ class Consumer:
         message they return to the queue when the channel closes.
         """
         if self._state == _NEW and not self._abandoned:
-            self._ended(None)  # never started
+            self.on_end(None)  # never started
             return
         self._finish(None)
         self._drop_buffer()
@@ -194,8 +186,8 @@ class Consumer:
         self._state = _CANCELLING
         channel = self.channel
         try:
-            if channel._usable():
-                await channel._call(
+            if channel.usable():
+                await channel.call(
                     codec.basic_cancel(channel.number, self.consumer_tag),
                     commands.Basic.CancelOk,
                     on_abandon=_ignore,
@@ -204,19 +196,20 @@ class Consumer:
         except Exception:
             pass  # the channel or the connection is gone: so is the consumer
         finally:
-            if not channel._usable():
-                channel._consumers.pop(self.consumer_tag, None)
+            if not channel.usable():
+                channel.remove_consumer(self.consumer_tag)
 
     # ------------------------------------------------------------------ called by the channel
+    # (amqp.contract.ConsumerSide)
 
-    def _activated(self) -> None:
+    def on_consume_ok(self) -> None:
         """consume-ok arrived (possibly after the caller gave up waiting)."""
         if self._state == _NEW:
             self._state = _ACTIVE
             if self._abandoned:
                 self._abandon()
 
-    def _ended(self, error: BaseException | None) -> None:
+    def on_end(self, error: BaseException | None) -> None:
         """The broker no longer delivers to us (cancel-ok, basic.cancel, close)."""
         self._state = _ENDED
         self._finish(error)
