@@ -92,3 +92,57 @@ def test_invalid_urls_name_the_problem(url: str, message: str) -> None:
 
 def test_repr_hides_the_password() -> None:
     assert "secret" not in repr(parse_url("amqp://u:secret@h/"))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://h/", "scheme must be amqp or amqps, not 'redis'"),
+        ("amqp:/h/vhost", "must start with amqp://"),
+        ("amqp://h:0/", "port must be a number from 1 to 65535"),
+        ("amqp://h:65536/", "port must be a number from 1 to 65535"),
+        ("amqp://h:-1/", "port must be a number from 1 to 65535"),
+        ("amqp://h:56x/", "port must be a number from 1 to 65535"),
+        ("amqp://h/one/two", "path must be one segment"),
+        ("amqp://h//", "path must be one segment"),
+        ("amqp://h/?heartbeat=1&prefetch=10", "unknown AMQP URL option 'prefetch'"),
+        ("amqp://[::1/", "malformed"),
+    ],
+)
+def test_each_refusal_says_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_url(url)
+
+
+SECRET = "s3cr3t-PW"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://u:{SECRET}@h/",
+        f"amqp://u:{SECRET}@h:99999/",
+        f"amqp://u:{SECRET}@h:notaport/",
+        f"amqp://u:{SECRET}@h/a/b",
+        f"amqp://u:{SECRET}@h/?bogus=1",
+        f"amqp://u:{SECRET}@h/?heartbeat={SECRET}",
+        f"amqp://u:{SECRET}@h/?{SECRET}=1",
+        f"amqp://u:{SECRET.replace('-', '%2D')}@h/?frame_max={SECRET}",
+        # Unencoded '/', '?', '#' or '@' in a password split the URL elsewhere.
+        "amqp://u:s3cr/3t@h/",
+        "amqp://u:s3cr?3t@h/",
+        "amqp://u:s3cr#3t@h/",
+        "amqp://u:s3c@r3t@h:x/",
+        "amqp://u:s3cr/3t@h/v/x",
+    ],
+)
+def test_no_refusal_quotes_the_password(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_url(url)
+    text = str(info.value)
+    for fragment in (SECRET, "s3cr", "3t@h", "r3t"):
+        assert fragment not in text
+    # No chained exception carries the URL either (a traceback would print it).
+    error = info.value
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
