@@ -8,6 +8,8 @@ connection keeps being served.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -62,12 +64,21 @@ class Broker:
             await self.broker.send(commands.Channel.CloseOk(), channel)
 
 
-async def test_overflow_gives_the_consumer_up_and_the_connection_goes_on() -> None:
-    body = b"x" * 300
-    bound = 3 * (len(body) + MESSAGE_OVERHEAD)
+@asynccontextmanager
+async def served() -> AsyncIterator[tuple[amqp.Connection, FakeBroker, Broker]]:
+    """A connection to the fake broker, which answers until the connection closed."""
     async with fake_connection() as (connection, fake), trio.open_nursery() as nursery:
         broker = Broker(fake)
         nursery.start_soon(fake.serve_until_eof, broker.on_frame)
+        yield connection, fake, broker
+        await connection.close()  # while the broker still answers close-ok
+        nursery.cancel_scope.cancel()
+
+
+async def test_overflow_gives_the_consumer_up_and_the_connection_goes_on() -> None:
+    body = b"x" * 300
+    bound = 3 * (len(body) + MESSAGE_OVERHEAD)
+    async with served() as (connection, fake, broker):
         slow_channel = await connection.channel()
         other_channel = await connection.channel()
         async with (
@@ -96,16 +107,12 @@ async def test_overflow_gives_the_consumer_up_and_the_connection_goes_on() -> No
             assert got == [1, 2, 3]
             assert (slow.buffered, slow.buffered_bytes) == (0, 0)
             assert not connection.is_closed and not slow_channel.is_closed
-        await connection.close()  # while the broker still answers close-ok
-        nursery.cancel_scope.cancel()
 
 
 async def test_buffered_bytes_count_bodies_plus_overhead_and_an_empty_buffer_takes_any_one() -> (
     None
 ):
-    async with fake_connection() as (connection, fake), trio.open_nursery() as nursery:
-        broker = Broker(fake)
-        nursery.start_soon(fake.serve_until_eof, broker.on_frame)
+    async with served() as (connection, fake, broker):
         channel = await connection.channel()
         async with channel.basic_consume("q", max_buffer_bytes=100) as consumer:
             # Larger than the bound, but the buffer is empty: accepted.
@@ -123,9 +130,8 @@ async def test_buffered_bytes_count_bodies_plus_overhead_and_an_empty_buffer_tak
             assert consumer.buffered == 1
             assert consumer.buffered_bytes == MESSAGE_OVERHEAD  # an empty body still counts
             assert [m.delivery_tag async for m in _until_overflow(consumer)] == [2]
+            assert broker.cancels == [(1, consumer.consumer_tag)]
             assert not connection.is_closed
-        await connection.close()  # while the broker still answers close-ok
-        nursery.cancel_scope.cancel()
 
 
 async def _until_overflow(consumer: amqp.Consumer) -> Any:
@@ -137,9 +143,7 @@ async def _until_overflow(consumer: amqp.Consumer) -> Any:
 async def test_a_consumer_that_keeps_up_never_overflows() -> None:
     body = b"y" * 200
     bound = 2 * (len(body) + MESSAGE_OVERHEAD)
-    async with fake_connection() as (connection, fake), trio.open_nursery() as nursery:
-        broker = Broker(fake)
-        nursery.start_soon(fake.serve_until_eof, broker.on_frame)
+    async with served() as (connection, fake, broker):
         channel = await connection.channel()
         async with channel.basic_consume("q", max_buffer_bytes=bound) as consumer:
             for n in range(1, 51):
@@ -148,8 +152,6 @@ async def test_a_consumer_that_keeps_up_never_overflows() -> None:
                     message = await consumer.__anext__()
                 assert message.delivery_tag == n
             assert consumer.active and not broker.cancels
-        await connection.close()  # while the broker still answers close-ok
-        nursery.cancel_scope.cancel()
 
 
 def test_max_buffer_bytes_must_be_positive() -> None:
