@@ -112,7 +112,7 @@ class Channel(BoundedExit):
 
     def __init__(self, connection: ConnectionSide, number: int) -> None:
         self._connection = connection
-        self._number = number
+        self.number = number
         #: The prefetch count set by :meth:`basic_qos` (0: unlimited).
         self.prefetch_count = 0
         self._requests: deque[_Request] = deque()
@@ -145,11 +145,6 @@ class Channel(BoundedExit):
     def consumer_count(self) -> int:
         """Consumers registered on this channel."""
         return len(self._consumers)
-
-    @property
-    def number(self) -> int:
-        """The channel number."""
-        return self._number
 
     def usable(self) -> bool:
         """Whether the channel and its connection can still be used."""

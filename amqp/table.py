@@ -234,12 +234,32 @@ def _shortstr(payload: bytes, offset: int, problems: list[str]) -> tuple[str | N
         return None, end
 
 
+#: Flag bits of the consecutive short-string properties correlation_id,
+#: reply_to, expiration, message_id; and of type, user_id, app_id, cluster_id.
+_ID_BITS: Final = (0x0400, 0x0200, 0x0100, 0x0080)
+_ORIGIN_BITS: Final = (0x0020, 0x0010, 0x0008, 0x0004)
+
+
+def _shortstrs(
+    payload: bytes, offset: int, flags: int, bits: tuple[int, ...], problems: list[str]
+) -> tuple[list[str | None], int]:
+    """A run of short-string properties: each one present if its flag bit is set."""
+    values: list[str | None] = []
+    for bit in bits:
+        value = None
+        if flags & bit:
+            value, offset = _shortstr(payload, offset, problems)
+        values.append(value)
+    return values, offset
+
+
 def decode_properties(payload: bytes) -> tuple[Properties, str | None]:
     """The property flags and list of a content header (``payload``); never raises.
 
     Returns the properties and a description of what could not be decoded
     (``None`` when everything could). This runs once per delivered message,
-    hence one straight run of flag tests rather than a loop over a layout.
+    hence straight flag tests (the runs of short strings in one helper) rather
+    than a loop over a layout.
     """
     size = len(payload)
     if size < 2:
@@ -276,25 +296,17 @@ def decode_properties(payload: bytes) -> tuple[Properties, str | None]:
         if flags & 0x0800:
             priority = payload[offset]
             offset += 1
-        if flags & 0x0400:
-            correlation_id, offset = _shortstr(payload, offset, problems)
-        if flags & 0x0200:
-            reply_to, offset = _shortstr(payload, offset, problems)
-        if flags & 0x0100:
-            expiration, offset = _shortstr(payload, offset, problems)
-        if flags & 0x0080:
-            message_id, offset = _shortstr(payload, offset, problems)
+        if flags & 0x0780:
+            (correlation_id, reply_to, expiration, message_id), offset = _shortstrs(
+                payload, offset, flags, _ID_BITS, problems
+            )
         if flags & 0x0040:
             (timestamp,) = _unpack_longlong(payload, offset)
             offset += 8
-        if flags & 0x0020:
-            type_, offset = _shortstr(payload, offset, problems)
-        if flags & 0x0010:
-            user_id, offset = _shortstr(payload, offset, problems)
-        if flags & 0x0008:
-            app_id, offset = _shortstr(payload, offset, problems)
-        if flags & 0x0004:  # cluster-id, deprecated: skip it
-            _, offset = _shortstr(payload, offset, problems)
+        if flags & 0x003C:  # the last is cluster-id, deprecated: dropped
+            (type_, user_id, app_id, _), offset = _shortstrs(
+                payload, offset, flags, _ORIGIN_BITS, problems
+            )
         if flags & 0x0002:
             problems.append("an undefined property flag is set (ignored)")
     except (_Overrun, IndexError, struct.error):
