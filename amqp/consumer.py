@@ -23,8 +23,10 @@ every channel and request on the connection. Instead, a delivery that would
 take the buffer past ``max_buffer_bytes`` gives the consumer up: the reader
 sends ``basic.cancel`` without waiting for ``cancel-ok``, drops this and
 every later delivery (unacknowledged, they return to the queue when the
-channel closes), and iteration yields everything buffered before the
-overflow, then raises :class:`~amqp.errors.ConsumerOverflow`. A consumer's
+channel closes; with ``no_ack`` they are gone), and iteration yields
+everything buffered before the overflow, then raises
+:class:`~amqp.errors.ConsumerOverflow`: the caller resumes after the last
+message it took, e.g. a stream consumer from that ``x-stream-offset`` + 1. A consumer's
 buffer therefore never holds more than ``max_buffer_bytes``, or one message
 when a single message is larger (an empty buffer always accepts one).
 
