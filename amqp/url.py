@@ -72,7 +72,9 @@ def parse_url(url: str) -> ConnectionParameters:
     ``name`` (the connection name shown by the broker's management tools).
     Refused: another scheme than ``amqp``/``amqps``, no ``//`` authority, a
     port that is not a number from 1 to 65535, a path of more than one
-    segment, an unknown option, a bad option value.
+    segment, an unknown option, a bad option value, an ``@`` after the host
+    (the sign of a password with an unencoded ``/``, ``?`` or ``#``), a tab
+    or line break.
 
     The error message never contains the password: the parts a misplaced
     password can end up in (port, path) are never quoted back, and the
@@ -110,6 +112,9 @@ def _port(parts: SplitResult, scheme: str) -> int:
 
 
 def _parse(url: str) -> ConnectionParameters:
+    if any(char in url for char in "\t\r\n"):
+        # urlsplit silently deletes them (WHATWG rule), which could change a password.
+        raise ValueError("AMQP URL contains a tab or line break")
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -119,6 +124,13 @@ def _parse(url: str) -> ConnectionParameters:
         raise ValueError(f"AMQP URL scheme must be amqp or amqps, not {parts.scheme!r}")
     if not url[len(parts.scheme) + 1 :].startswith("//"):
         raise ValueError(f"AMQP URL must start with {scheme}:// (the host part is missing)")
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # An unencoded '/', '?' or '#' in a password ends the host part early
+        # and leaves the rest of the password in the path or query.
+        raise ValueError(
+            "AMQP URL has an '@' after the host: percent-encode '/', '?', '#' and '@' "
+            "in the user name or password (and '@' in the vhost as %40)"
+        )
     port = _port(parts, scheme)
     host = parts.hostname or "localhost"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amqp import ConnectionParameters, parse_url
 
@@ -146,3 +148,35 @@ def test_no_refusal_quotes_the_password(url: str) -> None:
     error = info.value
     assert error.__cause__ is None
     assert error.__context__ is None or error.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("amqp://u:12/cd@h", "'@' after the host"),  # would be host u, port 12, vhost cd@h
+        ("amqp://u:ab?cd@h/", "'@' after the host"),
+        ("amqp://u:pa\tss@h/", "tab or line break"),
+    ],
+)
+def test_a_password_that_would_be_split_is_refused(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_url(url)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    password=st.text(
+        alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="%"),
+        min_size=6,
+    )
+)
+def test_a_raw_password_is_read_whole_or_refused_unquoted(password: str) -> None:
+    """Whatever an operator pastes unencoded: that password, or an error without it."""
+    url = f"amqp://user:{password}@broker:5672/vhost"
+    try:
+        parameters = parse_url(url)
+    except ValueError as exc:
+        assert password not in str(exc)
+    else:
+        assert parameters.password == password
+        assert (parameters.host, parameters.port, parameters.vhost) == ("broker", 5672, "vhost")
