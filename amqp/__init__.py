@@ -49,6 +49,7 @@ from .errors import (
     ResourceLocked,
 )
 from .message import DeliveredMessage, Properties
+from .table import Unusable
 from .url import ConnectionParameters, parse_url
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "PublishNacked",
     "QueueDeclareOk",
     "ResourceLocked",
+    "Unusable",
     "connect",
     "parse_url",
 ]
