@@ -11,6 +11,16 @@ Built on anyio byte streams and the pamqp codec, with an aiormq-like API::
 
 This package knows nothing about the rest of the service and imports
 nothing from it.
+
+Layout (imports only go down the list; :mod:`amqp.contract` is the typed
+interface each layer sees of its neighbours, so no module uses another's
+private names): :mod:`~amqp.connection` (socket, reader, writer,
+heartbeats) -> :mod:`~amqp.channel` (requests, confirms, routing to
+consumers) -> :mod:`~amqp.consumer` (byte-bounded buffer, iteration) ->
+:mod:`~amqp.contract`; below them the sans-IO parts: :mod:`~amqp.frames`
+(bytes to events), :mod:`~amqp.table` (lenient properties and field tables),
+:mod:`~amqp.codec` (events to bytes), :mod:`~amqp.message`,
+:mod:`~amqp.errors`, :mod:`~amqp.url`.
 """
 
 from .channel import Channel, QueueDeclareOk
@@ -39,6 +49,7 @@ from .errors import (
     ResourceLocked,
 )
 from .message import DeliveredMessage, Properties
+from .table import Unusable
 from .url import ConnectionParameters, parse_url
 
 __all__ = [
@@ -69,6 +80,7 @@ __all__ = [
     "PublishNacked",
     "QueueDeclareOk",
     "ResourceLocked",
+    "Unusable",
     "connect",
     "parse_url",
 ]

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import datetime
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 from pamqp import base, commands
 
 from . import codec
-from .consumer import Consumer
+from .consumer import DEFAULT_MAX_BUFFER_BYTES, Consumer
+from .contract import BoundedExit, ChannelEvent, ConnectionSide, ConsumerSide
 from .errors import (
     ChannelClosed,
     ConsumerCancelled,
@@ -41,12 +41,10 @@ from .errors import (
     PublishNacked,
     channel_closed,
     fresh,
+    raise_if_over,
 )
-from .frames import ConfirmAck, Event, Heartbeat
+from .frames import ConfirmAck, Heartbeat
 from .message import DeliveredMessage, Properties, ReturnedMessage
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 #: Bound on the close handshake when a channel context is left.
 CLOSE_TIMEOUT: Final = 5.0
@@ -101,16 +99,24 @@ class _Confirmation:
         self.error: BaseException | None = None
 
 
-class Channel:
-    """An open AMQP channel. Get one with ``await connection.channel()``."""
+class Channel(BoundedExit):
+    """An open AMQP channel. Get one with ``await connection.channel()``.
 
-    def __init__(self, connection: Connection, number: int) -> None:
-        self.connection = connection
+    Besides the AMQP methods, a channel implements the internal contract of
+    :mod:`amqp.contract`: :class:`~amqp.contract.ChannelSide` for its
+    connection (:meth:`open`, :meth:`deliver`, :meth:`handle`, :meth:`fail`)
+    and :class:`~amqp.contract.ConsumerHost` for its consumers.
+    """
+
+    exit_timeout = CLOSE_TIMEOUT
+
+    def __init__(self, connection: ConnectionSide, number: int) -> None:
+        self._connection = connection
         self.number = number
         #: The prefetch count set by :meth:`basic_qos` (0: unlimited).
         self.prefetch_count = 0
         self._requests: deque[_Request] = deque()
-        self._consumers: dict[str, Consumer] = {}
+        self._consumers: dict[str, ConsumerSide] = {}
         self._error: BaseException | None = None
         self._closing = False
         self._released = False
@@ -140,19 +146,31 @@ class Channel:
         """Consumers registered on this channel."""
         return len(self._consumers)
 
-    def _usable(self) -> bool:
-        return self._error is None and not self._closing and self.connection._usable()
+    def usable(self) -> bool:
+        """Whether the channel and its connection can still be used."""
+        return self._error is None and not self._closing and self._connection.usable()
 
-    def _check(self) -> None:
-        if self._error is not None:
-            raise fresh(self._error)
-        if self._closing:
-            raise ChannelClosed(200, "the channel is closing")
-        self.connection._check()
+    def check(self) -> None:
+        """Raise why the channel (or its connection) cannot be used, if it cannot."""
+        raise_if_over(self._error, self._closing, _closing_error)
+        self._connection.check()
+
+    # ------------------------------------------------------------------ consumers (ConsumerHost)
+
+    def add_consumer(self, consumer: ConsumerSide) -> None:
+        """Route deliveries for ``consumer.consumer_tag`` to ``consumer``."""
+        tag = consumer.consumer_tag
+        if tag in self._consumers:
+            raise ValueError(f"consumer tag {tag!r} is already in use")
+        self._consumers[tag] = consumer
+
+    def remove_consumer(self, consumer_tag: str) -> None:
+        """Stop routing deliveries to ``consumer_tag``."""
+        self._consumers.pop(consumer_tag, None)
 
     # ------------------------------------------------------------------ requests
 
-    async def _call(
+    async def call(
         self,
         frame: bytes,
         expect: type[_M],
@@ -165,10 +183,10 @@ class Channel:
         ``on_abandon`` runs with the reply if the caller stopped waiting
         (cancelled) before it arrived -- or right away if it had arrived.
         """
-        self._check()
+        self.check()
         request = _Request(expect, on_abandon, consumer_tag)
         self._requests.append(request)
-        self.connection._send(frame)
+        self._connection.send(frame)
         try:
             await request.event.wait()
         except BaseException:
@@ -184,25 +202,31 @@ class Channel:
         assert isinstance(result, expect)
         return result
 
-    def _call_nowait(
+    def call_nowait(
         self, frame: bytes, expect: type[base.Frame], consumer_tag: str | None = None
     ) -> None:
         """Send a synchronous method whose reply nobody waits for."""
         request = _Request(expect, None, consumer_tag)
         request.abandoned = True
         self._requests.append(request)
-        self.connection._send(frame)
+        self._connection.send(frame)
 
-    # ------------------------------------------------------------------ events from the reader
+    # ------------------------------------------------------------------ from the reader
 
-    def _on_event(self, event: Event) -> None:
-        """Handle one event for this channel (called by the reader, never awaits)."""
+    def deliver(self, message: DeliveredMessage) -> None:
+        """A delivery for this channel: straight to its consumer's buffer (never waits).
+
+        A delivery for a consumer tag no longer registered (cancelled, ended)
+        is dropped; unacknowledged, it returns to the queue with the channel.
+        """
+        consumer = self._consumers.get(message.consumer_tag)
+        if consumer is not None:
+            consumer.deliver(message)
+
+    def handle(self, event: ChannelEvent) -> None:
+        """Every other event for this channel (called by the reader, never awaits)."""
         if isinstance(event, ConfirmAck):
             self._on_confirm(event.delivery_tag, event.multiple, None)
-        elif isinstance(event, DeliveredMessage):
-            consumer = self._consumers.get(event.consumer_tag)
-            if consumer is not None:
-                consumer._push(event)
         elif isinstance(event, ReturnedMessage):
             pass  # we never publish with mandatory=True nor call basic.get
         elif isinstance(event, Heartbeat):
@@ -218,7 +242,7 @@ class Channel:
         elif isinstance(event, commands.Basic.Cancel):
             self._on_server_cancel(event)
         elif isinstance(event, commands.Channel.Flow):
-            self.connection._send(codec.channel_flow_ok(self.number, bool(event.active)))
+            self._connection.send(codec.channel_flow_ok(self.number, bool(event.active)))
         else:
             self._on_reply(event)
 
@@ -235,13 +259,13 @@ class Channel:
         if isinstance(method, commands.Basic.ConsumeOk):
             consumer = self._consumers.get(str(method.consumer_tag))
             if consumer is not None:
-                consumer._activated()
+                consumer.on_consume_ok()
         elif isinstance(method, commands.Basic.CancelOk):
             consumer = self._consumers.pop(str(method.consumer_tag), None)
             if consumer is not None:
-                consumer._ended(None)
+                consumer.on_end(None)
         elif isinstance(method, commands.Channel.CloseOk):
-            self._fail(ChannelClosed(200, "closed by the client"))
+            self.fail(ChannelClosed(200, "closed by the client"))
             self._release()
         request.result = method
         request.done = True
@@ -252,7 +276,7 @@ class Channel:
             request.event.set()
 
     def _on_server_close(self, method: commands.Channel.Close) -> None:
-        self.connection._send(codec.channel_close_ok(self.number))
+        self._connection.send(codec.channel_close_ok(self.number))
         error = channel_closed(
             method.reply_code or 0,
             method.reply_text or "",
@@ -264,20 +288,20 @@ class Channel:
             # close-ok, so keep that one request (and the channel number).
             keep = deque(r for r in self._requests if r.expect is commands.Channel.CloseOk)
             self._requests = deque(r for r in self._requests if r not in keep)
-            self._fail(error)
+            self.fail(error)
             self._requests = keep
         else:
-            self._fail(error)
+            self.fail(error)
             self._release()
 
     def _on_server_cancel(self, method: commands.Basic.Cancel) -> None:
         consumer = self._consumers.pop(str(method.consumer_tag), None)
         if consumer is not None:
-            consumer._ended(
+            consumer.on_end(
                 ConsumerCancelled(f"the broker cancelled consumer {method.consumer_tag!r}")
             )
         if not method.nowait:
-            self.connection._send(codec.basic_cancel_ok(self.number, str(method.consumer_tag)))
+            self._connection.send(codec.basic_cancel_ok(self.number, str(method.consumer_tag)))
 
     def _on_confirm(self, tag: int, multiple: bool, error: BaseException | None) -> None:
         unconfirmed = self._unconfirmed
@@ -301,8 +325,8 @@ class Channel:
         request.done = True
         request.event.set()
 
-    def _fail(self, error: BaseException) -> None:
-        """The channel is over: fail everything waiting on it."""
+    def fail(self, error: BaseException) -> None:
+        """The channel is over: fail everything waiting on it (also when the connection ended)."""
         if self._error is not None:
             return
         self._error = error
@@ -315,26 +339,39 @@ class Channel:
         self._unconfirmed.clear()
         consumers, self._consumers = self._consumers, {}
         for consumer in consumers.values():
-            consumer._ended(error)
+            consumer.on_end(error)
         self._closed_event.set()
 
     def _release(self) -> None:
         if not self._released:
             self._released = True
-            self.connection._release_channel(self.number)
+            self._connection.release_channel(self.number)
 
     # ------------------------------------------------------------------ open / close
 
-    async def _open(self) -> None:
-        await self._call(
-            codec.channel_open(self.number), commands.Channel.OpenOk, on_abandon=self._late_open
-        )
+    async def open(self) -> None:
+        """Send ``channel.open`` and wait for open-ok (the connection does it, once).
+
+        If the caller gives up first, a late open-ok closes the channel again
+        (and close-ok releases its number); if the channel failed, its number
+        is released at once.
+        """
+        try:
+            await self.call(
+                codec.channel_open(self.number),
+                commands.Channel.OpenOk,
+                on_abandon=self._late_open,
+            )
+        except BaseException:
+            if self._error is not None:
+                self._release()
+            raise
 
     def _late_open(self, _method: base.Frame) -> None:
         """open-ok arrived for a caller who gave up: close the channel again."""
-        if self._error is None and not self._closing and self.connection._usable():
+        if self.usable():
             self._closing = True
-            self._call_nowait(codec.channel_close(self.number), commands.Channel.CloseOk)
+            self.call_nowait(codec.channel_close(self.number), commands.Channel.CloseOk)
 
     async def close(self) -> None:
         """Close the channel (no-op if already closed). Consumers end with
@@ -345,12 +382,12 @@ class Channel:
             await self._closed_event.wait()
             return
         self._closing = True
-        if not self.connection._usable():
-            self._fail(ChannelClosed(200, "closed by the client"))
+        if not self._connection.usable():
+            self.fail(ChannelClosed(200, "closed by the client"))
             return
         request = _Request(commands.Channel.CloseOk, None)
         self._requests.append(request)
-        self.connection._send(codec.channel_close(self.number))
+        self._connection.send(codec.channel_close(self.number))
         try:
             await request.event.wait()
         except BaseException:
@@ -360,14 +397,9 @@ class Channel:
     async def __aenter__(self) -> Channel:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            await self.close()
+    def exit_handshake(self) -> Awaitable[None]:
+        """Leaving the context closes the channel."""
+        return self.close()
 
     # ------------------------------------------------------------------ exchanges
 
@@ -384,7 +416,7 @@ class Channel:
     ) -> None:
         """Declare an exchange (406 :class:`~amqp.errors.PreconditionFailed` if it
         exists with another type or flags; 404 with ``passive`` if missing)."""
-        await self._call(
+        await self.call(
             codec.exchange_declare(
                 self.number,
                 exchange,
@@ -400,7 +432,7 @@ class Channel:
 
     async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
         """Delete an exchange."""
-        await self._call(
+        await self.call(
             codec.exchange_delete(self.number, exchange, if_unused=if_unused),
             commands.Exchange.DeleteOk,
         )
@@ -421,7 +453,7 @@ class Channel:
 
         Any UTF-8 name up to 255 bytes is accepted (no client-side pattern).
         """
-        reply = await self._call(
+        reply = await self.call(
             codec.queue_declare(
                 self.number,
                 queue,
@@ -446,7 +478,7 @@ class Channel:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         """Bind a queue to an exchange."""
-        await self._call(
+        await self.call(
             codec.queue_bind(self.number, queue, exchange, routing_key, arguments),
             commands.Queue.BindOk,
         )
@@ -460,21 +492,21 @@ class Channel:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         """Remove a binding."""
-        await self._call(
+        await self.call(
             codec.queue_unbind(self.number, queue, exchange, routing_key, arguments),
             commands.Queue.UnbindOk,
         )
 
     async def queue_purge(self, queue: str) -> int:
         """Remove all ready messages; return how many."""
-        reply = await self._call(codec.queue_purge(self.number, queue), commands.Queue.PurgeOk)
+        reply = await self.call(codec.queue_purge(self.number, queue), commands.Queue.PurgeOk)
         return int(reply.message_count or 0)
 
     async def queue_delete(
         self, queue: str, *, if_unused: bool = False, if_empty: bool = False
     ) -> int:
         """Delete a queue; return the number of messages it held."""
-        reply = await self._call(
+        reply = await self.call(
             codec.queue_delete(self.number, queue, if_unused=if_unused, if_empty=if_empty),
             commands.Queue.DeleteOk,
         )
@@ -488,7 +520,7 @@ class Channel:
         """Limit unacknowledged deliveries (per consumer unless ``global_``)."""
         if not 0 <= prefetch_count <= 65535:
             raise ValueError("prefetch_count must be between 0 and 65535")
-        await self._call(
+        await self.call(
             codec.basic_qos(self.number, prefetch_count, prefetch_size, global_),
             commands.Basic.QosOk,
         )
@@ -502,15 +534,24 @@ class Channel:
         no_ack: bool = False,
         exclusive: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         buffer_size: int | None = None,
     ) -> Consumer:
         """A consumer of ``queue``: use it with ``async with`` and ``async for``.
 
         ``arguments`` may carry ``x-stream-offset``: ``"first"``, ``"last"``,
         ``"next"``, an ``int`` offset, or a :class:`datetime.datetime` (sent as
-        an AMQP timestamp, whole seconds). ``buffer_size`` defaults to
-        ``max(prefetch_count, 1024)``; keep it at least the prefetch count.
+        an AMQP timestamp, whole seconds).
+
+        ``max_buffer_bytes`` bounds what the consumer buffers (bodies plus
+        :data:`~amqp.consumer.MESSAGE_OVERHEAD` per message); a consumer that
+        falls behind past it is cancelled and ends with
+        :class:`~amqp.errors.ConsumerOverflow` (see :mod:`amqp.consumer`).
+        ``buffer_size`` (a message count) is ignored: a count bounds nothing
+        on a stream queue, whose chunks pass the prefetch window. It stays
+        accepted until callers stop passing it.
         """
+        del buffer_size
         return Consumer(
             self,
             queue,
@@ -518,7 +559,7 @@ class Channel:
             no_ack=no_ack,
             exclusive=exclusive,
             arguments=_normalise_arguments(arguments),
-            buffer_size=buffer_size,
+            max_buffer_bytes=max_buffer_bytes,
         )
 
     async def basic_cancel(self, consumer_tag: str) -> None:
@@ -527,7 +568,7 @@ class Channel:
         if consumer is not None:
             await consumer.cancel()
             return
-        await self._call(
+        await self.call(
             codec.basic_cancel(self.number, consumer_tag),
             commands.Basic.CancelOk,
             consumer_tag=consumer_tag,
@@ -535,26 +576,26 @@ class Channel:
 
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         """Acknowledge a delivery (all up to it with ``multiple``). Never blocks."""
-        self._check()
-        self.connection._send(codec.basic_ack(self.number, delivery_tag, multiple))
+        self.check()
+        self._connection.send(codec.basic_ack(self.number, delivery_tag, multiple))
 
     async def basic_nack(
         self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
     ) -> None:
         """Negatively acknowledge deliveries."""
-        self._check()
-        self.connection._send(codec.basic_nack(self.number, delivery_tag, multiple, requeue))
+        self.check()
+        self._connection.send(codec.basic_nack(self.number, delivery_tag, multiple, requeue))
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
         """Reject one delivery."""
-        self._check()
-        self.connection._send(codec.basic_reject(self.number, delivery_tag, requeue))
+        self.check()
+        self._connection.send(codec.basic_reject(self.number, delivery_tag, requeue))
 
     # ------------------------------------------------------------------ publishing
 
     async def confirm_select(self) -> None:
         """Turn on publisher confirms: :meth:`basic_publish` then waits for them."""
-        await self._call(codec.confirm_select(self.number), commands.Confirm.SelectOk)
+        await self.call(codec.confirm_select(self.number), commands.Confirm.SelectOk)
         self._confirm_mode = True
 
     @property
@@ -577,22 +618,22 @@ class Channel:
         broker confirmed the message and raises
         :class:`~amqp.errors.PublishNacked` if it refused it.
         """
-        connection = self.connection
-        self._check()
-        if connection._must_wait_to_publish():
-            await connection._wait_publishable()
-            self._check()
+        connection = self._connection
+        self.check()
+        if connection.publish_must_wait():
+            await connection.wait_publishable()
+            self.check()
         frames = codec.basic_publish(
             self.number, exchange, routing_key, bytes(body), properties, connection.frame_max
         )
         if not self._confirm_mode:
-            connection._send(frames)
+            connection.send(frames)
             return
         self._publish_tag += 1
         tag = self._publish_tag
         waiter = _Confirmation()
         self._unconfirmed[tag] = waiter
-        connection._send(frames)
+        connection.send(frames)
         try:
             await waiter.event.wait()
         except BaseException:
@@ -600,6 +641,10 @@ class Channel:
             raise
         if waiter.error is not None:
             raise fresh(waiter.error)
+
+
+def _closing_error() -> ChannelClosed:
+    return ChannelClosed(200, "the channel is closing")
 
 
 def _normalise_arguments(arguments: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -58,11 +58,20 @@ def longstr(value: str | bytes) -> bytes:
     return _LONG.pack(len(raw)) + raw
 
 
-def table(value: Mapping[str, Any] | None) -> bytes:
-    """Encode a field table (pamqp's encoder: it picks RabbitMQ's type tags)."""
+def table(value: Mapping[str, Any] | Mapping[str | bytes, Any] | None) -> bytes:
+    """Encode a field table (pamqp's encoder: it picks RabbitMQ's type tags).
+
+    Names must be ``str``; a ``bytes`` name (one received that was not
+    UTF-8) is refused with a :class:`TypeError`.
+    """
     if not value:
         return b"\x00\x00\x00\x00"
-    return _pamqp_encode.field_table(dict(value))
+    named: dict[str, Any] = {}
+    for name, item in value.items():
+        if not isinstance(name, str):
+            raise TypeError(f"field names must be str, not {name!r}")
+        named[name] = item
+    return _pamqp_encode.field_table(named)
 
 
 def bits(*flags: bool) -> bytes:

@@ -7,7 +7,10 @@ it):
 - the **reader** receives up to 64 KiB at a time and hands each buffer to
   the :class:`~amqp.frames.FrameDecoder`, then dispatches every complete
   event it returns without awaiting -- one socket read, one checkpoint, many
-  messages. Deliveries go straight to their consumer's buffer.
+  messages. Deliveries go straight to their consumer's buffer; the reader
+  never waits for a consumer (a consumer that falls too far behind is given
+  up instead, see :mod:`amqp.consumer`), so one slow consumer delays no other
+  channel and no request on the connection.
 - the **writer** owns the socket's send side. Callers append complete frames
   to an outbox synchronously (:meth:`Connection._send`), so a cancelled
   caller can never leave half a frame on the wire and concurrent senders
@@ -30,7 +33,6 @@ import platform
 import ssl
 from collections.abc import AsyncIterator, Generator, Mapping
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any, Final
 
 import anyio
@@ -38,7 +40,7 @@ import anyio.abc
 from pamqp import base, commands
 
 from . import codec
-from .channel import CLOSE_TIMEOUT, Channel
+from .channel import Channel
 from .errors import (
     AuthenticationError,
     CannotConnect,
@@ -49,6 +51,7 @@ from .errors import (
     ProtocolError,
     connection_closed,
     fresh,
+    raise_if_over,
 )
 from .frames import FrameDecoder, Heartbeat
 from .message import DeliveredMessage
@@ -62,6 +65,8 @@ READ_SIZE: Final = 65536
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
 #: How long the writer may try to flush the last frames (close-ok) at the end.
 FLUSH_TIMEOUT: Final = 1.0
+#: Bound on the connection's close handshake (close, then close-ok).
+CLOSE_TIMEOUT: Final = 5.0
 DEFAULT_FRAME_MAX: Final = 131072
 DEFAULT_CHANNEL_MAX: Final = 2047
 
@@ -97,6 +102,7 @@ class Connection:
         self._stream = stream
         self._decoder = FrameDecoder()
         self._channels: dict[int, Channel] = {}
+        self._link = _ChannelLink(self)
         self._free_numbers: list[int] = []
         self._next_number = 1
         self._error: BaseException | None = None
@@ -112,7 +118,6 @@ class Connection:
         self._blocked: str | None = None
         self._unblocked = anyio.Event()
         self._unblocked.set()
-        self._reader_waiting = False
         self._last_rx = self._last_tx = anyio.current_time()
 
     def __repr__(self) -> str:
@@ -159,10 +164,7 @@ class Connection:
         return self._error is None and not self._closing
 
     def _check(self) -> None:
-        if self._error is not None:
-            raise fresh(self._error)
-        if self._closing:
-            raise ConnectionClosedByClient("the connection is closing")
+        raise_if_over(self._error, self._closing, _closing_error)
 
     # ------------------------------------------------------------------ channels
 
@@ -179,16 +181,9 @@ class Connection:
             self._next_number += 1
         else:
             raise NoFreeChannels(f"all {self.channel_max} channels are in use")
-        channel = Channel(self, number)
+        channel = Channel(self._link, number)
         self._channels[number] = channel
-        try:
-            await channel._open()
-        except BaseException:
-            # If open-ok is still to come, the channel closes itself on arrival
-            # (and releases its number on close-ok); otherwise release now.
-            if channel._error is not None:
-                channel._release()
-            raise
+        await channel.open()  # on failure it gives its number back itself
         return channel
 
     def _release_channel(self, number: int) -> None:
@@ -266,24 +261,16 @@ class Connection:
                 data = await stream.receive(READ_SIZE)
                 self._last_rx = anyio.current_time()
                 for number, event in feed(data):
-                    if type(event) is DeliveredMessage:
+                    if isinstance(event, DeliveredMessage):
                         channel = channels.get(number)
-                        if channel is None:
-                            continue
-                        consumer = channel._consumers.get(event.consumer_tag)
-                        if consumer is not None and not consumer._push(event):
-                            # Buffer full (no prefetch limit): push back via TCP.
-                            self._reader_waiting = True
-                            try:
-                                await consumer._push_wait(event)
-                            finally:
-                                self._reader_waiting = False
+                        if channel is not None:
+                            channel.deliver(event)  # never waits: see amqp.consumer
                     elif number == 0:
                         self._on_connection_event(event)
                     else:
                         channel = channels.get(number)
                         if channel is not None:
-                            channel._on_event(event)
+                            channel.handle(event)
             return
         except anyio.EndOfStream:
             error = ConnectionLost("the broker closed the socket")
@@ -331,8 +318,6 @@ class Connection:
         interval = float(self.heartbeat)
         while self._error is None:
             now = anyio.current_time()
-            if self._reader_waiting:
-                self._last_rx = now  # we are not reading on purpose: not the peer's fault
             silent = now - self._last_rx
             if silent >= 2 * interval:
                 self._fail(HeartbeatTimeout(f"nothing received from the broker for {silent:.1f} s"))
@@ -353,7 +338,7 @@ class Connection:
         channels = list(self._channels.values())
         self._channels.clear()
         for channel in channels:
-            channel._fail(error)
+            channel.fail(error)
         self._close_ok.set()
         self._unblocked.set()
         self._drained.set()
@@ -463,6 +448,44 @@ class Connection:
             self._finished.set()
 
 
+class _ChannelLink:
+    """The connection as its channels see it (:class:`amqp.contract.ConnectionSide`).
+
+    A separate object, so the frames-level operations channels need stay off
+    the public :class:`Connection`.
+    """
+
+    __slots__ = ("_connection", "send")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        #: Bound once: acks and publishes call it without an extra hop.
+        self.send = connection._send
+
+    @property
+    def frame_max(self) -> int:
+        return self._connection.frame_max
+
+    def usable(self) -> bool:
+        return self._connection._usable()
+
+    def check(self) -> None:
+        self._connection._check()
+
+    def release_channel(self, number: int) -> None:
+        self._connection._release_channel(number)
+
+    def publish_must_wait(self) -> bool:
+        return self._connection._must_wait_to_publish()
+
+    async def wait_publishable(self) -> None:
+        await self._connection._wait_publishable()
+
+
+def _closing_error() -> ConnectionClosedByClient:
+    return ConnectionClosedByClient("the connection is closing")
+
+
 class _ChannelOpener:
     """What :meth:`Connection.channel` returns: await it, or use it with ``async with``."""
 
@@ -477,15 +500,9 @@ class _ChannelOpener:
         self._channel = await self._connection._open_channel()
         return self._channel
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         if self._channel is not None:
-            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                await self._channel.close()
+            await self._channel.__aexit__(*exc_info)  # the channel's bounded close
 
 
 async def _open(

@@ -13,37 +13,52 @@ Leaving cancels the consumer (shielded and time-bounded, so it also works
 from a cancelled task).
 
 Deliveries travel from the connection's reader task to the iterating task
-through a bounded memory stream. Its size must be at least the channel's
-prefetch count: the broker never has more than ``prefetch`` unacknowledged
-messages in flight to a channel, so with ``buffer_size >= prefetch`` the
-reader never finds the buffer full and never stalls the connection. (Without
-any prefetch limit a full buffer makes the reader wait, which pushes back on
-the broker through TCP for the whole connection.) The iterator takes
-messages that are already buffered without a checkpoint: one wake-up of the
-consuming task serves a whole batch, not one message.
+through a buffer bounded in *bytes*: each message counts its body length
+plus :data:`MESSAGE_OVERHEAD` (what the decoded message object, its
+properties and headers cost), so many tiny messages count too. The reader
+never waits for a consumer: RabbitMQ delivers a stream queue one whole chunk
+at a time, past the prefetch window, so a count sized to the prefetch is no
+bound at all, and a reader that waited for one full buffer would stall
+every channel and request on the connection. Instead, a delivery that would
+take the buffer past ``max_buffer_bytes`` gives the consumer up: the reader
+sends ``basic.cancel`` without waiting for ``cancel-ok``, drops this and
+every later delivery (unacknowledged, they return to the queue when the
+channel closes; with ``no_ack`` they are gone), and iteration yields
+everything buffered before the overflow, then raises
+:class:`~amqp.errors.ConsumerOverflow`: the caller resumes after the last
+message it took, e.g. a stream consumer from that ``x-stream-offset`` + 1. A consumer's
+buffer therefore never holds more than ``max_buffer_bytes``, or one message
+when a single message is larger (an empty buffer always accepts one).
+
+The iterator takes messages that are already buffered without a
+checkpoint: one wake-up of the consuming task serves a whole batch, not one
+message.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import math
-from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from typing import Any, Final
 
 import anyio
 from pamqp import commands
 
 from . import codec
-from .errors import fresh
+from .contract import BoundedExit, ConsumerHost
+from .errors import ConsumerOverflow, fresh
 from .message import DeliveredMessage
 
-if TYPE_CHECKING:
-    from .channel import Channel
-
-#: Buffer used when the channel has no prefetch limit.
-DEFAULT_BUFFER_SIZE: Final = 1024
+#: Bytes a buffered message counts on top of its body: measured at about
+#: 800 bytes for a stream delivery with two headers (the message object, its
+#: properties, the headers dict and the strings in it), rounded up.
+MESSAGE_OVERHEAD: Final = 1024
+#: Default bound of one consumer's buffer. A stream chunk published back to
+#: back holds a few thousand small messages (a few MiB counted with the
+#: overhead); the buffer only fills that far when the consumer falls behind
+#: by a whole chunk, so a consumer that reads normally never reaches it.
+DEFAULT_MAX_BUFFER_BYTES: Final = 8 * 1024 * 1024
 #: Bound on the cancel handshake when a consumer context is left.
 CANCEL_TIMEOUT: Final = 5.0
 
@@ -51,42 +66,46 @@ _NEW, _ACTIVE, _CANCELLING, _ENDED = 0, 1, 2, 3
 _tags = itertools.count(1)
 
 
-class Consumer:
+class Consumer(BoundedExit):
     """One ``basic.consume`` on a channel; iterate it to receive deliveries.
 
     Iteration ends with :class:`StopAsyncIteration` after :meth:`cancel`, and
     raises the reason when the broker cancelled the consumer
     (:class:`~amqp.errors.ConsumerCancelled`), the channel closed
-    (:class:`~amqp.errors.ChannelClosed`) or the connection ended
-    (:class:`~amqp.errors.AMQPConnectionError`).
+    (:class:`~amqp.errors.ChannelClosed`), the connection ended
+    (:class:`~amqp.errors.AMQPConnectionError`) or, after everything buffered
+    before it was yielded, the buffer overflowed
+    (:class:`~amqp.errors.ConsumerOverflow`).
     """
+
+    exit_timeout = CANCEL_TIMEOUT
 
     def __init__(
         self,
-        channel: Channel,
+        channel: ConsumerHost,
         queue: str,
         *,
         consumer_tag: str | None = None,
         no_ack: bool = False,
         exclusive: bool = False,
         arguments: Mapping[str, Any] | None = None,
-        buffer_size: int | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
     ) -> None:
+        if max_buffer_bytes < 1:
+            raise ValueError("max_buffer_bytes must be at least 1")
         self.channel = channel
         self.queue = queue
         self.consumer_tag = consumer_tag or f"ctag-{channel.number}-{next(_tags)}"
         self.no_ack = no_ack
+        self.max_buffer_bytes = max_buffer_bytes
         self._exclusive = exclusive
         self._arguments = dict(arguments) if arguments else None
-        if buffer_size is None:
-            buffer_size = max(channel.prefetch_count, DEFAULT_BUFFER_SIZE)
-        if buffer_size < 1 and buffer_size != math.inf:
-            raise ValueError("buffer_size must be at least 1")
-        self.buffer_size = buffer_size
-        self._send, self._receive = anyio.create_memory_object_stream[DeliveredMessage](buffer_size)
+        self._buffer: deque[DeliveredMessage] = deque()
+        self._buffered_bytes = 0
+        self._wakeup: anyio.Event | None = None
         self._state = _NEW
         self._abandoned = False
-        self._finished = False
+        self._finished = False  # no more deliveries are buffered
         self._ended_event = anyio.Event()
         self._error: BaseException | None = None
 
@@ -96,25 +115,18 @@ class Consumer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.move_on_after(CANCEL_TIMEOUT, shield=True):
-            await self.cancel()
+    def exit_handshake(self) -> Awaitable[None]:
+        """Leaving the context cancels the consumer."""
+        return self.cancel()
 
     async def start(self) -> None:
         """Send ``basic.consume``; return once the broker confirmed it."""
         if self._state != _NEW or self._abandoned:
             raise RuntimeError("a consumer can be started only once")
         channel = self.channel
-        channel._check()
-        if self.consumer_tag in channel._consumers:
-            raise ValueError(f"consumer tag {self.consumer_tag!r} is already in use")
+        channel.check()
         # Register before sending: deliveries may follow consume-ok immediately.
-        channel._consumers[self.consumer_tag] = self
+        channel.add_consumer(self)
         frame = codec.basic_consume(
             channel.number,
             self.queue,
@@ -124,7 +136,7 @@ class Consumer:
             arguments=self._arguments,
         )
         try:
-            await channel._call(
+            await channel.call(
                 frame,
                 commands.Basic.ConsumeOk,
                 on_abandon=_ignore,
@@ -132,29 +144,33 @@ class Consumer:
             )
         except BaseException:
             # Cancelled while waiting, or the channel closed (e.g. 404: no such
-            # queue). If consume-ok arrives later, _activated() cancels it.
+            # queue). If consume-ok arrives later, on_consume_ok() cancels it.
             self._abandon()
             raise
 
     def _abandon(self) -> None:
         """Nobody will iterate this consumer: stop buffering and cancel it."""
         self._abandoned = True
-        self._receive.close()  # the reader now drops deliveries instead of blocking
         self._finish(None)
+        self._cancel_nowait()
+        if self._state == _NEW and not self.channel.usable():
+            self.channel.remove_consumer(self.consumer_tag)
+            self.on_end(None)
+
+    def _cancel_nowait(self) -> None:
+        """Send ``basic.cancel`` if the broker delivers to us; do not wait for cancel-ok."""
+        if self._state != _ACTIVE:
+            return
+        self._state = _CANCELLING
         channel = self.channel
-        if self._state == _ACTIVE:
-            self._state = _CANCELLING
-            if channel._usable():
-                channel._call_nowait(
-                    codec.basic_cancel(channel.number, self.consumer_tag),
-                    commands.Basic.CancelOk,
-                    self.consumer_tag,
-                )
-            else:
-                channel._consumers.pop(self.consumer_tag, None)
-        elif self._state == _NEW and not channel._usable():
-            channel._consumers.pop(self.consumer_tag, None)
-            self._ended(None)
+        if channel.usable():
+            channel.call_nowait(
+                codec.basic_cancel(channel.number, self.consumer_tag),
+                commands.Basic.CancelOk,
+                self.consumer_tag,
+            )
+        else:
+            channel.remove_consumer(self.consumer_tag)
 
     async def cancel(self) -> None:
         """Cancel the consumer (``basic.cancel``); iteration then stops.
@@ -163,17 +179,17 @@ class Consumer:
         message they return to the queue when the channel closes.
         """
         if self._state == _NEW and not self._abandoned:
-            self._ended(None)  # never started
+            self.on_end(None)  # never started
             return
+        self._finish(None)
+        self._drop_buffer()
         if self._state != _ACTIVE:
-            self._finish(None)
             return
         self._state = _CANCELLING
-        self._receive.close()  # never let the reader block on us while cancelling
         channel = self.channel
         try:
-            if channel._usable():
-                await channel._call(
+            if channel.usable():
+                await channel.call(
                     codec.basic_cancel(channel.number, self.consumer_tag),
                     commands.Basic.CancelOk,
                     on_abandon=_ignore,
@@ -182,20 +198,20 @@ class Consumer:
         except Exception:
             pass  # the channel or the connection is gone: so is the consumer
         finally:
-            if not channel._usable():
-                channel._consumers.pop(self.consumer_tag, None)
-            self._finish(None)
+            if not channel.usable():
+                channel.remove_consumer(self.consumer_tag)
 
     # ------------------------------------------------------------------ called by the channel
+    # (amqp.contract.ConsumerSide)
 
-    def _activated(self) -> None:
+    def on_consume_ok(self) -> None:
         """consume-ok arrived (possibly after the caller gave up waiting)."""
         if self._state == _NEW:
             self._state = _ACTIVE
             if self._abandoned:
                 self._abandon()
 
-    def _ended(self, error: BaseException | None) -> None:
+    def on_end(self, error: BaseException | None) -> None:
         """The broker no longer delivers to us (cancel-ok, basic.cancel, close)."""
         self._state = _ENDED
         self._finish(error)
@@ -205,38 +221,73 @@ class Consumer:
         """Wait until the broker no longer delivers to this consumer.
 
         That is after ``cancel-ok`` (also for a consumer whose start was
-        cancelled and undone), a broker ``basic.cancel``, or the end of the
-        channel or connection.
+        cancelled and undone, or that overflowed), a broker ``basic.cancel``,
+        or the end of the channel or connection.
         """
         await self._ended_event.wait()
 
-    def _push(self, message: DeliveredMessage) -> bool:
-        """Buffer a delivery; ``False`` when the buffer is full (caller waits)."""
-        try:
-            self._send.send_nowait(message)
-        except anyio.WouldBlock:
-            return False
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # nobody iterates any more: drop it (it stays unacked)
-        return True
+    def deliver(self, message: DeliveredMessage) -> None:
+        """Buffer one delivery (the reader's fast path: never waits, never raises).
 
-    async def _push_wait(self, message: DeliveredMessage) -> None:
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self._send.send(message)
+        A delivery that would take the buffer past :attr:`max_buffer_bytes`
+        (an empty buffer takes any one message) gives the consumer up
+        instead: see the module docstring.
+        """
+        if self._finished:
+            return  # cancelled, ended or overflowed: dropped, it stays unacked
+        total = self._buffered_bytes + len(message.body) + MESSAGE_OVERHEAD
+        if total > self.max_buffer_bytes and self._buffer:
+            self._overflow()
+            return
+        self._buffered_bytes = total
+        self._buffer.append(message)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
 
-    def _finish(self, error: BaseException | None) -> None:
-        """End iteration, with ``error`` if given (the first reason wins)."""
-        if not self._finished:
-            self._finished = True
-            self._error = error
-            self._send.close()
+    def _overflow(self) -> None:
+        self._finish(
+            ConsumerOverflow(
+                f"consumer {self.consumer_tag!r} of {self.queue!r} passed its buffer bound "
+                f"of {self.max_buffer_bytes} bytes with {len(self._buffer)} messages buffered"
+            ),
+            drain=True,
+        )
+        self._cancel_nowait()
+
+    def _finish(self, error: BaseException | None, *, drain: bool = False) -> None:
+        """Buffer nothing more; end iteration with ``error`` if given (the first reason wins).
+
+        ``drain``: iteration first yields what is buffered (an overflow);
+        otherwise the buffer is dropped and iteration ends at once.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        self._error = error
+        if not drain:
+            self._drop_buffer()
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    def _drop_buffer(self) -> None:
+        self._buffer.clear()
+        self._buffered_bytes = 0
 
     # ------------------------------------------------------------------ iteration
 
     @property
     def buffered(self) -> int:
         """Deliveries received and not yet taken by the iterator."""
-        return self._receive.statistics().current_buffer_used
+        return len(self._buffer)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What the buffered deliveries count against :attr:`max_buffer_bytes`."""
+        return self._buffered_bytes
 
     @property
     def active(self) -> bool:
@@ -247,24 +298,20 @@ class Consumer:
         return self
 
     async def __anext__(self) -> DeliveredMessage:
-        if self._error is not None:
-            raise fresh(self._error)
-        try:
-            return self._receive.receive_nowait()
-        except anyio.WouldBlock:
-            pass
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            self._stop()
-        try:
-            return await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            self._stop()
-            raise AssertionError("unreachable") from None
-
-    def _stop(self) -> None:
-        if self._error is not None:
-            raise fresh(self._error)
-        raise StopAsyncIteration
+        buffer = self._buffer
+        while True:
+            if buffer:
+                message = buffer.popleft()
+                self._buffered_bytes -= len(message.body) + MESSAGE_OVERHEAD
+                return message
+            if self._finished:
+                if self._error is not None:
+                    raise fresh(self._error)
+                raise StopAsyncIteration
+            wakeup = self._wakeup
+            if wakeup is None:
+                wakeup = self._wakeup = anyio.Event()
+            await wakeup.wait()
 
 
 def _ignore(_method: object) -> None:

@@ -32,6 +32,7 @@ The hierarchy::
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Final
 
 
@@ -180,6 +181,16 @@ class ConsumerOverflow(AMQPError):
 
 class PublishNacked(AMQPError):
     """The broker answered a confirmed publish with ``basic.nack``."""
+
+
+def raise_if_over(
+    error: BaseException | None, closing: bool, closing_error: Callable[[], BaseException]
+) -> None:
+    """Raise why a connection or channel cannot be used: its end reason, or it is closing."""
+    if error is not None:
+        raise fresh(error)
+    if closing:
+        raise closing_error()
 
 
 def fresh(exc: BaseException) -> BaseException:

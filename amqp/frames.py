@@ -6,8 +6,10 @@ no await in between, so one socket read (one Trio checkpoint) carries
 hundreds of messages. The frames a consumer sees by the thousand --
 ``basic.deliver``, content headers, content bodies, and the broker's
 ``basic.ack`` for publisher confirms -- are decoded with precompiled
-:mod:`struct` formats straight from the buffer; every other (rare) method
-frame goes through pamqp.
+:mod:`struct` formats straight from the buffer, the content header's
+properties by the lenient decoder of :mod:`amqp.table` (a publisher's bytes
+never cost the connection); every other (rare) method frame goes through
+pamqp.
 
 Content is reassembled here as well: a ``basic.deliver`` frame creates a
 :class:`~amqp.message.DeliveredMessage`, its content header fills the
@@ -19,17 +21,17 @@ layers above never see a half message.
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from pamqp import base as _pamqp_base
 from pamqp import commands
-from pamqp import decode as _pamqp_decode
 from pamqp import exceptions as _pamqp_exceptions
 from pamqp import frame as _pamqp_frame
 
 from .codec import FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD
 from .errors import ProtocolError
-from .message import EMPTY_PROPERTIES, DeliveredMessage, Properties, ReturnedMessage
+from .message import DeliveredMessage, ReturnedMessage
+from .table import decode_properties
 
 
 class Heartbeat:
@@ -59,169 +61,12 @@ _unpack_frame_header = _FRAME_HEADER.unpack_from
 _unpack_method_id = struct.Struct(">I").unpack_from
 _unpack_long = struct.Struct(">I").unpack_from
 _unpack_longlong = struct.Struct(">Q").unpack_from
-_unpack_content_header = struct.Struct(">HHQH").unpack_from
-_unpack_short = struct.Struct(">H").unpack_from
+_unpack_body_size = struct.Struct(">Q").unpack_from
 
 _BASIC_DELIVER: Final = (60 << 16) | 60
 _BASIC_ACK: Final = (60 << 16) | 80
 _BASIC_RETURN: Final = (60 << 16) | 50
 _BASIC_GET_OK: Final = (60 << 16) | 71
-
-# --------------------------------------------------------------------------- field tables
-
-_signed = {
-    ord("b"): (struct.Struct(">b").unpack_from, 1),
-    ord("B"): (struct.Struct(">B").unpack_from, 1),
-    ord("s"): (struct.Struct(">h").unpack_from, 2),
-    ord("u"): (struct.Struct(">H").unpack_from, 2),
-    ord("I"): (struct.Struct(">i").unpack_from, 4),
-    ord("i"): (struct.Struct(">I").unpack_from, 4),
-    ord("l"): (struct.Struct(">q").unpack_from, 8),
-}
-_S: Final = ord("S")
-_T: Final = ord("t")
-_F: Final = ord("F")
-_A: Final = ord("A")
-_V: Final = ord("V")
-
-
-def _decode_value(data: bytes, offset: int, end: int) -> tuple[Any, int]:
-    """Decode one tagged field value; return it and the offset after it.
-
-    The common tags (strings, integers, booleans, nested tables and arrays,
-    void) are decoded here; the rare ones (timestamp, decimal, floats, byte
-    arrays) by pamqp, so their Python types match pamqp's everywhere.
-    """
-    kind = data[offset]
-    offset += 1
-    if kind == _S:
-        (length,) = _unpack_long(data, offset)
-        offset += 4
-        raw = data[offset : offset + length]
-        offset += length
-        try:
-            return raw.decode("utf-8"), offset
-        except UnicodeDecodeError:
-            return raw, offset
-    fixed = _signed.get(kind)
-    if fixed is not None:
-        unpack, size = fixed
-        return unpack(data, offset)[0], offset + size
-    if kind == _T:
-        return data[offset] != 0, offset + 1
-    if kind == _F:
-        (length,) = _unpack_long(data, offset)
-        offset += 4
-        return decode_table(data, offset, offset + length), offset + length
-    if kind == _A:
-        (length,) = _unpack_long(data, offset)
-        offset += 4
-        array_end = offset + length
-        items = []
-        while offset < array_end:
-            item, offset = _decode_value(data, offset, array_end)
-            items.append(item)
-        if offset != array_end:
-            raise ProtocolError("field array overruns its length")
-        return items, offset
-    if kind == _V:
-        return None, offset
-    try:
-        consumed, value = _pamqp_decode.embedded_value(data[offset - 1 : end])
-    except ValueError as exc:
-        raise ProtocolError(f"bad field value: {exc}") from exc
-    return value, offset - 1 + consumed
-
-
-def decode_table(data: bytes, offset: int, end: int) -> dict[str, Any]:
-    """Decode the field table occupying ``data[offset:end]`` (without its length prefix)."""
-    result: dict[str, Any] = {}
-    try:
-        while offset < end:
-            key_length = data[offset]
-            offset += 1
-            key = data[offset : offset + key_length].decode("utf-8")
-            offset += key_length
-            result[key], offset = _decode_value(data, offset, end)
-    except (IndexError, struct.error, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed field table: {exc}") from exc
-    if offset != end:
-        raise ProtocolError("field table overruns its length")
-    return result
-
-
-# --------------------------------------------------------------------------- properties
-
-
-def _shortstr(data: bytes, offset: int) -> tuple[str, int]:
-    length = data[offset]
-    offset += 1
-    return data[offset : offset + length].decode("utf-8", "replace"), offset + length
-
-
-def decode_properties(data: bytes, offset: int, end: int, flags: int) -> Properties:
-    """Decode the property list of a content header, in the order of the flag bits."""
-    if not flags:
-        return EMPTY_PROPERTIES
-    content_type = content_encoding = correlation_id = reply_to = None
-    expiration = message_id = type_ = user_id = app_id = None
-    headers = None
-    delivery_mode = priority = timestamp = None
-    try:
-        if flags & 0x8000:
-            content_type, offset = _shortstr(data, offset)
-        if flags & 0x4000:
-            content_encoding, offset = _shortstr(data, offset)
-        if flags & 0x2000:
-            (length,) = _unpack_long(data, offset)
-            offset += 4
-            headers = decode_table(data, offset, offset + length)
-            offset += length
-        if flags & 0x1000:
-            delivery_mode = data[offset]
-            offset += 1
-        if flags & 0x0800:
-            priority = data[offset]
-            offset += 1
-        if flags & 0x0400:
-            correlation_id, offset = _shortstr(data, offset)
-        if flags & 0x0200:
-            reply_to, offset = _shortstr(data, offset)
-        if flags & 0x0100:
-            expiration, offset = _shortstr(data, offset)
-        if flags & 0x0080:
-            message_id, offset = _shortstr(data, offset)
-        if flags & 0x0040:
-            (timestamp,) = _unpack_longlong(data, offset)
-            offset += 8
-        if flags & 0x0020:
-            type_, offset = _shortstr(data, offset)
-        if flags & 0x0010:
-            user_id, offset = _shortstr(data, offset)
-        if flags & 0x0008:
-            app_id, offset = _shortstr(data, offset)
-        if flags & 0x0004:  # cluster-id, deprecated: skip it
-            _, offset = _shortstr(data, offset)
-    except (IndexError, struct.error) as exc:
-        raise ProtocolError(f"malformed content header: {exc}") from exc
-    if offset > end:
-        raise ProtocolError("content header properties overrun the frame")
-    return Properties(
-        content_type,
-        content_encoding,
-        headers,
-        delivery_mode,
-        priority,
-        correlation_id,
-        reply_to,
-        expiration,
-        message_id,
-        timestamp,
-        type_,
-        user_id,
-        app_id,
-    )
-
 
 # --------------------------------------------------------------------------- decoder
 
@@ -323,18 +168,18 @@ class FrameDecoder:
                 pending = content.get(channel)
                 if pending is None or pending.size >= 0:
                     raise ProtocolError(f"unexpected content header on channel {channel}")
-                if size < 14:
+                if size < 12:  # class, weight, body size: without them we lose step
                     raise ProtocolError("content header frame too short")
-                _class_id, _weight, body_size, flags = _unpack_content_header(data, start)
-                offset = start + 14
-                extra = flags
-                while extra & 1:  # continuation flag words (unused by 0-9-1)
-                    (extra,) = _unpack_short(data, offset)
-                    offset += 2
-                pending.message.properties = decode_properties(data, offset, end, flags & 0xFFFE)
+                (body_size,) = _unpack_body_size(data, start + 4)
+                # The properties are whatever the publisher wrote: decoded
+                # leniently, they affect this message alone (see amqp.table).
+                message = pending.message
+                message.properties, error = decode_properties(data[start + 12 : end])
+                if error is not None and type(message) is DeliveredMessage:
+                    message.properties_error = error
                 if body_size == 0:
                     del content[channel]
-                    append((channel, pending.message))
+                    append((channel, message))
                 else:
                     pending.size = body_size
 
@@ -395,13 +240,14 @@ def _decode_deliver(data: bytes, offset: int, end: int) -> DeliveredMessage:
         (delivery_tag,) = _unpack_longlong(data, offset)
         redelivered = bool(data[offset + 8] & 1)
         offset += 9
+        # The exchange and routing key are the publisher's: never fatal.
         length = data[offset]
         offset += 1
-        exchange = data[offset : offset + length].decode("utf-8")
+        exchange = data[offset : offset + length].decode("utf-8", "replace")
         offset += length
         length = data[offset]
         offset += 1
-        routing_key = data[offset : offset + length].decode("utf-8")
+        routing_key = data[offset : offset + length].decode("utf-8", "replace")
         offset += length
     except (IndexError, struct.error, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed basic.deliver: {exc}") from exc

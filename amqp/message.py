@@ -12,15 +12,17 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-#: A decoded AMQP field table (headers, arguments).
-FieldTable = dict[str, Any]
+#: A decoded AMQP field table (headers). A ``bytes`` key is a field name that
+#: was not UTF-8 on the wire (see :mod:`amqp.table`): no caller can match it.
+FieldTable = dict[str | bytes, Any]
 
 
 @dataclass(slots=True)
 class Properties:
     """The ``basic`` content properties (AMQP 0-9-1 section 1.8).
 
-    ``timestamp`` is seconds since the epoch; publishing also accepts a
+    ``timestamp`` is seconds since the epoch, as on the wire (received, it
+    may be beyond what a datetime holds); publishing also accepts a
     :class:`datetime.datetime` (naive means UTC).
     """
 
@@ -40,11 +42,14 @@ class Properties:
 
     @property
     def timestamp_datetime(self) -> datetime.datetime | None:
-        """The timestamp as an aware UTC datetime, or ``None``."""
+        """The timestamp as an aware UTC datetime; ``None`` if absent or beyond year 9999."""
         ts = self.timestamp
         if ts is None or isinstance(ts, datetime.datetime):
             return ts
-        return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+        try:
+            return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
 
 
 #: Shared by messages that carry no properties at all (never mutate it).
@@ -57,6 +62,11 @@ class DeliveredMessage:
     The frame decoder creates it from the method frame and completes it with
     the content header (``properties``) and body frames, so a message costs
     one object on the hot path.
+
+    ``properties_error`` describes what of the content header could not be
+    decoded (``None`` when all of it could): those fields are absent, kept as
+    ``bytes`` or :class:`~amqp.table.Unusable` (see :mod:`amqp.table`). It is
+    there to be logged; the message itself is delivered like any other.
     """
 
     __slots__ = (
@@ -65,6 +75,7 @@ class DeliveredMessage:
         "delivery_tag",
         "exchange",
         "properties",
+        "properties_error",
         "redelivered",
         "routing_key",
     )
@@ -86,6 +97,7 @@ class DeliveredMessage:
         self.routing_key = routing_key
         self.properties = properties
         self.body = body
+        self.properties_error: str | None = None
 
     @property
     def headers(self) -> FieldTable:

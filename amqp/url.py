@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 
@@ -70,15 +70,68 @@ def parse_url(url: str) -> ConnectionParameters:
     Query options: ``heartbeat`` (seconds, 0 disables), ``connection_timeout``
     (seconds), ``frame_max`` (bytes, at least 4096), ``channel_max``, and
     ``name`` (the connection name shown by the broker's management tools).
+    Refused: another scheme than ``amqp``/``amqps``, no ``//`` authority, a
+    port that is not a number from 1 to 65535, a path of more than one
+    segment, an unknown option, a bad option value, an ``@`` after the host
+    (the sign of a password with an unencoded ``/``, ``?`` or ``#``), a tab
+    or line break.
+
+    The error message never contains the password: the parts a misplaced
+    password can end up in (port, path) are never quoted back, and the
+    password itself is masked in whatever the message quotes.
     """
-    parts = urlsplit(url)
+    try:
+        return _parse(url)
+    except ValueError as exc:
+        raise ValueError(_mask_password(str(exc), url)) from None
+
+
+def _mask_password(message: str, url: str) -> str:
+    try:
+        raw = urlsplit(url).password
+    except ValueError:
+        raw = None
+    for secret in {raw, unquote(raw)} if raw else ():
+        message = message.replace(secret, "***")
+    return message
+
+
+def _port(parts: SplitResult, scheme: str) -> int:
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # not a number, or out of range: never quote it (a password may be in it)
+    if port is None:
+        return DEFAULT_PORTS[scheme]
+    if not 1 <= port <= 65535:
+        raise ValueError(
+            "AMQP URL port must be a number from 1 to 65535 (percent-encode any '/', '?', "
+            "'#' or '@' in the user name or password)"
+        )
+    return port
+
+
+def _parse(url: str) -> ConnectionParameters:
+    if any(char in url for char in "\t\r\n"):
+        # urlsplit silently deletes them (WHATWG rule), which could change a password.
+        raise ValueError("AMQP URL contains a tab or line break")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError("AMQP URL is malformed (host or brackets)") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise ValueError(f"AMQP URL scheme must be amqp or amqps, not {parts.scheme!r}")
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise ValueError("AMQP URL has an invalid port") from None
+    if not url[len(parts.scheme) + 1 :].startswith("//"):
+        raise ValueError(f"AMQP URL must start with {scheme}:// (the host part is missing)")
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # An unencoded '/', '?' or '#' in a password ends the host part early
+        # and leaves the rest of the password in the path or query.
+        raise ValueError(
+            "AMQP URL has an '@' after the host: percent-encode '/', '?', '#' and '@' "
+            "in the user name or password (and '@' in the vhost as %40)"
+        )
+    port = _port(parts, scheme)
     host = parts.hostname or "localhost"
 
     path = parts.path
@@ -87,7 +140,9 @@ def parse_url(url: str) -> ConnectionParameters:
     else:
         raw = path[1:]
         if "/" in raw:
-            raise ValueError("AMQP URL path must be one segment: the vhost (write '/' as %2F)")
+            raise ValueError(
+                "AMQP URL path must be one segment, the vhost (write '/' in it as %2F)"
+            )
         vhost = unquote(raw)
 
     username = unquote(parts.username) if parts.username is not None else "guest"
@@ -110,7 +165,10 @@ def parse_url(url: str) -> ConnectionParameters:
         elif key in ("name", "connection_name"):
             name = value
         else:
-            raise ValueError(f"unknown AMQP URL option {key!r}")
+            raise ValueError(
+                f"unknown AMQP URL option {key!r} (known: heartbeat, connection_timeout, "
+                "frame_max, channel_max, name)"
+            )
 
     return ConnectionParameters(
         host=host,

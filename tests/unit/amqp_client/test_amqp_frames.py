@@ -19,8 +19,9 @@ from pamqp import header as pheader
 from pamqp import heartbeat as pheartbeat
 
 from amqp import DeliveredMessage, ProtocolError, codec
-from amqp.frames import HEARTBEAT, ConfirmAck, FrameDecoder, decode_table
+from amqp.frames import HEARTBEAT, ConfirmAck, FrameDecoder
 from amqp.message import ReturnedMessage
+from amqp.table import decode_table
 
 
 def deliver(
