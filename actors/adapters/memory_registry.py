@@ -1,4 +1,10 @@
-"""An in-process :class:`~actors.ports.registry.Registry` for unit tests."""
+"""An in-process :class:`~actors.ports.registry.Registry` for unit tests.
+
+It keeps the port's transaction semantics (each method is atomic: it never
+yields to the event loop in the middle) and lets a test take it away with
+:meth:`MemoryRegistry.set_available`, as a full disk or a PostgreSQL outage
+would.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,15 @@ import itertools
 import time
 from dataclasses import replace
 
-from actors.ports.registry import StreamRecord, new_stream_uuid
+import trio
+
+from actors.ports.registry import (
+    Deletion,
+    QueueFate,
+    RegistryUnavailable,
+    StreamRecord,
+    new_stream_uuid,
+)
 
 
 class MemoryRegistry:
@@ -17,39 +31,98 @@ class MemoryRegistry:
         self._records: dict[int, StreamRecord] = {}
         self._ids = itertools.count(1)
         self._pending: list[str] = []
+        self._available = True
+        self._reachable = True
+
+    # -- test controls ----------------------------------------------------
+
+    def set_available(self, available: bool) -> None:
+        """Simulate the backend going away (``False``: every call raises) or coming back."""
+        self._reachable = available
+
+    # -- the Registry port ------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def _call(self) -> None:
+        """A checkpoint, then the outcome a real backend would have now."""
+        await trio.lowlevel.checkpoint()
+        self._available = self._reachable
+        if not self._reachable:
+            raise RegistryUnavailable("the memory registry is unavailable")
 
     async def create(self, routing_key: str, *, owns_queue: bool) -> StreamRecord:
+        await self._call()
+        claimed = routing_key in self._pending
+        if claimed:
+            self._pending.remove(routing_key)
         record = StreamRecord(
             id=next(self._ids),
             uuid=new_stream_uuid(),
             routing_key=routing_key,
-            owns_queue=owns_queue,
+            owns_queue=owns_queue or claimed,
             created_at=time.time(),
         )
         self._records[record.id] = record
         return record
 
     async def get(self, stream_id: int) -> StreamRecord | None:
+        await self._call()
         return self._records.get(stream_id)
 
     async def list(self) -> builtins.list[StreamRecord]:
+        await self._call()
         return [self._records[key] for key in sorted(self._records)]
 
-    async def delete(self, stream_id: int) -> StreamRecord | None:
-        return self._records.pop(stream_id, None)
-
-    async def set_owns_queue(self, stream_id: int, owns_queue: bool) -> None:
-        record = self._records.get(stream_id)
-        if record is not None:
-            self._records[stream_id] = replace(record, owns_queue=owns_queue)
+    async def delete(self, stream_id: int) -> Deletion | None:
+        await self._call()
+        record = self._records.pop(stream_id, None)
+        if record is None:
+            return None
+        if not record.owns_queue:
+            return Deletion(record, QueueFate())
+        heir = self._make_heir(record.routing_key)
+        if heir is None:
+            self._add_pending(record.routing_key)
+            return Deletion(record, QueueFate(delete=True))
+        return Deletion(record, QueueFate(heir=heir))
 
     async def add_pending_queue_deletion(self, routing_key: str) -> None:
+        await self._call()
+        self._add_pending(routing_key)
+
+    async def pending_queue_deletions(self) -> builtins.list[str]:
+        await self._call()
+        return list(self._pending)
+
+    async def decide_pending_deletion(self, routing_key: str) -> QueueFate:
+        await self._call()
+        if routing_key not in self._pending:
+            return QueueFate()
+        heir = self._make_heir(routing_key)
+        if heir is None:
+            return QueueFate(delete=True)
+        self._pending.remove(routing_key)
+        return QueueFate(heir=heir)
+
+    async def remove_pending_queue_deletion(self, routing_key: str) -> None:
+        await self._call()
+        if routing_key in self._pending:
+            self._pending.remove(routing_key)
+
+    # -- helpers (no checkpoint: part of the caller's "transaction") -------
+
+    def _add_pending(self, routing_key: str) -> None:
         if routing_key not in self._pending:
             self._pending.append(routing_key)
 
-    async def pending_queue_deletions(self) -> builtins.list[str]:
-        return list(self._pending)
-
-    async def remove_pending_queue_deletion(self, routing_key: str) -> None:
-        if routing_key in self._pending:
-            self._pending.remove(routing_key)
+    def _make_heir(self, routing_key: str) -> StreamRecord | None:
+        """The oldest stream of ``routing_key``, made the queue's owner (``None``: none)."""
+        heirs = [r for r in self._records.values() if r.routing_key == routing_key]
+        if not heirs:
+            return None
+        heir = replace(min(heirs, key=lambda r: r.id), owns_queue=True)
+        self._records[heir.id] = heir
+        return heir

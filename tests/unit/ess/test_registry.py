@@ -1,4 +1,7 @@
-"""ess.registry against real SQLite files: durability, ids, verbatim keys."""
+"""The SQLite registry against real files: durability, pragmas, open errors, crashes.
+
+The behaviour every registry shares is in tests/contract/test_registry_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.ports.registry import Registry, StreamRecord
-from ess.registry import (
-    SCHEMA_VERSION,
-    RegistryClosedError,
-    RegistryOpenError,
-    SQLiteRegistry,
-)
+from actors.adapters.sql_registry import RegistryClosedError, RegistryOpenError
+from actors.adapters.sqlite_registry import SCHEMA_VERSION, SQLiteRegistry
+from actors.ports.registry import Deletion, QueueFate, Registry, RegistryUnavailable, StreamRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -28,36 +27,23 @@ def _registry_type_check(registry: SQLiteRegistry) -> Registry:
     return registry  # mypy proves SQLiteRegistry satisfies the port
 
 
-async def test_create_get_list_delete(tmp_path: Path) -> None:
+async def test_unwritable_database_raises_unavailable_until_writable(tmp_path: Path) -> None:
+    # Root ignores file modes, so the file is made read-only the way SQLite
+    # itself reports it (SQLITE_READONLY), as for a read-only file or mount.
     async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-        assert registry.is_open
-        assert await registry.list() == []
-        first = await registry.create("key.a", owns_queue=True)
-        second = await registry.create("key.b", owns_queue=False)
-        shared = await registry.create("key.a", owns_queue=False)  # keys may be shared
-        assert (first.id, second.id, shared.id) == (1, 2, 3)
-        assert first.routing_key == "key.a" and first.owns_queue is True
-        assert second.owns_queue is False
-        assert len({first.uuid, second.uuid, shared.uuid}) == 3
-        assert await registry.get(first.id) == first
-        assert await registry.get_by_uuid(second.uuid) == second
-        assert await registry.get(999) is None
-        assert await registry.get_by_uuid("nope") is None
-        assert [r.id for r in await registry.list()] == [1, 2, 3]
-
-        assert await registry.delete(second.id) == second
-        assert await registry.delete(second.id) is None
-        assert await registry.get(second.id) is None
-        assert await registry.list() == [first, shared]
-
-        await registry.set_owns_queue(shared.id, True)
-        await registry.set_owns_queue(first.id, False)
-        await registry.set_owns_queue(12345, True)  # unknown id: no-op
-        got = await registry.get(shared.id)
-        assert got is not None and got.owns_queue is True
-        got = await registry.get(first.id)
-        assert got is not None and got.owns_queue is False
-    assert not registry.is_open
+        kept = await registry.create("k", owns_queue=True)
+        assert registry.available
+        registry.connection.execute("PRAGMA query_only = ON")
+        with pytest.raises(RegistryUnavailable, match="readonly"):
+            await registry.create("k2", owns_queue=False)
+        assert not registry.available
+        with pytest.raises(RegistryUnavailable):
+            await registry.delete(kept.id)
+        assert await registry.list() == [kept]  # reads still work, and say so
+        assert registry.available
+        registry.connection.execute("PRAGMA query_only = OFF")
+        assert (await registry.create("k2", owns_queue=False)).id == 2
+        assert not registry.connection.in_transaction
 
 
 async def test_uuid_is_a_v4_uuid(tmp_path: Path) -> None:
@@ -114,7 +100,7 @@ async def test_routing_keys_stored_verbatim(tmp_path: Path, routing_key: str) ->
         assert await registry.pending_queue_deletions() == [routing_key]
         await registry.remove_pending_queue_deletion(routing_key)
         assert await registry.pending_queue_deletions() == []
-        assert await registry.delete(record.id) == record
+        assert (await registry.delete(record.id)) == Deletion(record, QueueFate(delete=True))
     # The tables are all still there.
     with sqlite3.connect(path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -136,7 +122,7 @@ async def test_pending_deletions(tmp_path: Path) -> None:
 async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     async with SQLiteRegistry.open(path) as registry:
-        conn = registry._conn
+        conn = registry.connection
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -202,13 +188,13 @@ async def test_cancelled_caller_leaves_registry_usable(tmp_path: Path) -> None:
             await registry.create("k", owns_queue=False)
         # Whether or not the create ran, the connection is not stuck mid-transaction.
         await registry.create("k2", owns_queue=False)
-        assert not registry._conn.in_transaction
+        assert not registry.connection.in_transaction
 
 
 CHILD = textwrap.dedent(
     """
     import sys, time, trio
-    from ess.registry import SQLiteRegistry
+    from actors.adapters.sqlite_registry import SQLiteRegistry
 
     async def main(path):
         async with SQLiteRegistry.open(path) as registry:

@@ -1,0 +1,282 @@
+"""The registry's operations in SQL, shared by the SQLite and PostgreSQL adapters.
+
+Both adapters run the same statements and the same transactions; they differ
+only in how a connection is made, kept and used (:class:`Session`) and in the
+schema's column types. Every value is a bound parameter: the SQL text here is
+constant (the upstream's SQL injection is one of the defects SPEC section 3
+fixes). Statements are written with ``?`` placeholders; the PostgreSQL
+session translates them (the text holds no other ``?``).
+
+Each operation that decides something about a routing key's queue (create,
+delete, the pending-deletion decision) is one transaction that first takes
+:meth:`Session.lock` on the key, so that replicas deciding about the same
+queue take turns and each sees what the other committed (SPEC section 7:
+"a queue the service owns is deleted exactly once, when the last event
+stream of its routing key is deleted").
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+from actors.ports.registry import (
+    Deletion,
+    QueueFate,
+    RegistryUnavailable,
+    StreamRecord,
+    new_stream_uuid,
+)
+
+__all__ = [
+    "RegistryClosedError",
+    "RegistryOpenError",
+    "SQLRegistry",
+    "Session",
+    "migrate",
+]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: The lock key that serialises schema migrations of replicas starting together.
+SCHEMA_LOCK = "ess registry schema"
+
+_COLUMNS = "id, uuid, routing_key, owns_queue, created_at"
+_SELECT = f"SELECT {_COLUMNS} FROM streams"
+
+
+class RegistryOpenError(Exception):
+    """The registry cannot be opened at all (corrupt file, bad credentials, newer schema).
+
+    Carries one line for the operator, never a password; start-up stops.
+    """
+
+
+class RegistryClosedError(RegistryUnavailable):
+    """A call arrived after the registry was closed (during shutdown)."""
+
+
+class Session(Protocol):
+    """One connection as the shared operations use it (called in a worker thread)."""
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> builtins.list[tuple[Any, ...]]:
+        """Run one statement; its result rows (``[]`` for none)."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A write transaction: committed on exit, rolled back on an exception."""
+        ...
+
+    def lock(self, key: str) -> None:
+        """Inside a transaction: wait until no other transaction holds ``key``, then hold it."""
+        ...
+
+
+def _record(row: tuple[Any, ...]) -> StreamRecord:
+    return StreamRecord(
+        id=int(row[0]),
+        uuid=str(row[1]),
+        routing_key=str(row[2]),
+        owns_queue=bool(row[3]),
+        created_at=float(row[4]),
+    )
+
+
+def _make_heir(session: Session, routing_key: str) -> StreamRecord | None:
+    """The oldest stream of ``routing_key``, made the queue's owner (``None``: none left)."""
+    rows = session.execute(
+        "UPDATE streams SET owns_queue = ? WHERE id = "
+        "(SELECT MIN(id) FROM streams WHERE routing_key = ?) RETURNING " + _COLUMNS,
+        (True, routing_key),
+    )
+    return _record(rows[0]) if rows else None
+
+
+def _add_pending(session: Session, routing_key: str) -> None:
+    session.execute(
+        "INSERT INTO pending_queue_deletions (routing_key, added_at) VALUES (?, ?)"
+        " ON CONFLICT (routing_key) DO NOTHING",
+        (routing_key, time.time()),
+    )
+
+
+def _remove_pending(session: Session, routing_key: str) -> bool:
+    rows = session.execute(
+        "DELETE FROM pending_queue_deletions WHERE routing_key = ? RETURNING routing_key",
+        (routing_key,),
+    )
+    return bool(rows)
+
+
+def migrate(
+    session: Session,
+    migrations: Sequence[Sequence[str]],
+    *,
+    read_version: Callable[[Session], int],
+    write_version: Callable[[Session, int], None],
+    where: str,
+) -> None:
+    """Bring the schema to ``len(migrations)`` in one transaction, replica-safe.
+
+    ``migrations[n]`` takes the schema from version ``n`` to ``n + 1``;
+    append steps, never edit a released one. The schema lock makes replicas
+    that start together migrate one after the other: the second finds the
+    work done.
+    """
+    target = len(migrations)
+    with session.transaction():
+        session.lock(SCHEMA_LOCK)
+        version = read_version(session)
+        if version > target:
+            raise RegistryOpenError(
+                f"{where} has schema version {version}, newer than this service "
+                f"supports ({target}); upgrade the service"
+            )
+        for step in migrations[version:]:
+            for statement in step:
+                session.execute(statement)
+        if version < target:
+            write_version(session, target)
+            log.info("registry schema migrated from version %d to %d", version, target)
+
+
+class SQLRegistry(abc.ABC):
+    """The :class:`~actors.ports.registry.Registry` port over a :class:`Session`.
+
+    Subclasses provide :meth:`_execute`: run a function with the session in a
+    worker thread, one call at a time, translating the driver's errors into
+    :class:`RegistryUnavailable`. This class keeps :attr:`available`.
+    """
+
+    def __init__(self) -> None:
+        self._available = False
+
+    @property
+    def available(self) -> bool:
+        """``False`` after a failed call (or while not connected) until a call succeeds."""
+        return self._available
+
+    @abc.abstractmethod
+    async def _execute(self, fn: Callable[[Session], _T]) -> _T:
+        """Run ``fn(session)``; raises :class:`RegistryUnavailable`."""
+
+    async def _run(self, fn: Callable[[Session], _T]) -> _T:
+        try:
+            result = await self._execute(fn)
+        except RegistryUnavailable:
+            self._available = False
+            raise
+        self._available = True
+        return result
+
+    # -- the Registry port ------------------------------------------------
+
+    async def create(self, routing_key: str, *, owns_queue: bool) -> StreamRecord:
+        """Record a new event stream (claiming a pending deletion of its key)."""
+        stream_uuid = new_stream_uuid()
+        created_at = time.time()
+
+        def insert(session: Session) -> StreamRecord:
+            with session.transaction():
+                session.lock(routing_key)
+                owns = _remove_pending(session, routing_key) or owns_queue
+                rows = session.execute(
+                    "INSERT INTO streams (uuid, routing_key, owns_queue, created_at)"
+                    " VALUES (?, ?, ?, ?) RETURNING " + _COLUMNS,
+                    (stream_uuid, routing_key, owns, created_at),
+                )
+            return _record(rows[0])
+
+        return await self._run(insert)
+
+    async def get(self, stream_id: int) -> StreamRecord | None:
+        """The record with this id, or ``None``."""
+
+        def select(session: Session) -> StreamRecord | None:
+            rows = session.execute(_SELECT + " WHERE id = ?", (stream_id,))
+            return _record(rows[0]) if rows else None
+
+        return await self._run(select)
+
+    async def delete(self, stream_id: int) -> Deletion | None:
+        """Remove the record and settle its queue in one transaction."""
+
+        def remove(session: Session) -> Deletion | None:
+            with session.transaction():
+                rows = session.execute(
+                    "DELETE FROM streams WHERE id = ? RETURNING " + _COLUMNS, (stream_id,)
+                )
+                if not rows:
+                    return None
+                record = _record(rows[0])
+                if not record.owns_queue:
+                    return Deletion(record, QueueFate())
+                session.lock(record.routing_key)
+                heir = _make_heir(session, record.routing_key)
+                if heir is not None:
+                    return Deletion(record, QueueFate(heir=heir))
+                _add_pending(session, record.routing_key)
+                return Deletion(record, QueueFate(delete=True))
+
+        return await self._run(remove)
+
+    async def add_pending_queue_deletion(self, routing_key: str) -> None:
+        """Record that the queue of ``routing_key`` is the service's to delete."""
+
+        def insert(session: Session) -> None:
+            with session.transaction():
+                _add_pending(session, routing_key)
+
+        await self._run(insert)
+
+    async def pending_queue_deletions(self) -> builtins.list[str]:
+        """Routing keys whose queues still await deletion, oldest first."""
+
+        def select(session: Session) -> builtins.list[str]:
+            rows = session.execute("SELECT routing_key FROM pending_queue_deletions ORDER BY id")
+            return [str(row[0]) for row in rows]
+
+        return await self._run(select)
+
+    async def decide_pending_deletion(self, routing_key: str) -> QueueFate:
+        """Keep the queue for a stream of the key, or confirm its deletion."""
+
+        def decide(session: Session) -> QueueFate:
+            with session.transaction():
+                session.lock(routing_key)
+                rows = session.execute(
+                    "SELECT 1 FROM pending_queue_deletions WHERE routing_key = ?", (routing_key,)
+                )
+                if not rows:
+                    return QueueFate()
+                heir = _make_heir(session, routing_key)
+                if heir is None:
+                    return QueueFate(delete=True)
+                _remove_pending(session, routing_key)
+                return QueueFate(heir=heir)
+
+        return await self._run(decide)
+
+    async def remove_pending_queue_deletion(self, routing_key: str) -> None:
+        """Forget a pending deletion (done, or the queue was never ours)."""
+
+        def delete(session: Session) -> None:
+            with session.transaction():
+                _remove_pending(session, routing_key)
+
+        await self._run(delete)
+
+    async def list(self) -> builtins.list[StreamRecord]:
+        """Every event stream, ordered by id."""
+
+        def select(session: Session) -> builtins.list[StreamRecord]:
+            return [_record(row) for row in session.execute(_SELECT + " ORDER BY id")]
+
+        return await self._run(select)
