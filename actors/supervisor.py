@@ -279,7 +279,8 @@ class Supervisor:
             try:
                 pending = await self._registry.pending_queue_deletions()
             except RegistryUnavailable as error:
-                log.info("pending queue deletions wait for the registry: %s", error)
+                if backoff.attempts == 0:
+                    log.info("pending queue deletions wait for the registry: %s", error)
             else:
                 self._pending_count = len(pending)
                 if not pending:

@@ -99,8 +99,15 @@ _DEFAULTS = {
     "keepalives_count": "3",
     "application_name": "event-stream-service",
 }
-#: FATAL errors at connect that pass: the server is starting, stopping or full.
-_TRANSIENT = ("starting up", "shutting down", "in recovery", "too many", "connection slots")
+#: FATAL errors at connect that pass: the server is starting, stopping, full or closed for now.
+_TRANSIENT = (
+    "starting up",
+    "shutting down",
+    "in recovery",
+    "too many",
+    "connection slots",
+    "not currently accepting",
+)
 
 
 def is_postgres_url(database: str) -> bool:

@@ -18,7 +18,9 @@ import trio
 
 from actors.adapters.sql_registry import RegistryClosedError, RegistryOpenError
 from actors.adapters.sqlite_registry import SCHEMA_VERSION, SQLiteRegistry
-from actors.ports.registry import Deletion, QueueFate, Registry, RegistryUnavailable, StreamRecord
+from actors.ports.registry import Registry, RegistryUnavailable, StreamRecord
+from ess.errors import StartupError
+from ess.registry_factory import open_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -46,77 +48,21 @@ async def test_unwritable_database_raises_unavailable_until_writable(tmp_path: P
         assert not registry.connection.in_transaction
 
 
-async def test_uuid_is_a_v4_uuid(tmp_path: Path) -> None:
-    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-        record = await registry.create("k", owns_queue=True)
-    assert len(record.uuid) == 36 and record.uuid[14] == "4"
-
-
-async def test_ids_never_reused(tmp_path: Path) -> None:
+async def test_two_processes_share_one_file(tmp_path: Path) -> None:
+    # Two connections, as two processes on one host have: ids stay unique and
+    # each sees the other's records (WAL, BEGIN IMMEDIATE, busy timeout).
     path = tmp_path / "r.db"
-    async with SQLiteRegistry.open(path) as registry:
-        for _ in range(3):
-            await registry.create("k", owns_queue=False)
-        await registry.delete(3)  # the highest
-        assert (await registry.create("k", owns_queue=False)).id == 4
-        await registry.delete(4)
-        await registry.delete(2)
-    async with SQLiteRegistry.open(path) as registry:  # nor across restarts
-        assert (await registry.create("k", owns_queue=False)).id == 5
-        assert [r.id for r in await registry.list()] == [1, 5]
+    made: list[StreamRecord] = []
+    async with SQLiteRegistry.open(path) as one, SQLiteRegistry.open(path) as two:
 
+        async def make(registry: SQLiteRegistry, i: int) -> None:
+            made.append(await registry.create(f"k{i % 2}", owns_queue=False))
 
-async def test_records_survive_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "dirs" / "r.db"  # parents are created
-    async with SQLiteRegistry.open(path) as registry:
-        created = [await registry.create(f"k{i}", owns_queue=i % 2 == 0) for i in range(5)]
-        await registry.add_pending_queue_deletion("gone")
-    async with SQLiteRegistry.open(path) as registry:
-        assert await registry.list() == created
-        assert await registry.pending_queue_deletions() == ["gone"]
-
-
-@pytest.mark.parametrize(
-    "routing_key",
-    [
-        "'; DROP TABLE streams; --",
-        "Robert'); DROP TABLE streams;--",
-        "\"double\" and 'single' quotes",
-        "back\\slash % _ wildcard ? :name @p $1",
-        "unicode: évènement 事件 🚀",
-        "é" * 127 + "x",  # 255 UTF-8 bytes
-        "x" * 255,
-        "with spaces and.dots#and*stars",
-    ],
-)
-async def test_routing_keys_stored_verbatim(tmp_path: Path, routing_key: str) -> None:
-    path = tmp_path / "r.db"
-    async with SQLiteRegistry.open(path) as registry:
-        record = await registry.create(routing_key, owns_queue=True)
-        await registry.add_pending_queue_deletion(routing_key)
-    async with SQLiteRegistry.open(path) as registry:
-        assert await registry.list() == [record]
-        assert (await registry.list())[0].routing_key == routing_key
-        assert await registry.pending_queue_deletions() == [routing_key]
-        await registry.remove_pending_queue_deletion(routing_key)
-        assert await registry.pending_queue_deletions() == []
-        assert (await registry.delete(record.id)) == Deletion(record, QueueFate(delete=True))
-    # The tables are all still there.
-    with sqlite3.connect(path) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"streams", "pending_queue_deletions"} <= tables
-
-
-async def test_pending_deletions(tmp_path: Path) -> None:
-    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-        assert await registry.pending_queue_deletions() == []
-        await registry.add_pending_queue_deletion("b")
-        await registry.add_pending_queue_deletion("a")
-        await registry.add_pending_queue_deletion("b")  # idempotent
-        assert await registry.pending_queue_deletions() == ["b", "a"]  # oldest first
-        await registry.remove_pending_queue_deletion("b")
-        await registry.remove_pending_queue_deletion("unknown")  # no-op
-        assert await registry.pending_queue_deletions() == ["a"]
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(make, one if i % 2 else two, i)
+        assert len({r.id for r in made}) == 20
+        assert await one.list() == await two.list() == sorted(made, key=lambda r: r.id)
 
 
 async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
@@ -166,20 +112,6 @@ async def test_calls_after_close_raise(tmp_path: Path) -> None:
         pass
     with pytest.raises(RegistryClosedError):
         await registry.list()
-
-
-async def test_concurrent_calls_are_serialised(tmp_path: Path) -> None:
-    results: list[StreamRecord] = []
-    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-
-        async def make(i: int) -> None:
-            results.append(await registry.create(f"k{i}", owns_queue=False))
-
-        async with trio.open_nursery() as nursery:
-            for i in range(20):
-                nursery.start_soon(make, i)
-        assert sorted(r.id for r in results) == list(range(1, 21))
-        assert len(await registry.list()) == 20
 
 
 async def test_cancelled_caller_leaves_registry_usable(tmp_path: Path) -> None:
@@ -235,3 +167,17 @@ def test_acknowledged_create_survives_sigkill(tmp_path: Path) -> None:
     assert record.uuid == stream_uuid
     assert record.routing_key == "kill-9 key"
     assert record.owns_queue is True
+
+
+async def test_corrupt_file_stops_start_up_with_one_line_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(StartupError) as caught:
+            async with open_registry(path, nursery):
+                pass
+    message = str(caught.value)
+    assert message.startswith("ESS_DATABASE: cannot open the registry database")
+    assert str(path) in message and "\n" not in message
