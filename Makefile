@@ -1,12 +1,12 @@
 # Two commands do all the setup on a fresh machine:
 #   make run    -- install and run the service against the local RabbitMQ
-#   make test   -- install, make sure RabbitMQ is up, run the whole suite
+#   make test   -- install, make sure RabbitMQ and PostgreSQL are up, run the whole suite
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench rabbitmq chromium clean
+.PHONY: run test test-fast lint bench rabbitmq postgres chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,17 +17,20 @@ $(STAMP): pyproject.toml
 rabbitmq:
 	scripts/ensure-rabbitmq.sh
 
+postgres:
+	scripts/ensure-postgres.sh
+
 chromium:
 	scripts/ensure-chromium.sh
 
 run: $(STAMP) rabbitmq
 	$(BIN)/ess serve
 
-test: $(STAMP) rabbitmq chromium
+test: $(STAMP) rabbitmq postgres chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Skips the long fault/load tests marked `slow`.
-test-fast: $(STAMP) rabbitmq
+test-fast: $(STAMP) rabbitmq postgres
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 lint: $(STAMP)
