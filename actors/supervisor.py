@@ -176,6 +176,8 @@ class Supervisor:
                     await self._undo_declare(routing_key)
                 raise
             self._add(record)
+            if created:
+                await self._ensure_again(routing_key)
         log.info(
             "stream=%d created routing_key=%r owns_queue=%s",
             record.id,
@@ -183,6 +185,20 @@ class Supervisor:
             record.owns_queue,
         )
         return record
+
+    async def _ensure_again(self, routing_key: str) -> None:
+        """Make sure the queue this call declared still exists, now that the stream owns it.
+
+        Another replica's pending-deletion retry may have taken our intent
+        for a crashed POST and deleted the queue before our record claimed
+        it (see :mod:`actors.ports.registry`); declaring it again closes that
+        window. The stream is recorded already: a failure here is logged, and
+        the queue is declared again by the next POST of the key.
+        """
+        try:
+            await self._broker.ensure_stream(routing_key)
+        except BrokerError as error:
+            log.warning("could not check the queue of %r again: %s", routing_key, error)
 
     async def _undo_declare(self, routing_key: str) -> None:
         """The queue this call declared is not recorded: delete it again, shielded, bounded.
@@ -308,15 +324,22 @@ class Supervisor:
         The registry decides, in one transaction, whether a stream of the key
         exists (it then keeps and owns the queue) or the queue goes; only
         then the broker deletes it, and only after that the pending deletion
-        is forgotten.
+        is forgotten. If another replica recorded a stream of the key while
+        the broker was deleting, the queue is declared again for it.
         """
         try:
             fate = await self._registry.decide_pending_deletion(routing_key)
             self._adopt(fate)
             if fate.delete:
                 await self._broker.delete_stream(routing_key)
-                await self._registry.remove_pending_queue_deletion(routing_key)
-                log.info("deleted the queue of %r", routing_key)
+                if await self._registry.complete_pending_deletion(routing_key):
+                    # Another replica recorded a stream of the key meanwhile.
+                    await self._broker.ensure_stream(routing_key)
+                    log.info(
+                        "queue of %r declared again for a stream created meanwhile", routing_key
+                    )
+                else:
+                    log.info("deleted the queue of %r", routing_key)
         except (BrokerError, RegistryUnavailable) as error:
             log.warning("queue of %r not deleted yet (%s): will retry", routing_key, error)
             return False

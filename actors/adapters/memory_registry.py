@@ -83,11 +83,7 @@ class MemoryRegistry:
             return None
         if not record.owns_queue:
             return Deletion(record, QueueFate())
-        heir = self._make_heir(record.routing_key)
-        if heir is None:
-            self._add_pending(record.routing_key)
-            return Deletion(record, QueueFate(delete=True))
-        return Deletion(record, QueueFate(heir=heir))
+        return Deletion(record, self._release(record.routing_key))
 
     async def add_pending_queue_deletion(self, routing_key: str) -> None:
         await self._call()
@@ -101,11 +97,16 @@ class MemoryRegistry:
         await self._call()
         if routing_key not in self._pending:
             return QueueFate()
-        heir = self._make_heir(routing_key)
-        if heir is None:
-            return QueueFate(delete=True)
-        self._pending.remove(routing_key)
-        return QueueFate(heir=heir)
+        fate = self._release(routing_key)
+        if fate.heir is not None:
+            self._pending.remove(routing_key)
+        return fate
+
+    async def complete_pending_deletion(self, routing_key: str) -> bool:
+        await self._call()
+        if routing_key in self._pending:
+            self._pending.remove(routing_key)
+        return any(r.routing_key == routing_key for r in self._records.values())
 
     async def remove_pending_queue_deletion(self, routing_key: str) -> None:
         await self._call()
@@ -118,11 +119,12 @@ class MemoryRegistry:
         if routing_key not in self._pending:
             self._pending.append(routing_key)
 
-    def _make_heir(self, routing_key: str) -> StreamRecord | None:
-        """The oldest stream of ``routing_key``, made the queue's owner (``None``: none)."""
+    def _release(self, routing_key: str) -> QueueFate:
+        """The owner left: the oldest stream of the key owns the queue, or it is to go."""
         heirs = [r for r in self._records.values() if r.routing_key == routing_key]
         if not heirs:
-            return None
+            self._add_pending(routing_key)
+            return QueueFate(delete=True)
         heir = replace(min(heirs, key=lambda r: r.id), owns_queue=True)
         self._records[heir.id] = heir
-        return heir
+        return QueueFate(heir=heir)

@@ -51,6 +51,7 @@ from actors.adapters.sql_registry import (
     Session,
     SQLRegistry,
     migrate,
+    schema_version_1,
 )
 from actors.backoff import Backoff, BackoffPolicy
 from actors.ports.registry import RegistryUnavailable
@@ -64,24 +65,10 @@ _T = TypeVar("_T")
 #: Each entry migrates the schema from version ``index`` to ``index + 1``.
 #: Append new steps; never edit a released one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE streams (
-            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            uuid        TEXT             NOT NULL UNIQUE,
-            routing_key TEXT             NOT NULL,
-            owns_queue  BOOLEAN          NOT NULL,
-            created_at  DOUBLE PRECISION NOT NULL
-        )
-        """,
-        "CREATE INDEX streams_routing_key ON streams (routing_key)",
-        """
-        CREATE TABLE pending_queue_deletions (
-            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            routing_key TEXT             NOT NULL UNIQUE,
-            added_at    DOUBLE PRECISION NOT NULL
-        )
-        """,
+    schema_version_1(
+        identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        boolean="BOOLEAN NOT NULL",
+        real="DOUBLE PRECISION",
     ),
 )
 

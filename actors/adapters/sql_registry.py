@@ -39,6 +39,7 @@ __all__ = [
     "SQLRegistry",
     "Session",
     "migrate",
+    "schema_version_1",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,17 @@ def _record(row: tuple[Any, ...]) -> StreamRecord:
     )
 
 
-def _make_heir(session: Session, routing_key: str) -> StreamRecord | None:
-    """The oldest stream of ``routing_key``, made the queue's owner (``None``: none left)."""
+def _release(session: Session, routing_key: str) -> QueueFate:
+    """The owner left (key locked): the oldest stream of the key owns the queue, or it is to go."""
     rows = session.execute(
         "UPDATE streams SET owns_queue = ? WHERE id = "
         "(SELECT MIN(id) FROM streams WHERE routing_key = ?) RETURNING " + _COLUMNS,
         (True, routing_key),
     )
-    return _record(rows[0]) if rows else None
+    if rows:
+        return QueueFate(heir=_record(rows[0]))
+    _add_pending(session, routing_key)
+    return QueueFate(delete=True)
 
 
 def _add_pending(session: Session, routing_key: str) -> None:
@@ -113,6 +117,33 @@ def _remove_pending(session: Session, routing_key: str) -> bool:
         (routing_key,),
     )
     return bool(rows)
+
+
+def schema_version_1(*, identity: str, boolean: str, real: str) -> tuple[str, ...]:
+    """Version 1 of the schema in a dialect's column types (released: never edit).
+
+    ``identity`` is an id column whose values are never handed out twice,
+    even after the highest row is deleted.
+    """
+    return (
+        f"""
+        CREATE TABLE streams (
+            id          {identity},
+            uuid        TEXT NOT NULL UNIQUE,
+            routing_key TEXT NOT NULL,
+            owns_queue  {boolean},
+            created_at  {real} NOT NULL
+        )
+        """,
+        "CREATE INDEX streams_routing_key ON streams (routing_key)",
+        f"""
+        CREATE TABLE pending_queue_deletions (
+            id          {identity},
+            routing_key TEXT NOT NULL UNIQUE,
+            added_at    {real} NOT NULL
+        )
+        """,
+    )
 
 
 def migrate(
@@ -219,11 +250,7 @@ class SQLRegistry(abc.ABC):
                 if not record.owns_queue:
                     return Deletion(record, QueueFate())
                 session.lock(record.routing_key)
-                heir = _make_heir(session, record.routing_key)
-                if heir is not None:
-                    return Deletion(record, QueueFate(heir=heir))
-                _add_pending(session, record.routing_key)
-                return Deletion(record, QueueFate(delete=True))
+                return Deletion(record, _release(session, record.routing_key))
 
         return await self._run(remove)
 
@@ -256,16 +283,29 @@ class SQLRegistry(abc.ABC):
                 )
                 if not rows:
                     return QueueFate()
-                heir = _make_heir(session, routing_key)
-                if heir is None:
-                    return QueueFate(delete=True)
-                _remove_pending(session, routing_key)
-                return QueueFate(heir=heir)
+                fate = _release(session, routing_key)
+                if fate.heir is not None:
+                    _remove_pending(session, routing_key)
+                return fate
 
         return await self._run(decide)
 
+    async def complete_pending_deletion(self, routing_key: str) -> bool:
+        """Forget the pending deletion; whether a stream of the key was recorded meanwhile."""
+
+        def complete(session: Session) -> bool:
+            with session.transaction():
+                session.lock(routing_key)
+                _remove_pending(session, routing_key)
+                rows = session.execute(
+                    "SELECT 1 FROM streams WHERE routing_key = ? LIMIT 1", (routing_key,)
+                )
+            return bool(rows)
+
+        return await self._run(complete)
+
     async def remove_pending_queue_deletion(self, routing_key: str) -> None:
-        """Forget a pending deletion (done, or the queue was never ours)."""
+        """Forget a pending deletion (the queue was never ours)."""
 
         def delete(session: Session) -> None:
             with session.transaction():

@@ -60,6 +60,7 @@ from actors.adapters.sql_registry import (
     Session,
     SQLRegistry,
     migrate,
+    schema_version_1,
 )
 from actors.ports.registry import RegistryUnavailable
 
@@ -72,24 +73,10 @@ _T = TypeVar("_T")
 #: Each entry migrates the schema from version ``index`` to ``index + 1``.
 #: Append new steps; never edit a released one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE streams (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
-            uuid        TEXT    NOT NULL UNIQUE,
-            routing_key TEXT    NOT NULL,
-            owns_queue  INTEGER NOT NULL CHECK (owns_queue IN (0, 1)),
-            created_at  REAL    NOT NULL
-        )
-        """,
-        "CREATE INDEX streams_routing_key ON streams (routing_key)",
-        """
-        CREATE TABLE pending_queue_deletions (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
-            routing_key TEXT    NOT NULL UNIQUE,
-            added_at    REAL    NOT NULL
-        )
-        """,
+    schema_version_1(
+        identity="INTEGER PRIMARY KEY AUTOINCREMENT",
+        boolean="INTEGER NOT NULL CHECK (owns_queue IN (0, 1))",
+        real="REAL",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -18,8 +18,16 @@ an event stream of the key claims it". It is written
 
 and it is removed by :meth:`Registry.create` (the new stream owns the
 queue), by :meth:`Registry.decide_pending_deletion` when a stream of the key
-exists, or once the broker deleted the queue. Each of these decisions is one
-registry transaction.
+exists, or by :meth:`Registry.complete_pending_deletion` once the broker
+deleted the queue. Each of these decisions is one registry transaction.
+
+The broker's deletion itself cannot be part of a registry transaction, so
+another replica may record a stream of the key while the queue is being
+deleted. :meth:`Registry.complete_pending_deletion` tells the deleting
+replica so (it then declares the queue again), and a replica that declared
+a queue for a new stream ensures it once more after recording the stream:
+whichever order the steps of two replicas take, a recorded stream is left
+with its queue.
 """
 
 from __future__ import annotations
@@ -133,6 +141,15 @@ class Registry(Protocol):
         """
         ...
 
+    async def complete_pending_deletion(self, routing_key: str) -> bool:
+        """The broker deleted the queue: forget its pending deletion, in one transaction.
+
+        Returns ``True`` if a stream of the key is recorded now (another
+        replica recorded it while the queue was being deleted): the caller
+        declares the queue again.
+        """
+        ...
+
     async def remove_pending_queue_deletion(self, routing_key: str) -> None:
-        """Forget a pending deletion (the queue was deleted, or was never ours)."""
+        """Forget a pending deletion without deleting anything (the queue was never ours)."""
         ...

@@ -11,6 +11,8 @@ backend goes away. Adapter-specific behaviour is tested beside each adapter
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -202,6 +204,21 @@ async def test_decide_keeps_the_queue_of_a_stream_of_the_key(registry_backend: B
         assert await registry.get(stream.id) == heir
 
 
+async def test_complete_pending_deletion_says_whether_a_stream_came_meanwhile(
+    registry_backend: Backend,
+) -> None:
+    async with registry_backend.open() as registry:
+        await registry.add_pending_queue_deletion("rk")
+        assert await registry.complete_pending_deletion("rk") is False
+        assert await registry.pending_queue_deletions() == []
+        await registry.add_pending_queue_deletion("rk")
+        assert await registry.decide_pending_deletion("rk") == QueueFate(delete=True)
+        newcomer = await registry.create("rk", owns_queue=False)  # while the broker deletes
+        assert newcomer.owns_queue
+        assert await registry.complete_pending_deletion("rk") is True
+        assert await registry.pending_queue_deletions() == []
+
+
 async def test_concurrent_calls_all_land(registry_backend: Backend) -> None:
     results: list[StreamRecord] = []
     async with registry_backend.open() as registry:
@@ -283,22 +300,26 @@ async def test_postgres_connects_in_the_background_once_it_accepts(
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("database", "reason"),
     [
-        "postgresql://postgres:s3cret-pw@127.0.0.1:5432/no_such_database_for_ess",
-        "postgres://no_such_role:s3cret-pw@127.0.0.1:5432/test",
+        ("postgresql://postgres:s3cret-pw@127.0.0.1:5432/no_such_db_for_ess", "does not exist"),
+        ("postgres://no_such_role:s3cret-pw@127.0.0.1:5432/test", "does not exist"),
+        ("corrupt.db", "file is not a database"),
     ],
 )
-async def test_bad_postgres_url_stops_start_up_with_one_line(
-    url: str, postgres_database: str
+async def test_a_registry_that_cannot_be_opened_stops_start_up_with_one_line(
+    database: str, reason: str, tmp_path: Path, postgres_database: str
 ) -> None:
+    if not database.startswith("postgres"):
+        (tmp_path / database).write_bytes(b"this is not sqlite" * 100)
+        database = str(tmp_path / database)
     async with trio.open_nursery() as nursery:
         with pytest.raises(StartupError) as caught:
-            async with open_registry(url, nursery):
+            async with open_registry(database, nursery):
                 pass
     message = str(caught.value)
     assert message.startswith("ESS_DATABASE: ")
-    assert "does not exist" in message
+    assert reason in message
     assert "s3cret-pw" not in message and "\n" not in message
 
 
@@ -320,8 +341,6 @@ async def test_replicas_starting_together_migrate_once(postgres_database: str) -
 
 
 def test_a_postgres_url_folded_by_pathlib_is_restored() -> None:
-    from pathlib import Path
-
     assert database_url(Path("postgresql://u@h:5432/db")) == "postgresql://u@h:5432/db"
     assert database_url(Path("postgres://u@h/db")) == "postgres://u@h/db"
     assert database_url(Path("./data/event-streams.db")) == "data/event-streams.db"

@@ -34,6 +34,7 @@ class StepBroker(MemoryBroker):
         self.stall_bind = False
         self.declared_meanwhile = False
         self.bind_reached = trio.Event()
+        self.bind_released = trio.Event()
         self.stall_delete = False
         self.delete_reached = trio.Event()
         self.delete_released = trio.Event()
@@ -48,7 +49,7 @@ class StepBroker(MemoryBroker):
         created = await super().ensure_stream(routing_key, on_declare=on_declare)
         self.bind_reached.set()
         if self.stall_bind:
-            await trio.sleep_forever()
+            await self.bind_released.wait()
         if self.fail_bind:
             raise BrokerUnavailable("the bind timed out")
         return created
@@ -67,42 +68,29 @@ class FailingCreateRegistry(MemoryRegistry):
         raise RegistryUnavailable("disk full")
 
 
-async def test_bind_failing_after_the_declare_deletes_the_queue(
-    autojump_clock: MockClock,
+@pytest.mark.parametrize("failure", ["the bind fails", "the registry fails", "the caller hangs up"])
+async def test_a_failure_after_the_declare_deletes_the_queue_again(
+    autojump_clock: MockClock, failure: str
 ) -> None:
     broker = StepBroker()
-    broker.fail_bind = True
-    async with running(broker=broker) as h:
-        with pytest.raises(BrokerUnavailable):
-            await h.stream("rk")
-        assert not broker.has_stream("rk")
-        assert broker.deleted_streams == ["rk"]
-        assert await h.registry.pending_queue_deletions() == []
-        assert await h.registry.list() == []
+    broker.fail_bind = failure == "the bind fails"
+    broker.stall_bind = failure == "the caller hangs up"
+    registry = FailingCreateRegistry() if failure == "the registry fails" else MemoryRegistry()
+    async with running(broker=broker, registry=registry) as h:
 
+        async def post() -> None:
+            with pytest.raises((BrokerUnavailable, RegistryUnavailable)):
+                await h.stream("rk")
 
-async def test_registry_failing_to_record_deletes_the_queue(autojump_clock: MockClock) -> None:
-    broker = StepBroker()
-    async with running(broker=broker, registry=FailingCreateRegistry()) as h:
-        with pytest.raises(RegistryUnavailable):
-            await h.stream("rk")
-        assert not broker.has_stream("rk")
-        assert await h.registry.pending_queue_deletions() == []
-
-
-async def test_cancelled_post_after_the_declare_deletes_the_queue(
-    autojump_clock: MockClock,
-) -> None:
-    broker = StepBroker()
-    broker.stall_bind = True
-    async with running(broker=broker) as h:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.stream, "rk")
-            await broker.bind_reached.wait()
-            nursery.cancel_scope.cancel()  # the caller hung up
+            nursery.start_soon(post)
+            if broker.stall_bind:
+                await broker.bind_reached.wait()
+                nursery.cancel_scope.cancel()
+        assert broker.deleted_streams == ["rk"]
         assert not broker.has_stream("rk")
-        assert await h.registry.pending_queue_deletions() == []
-        assert await h.registry.list() == []
+        assert await registry.pending_queue_deletions() == []
+        assert await registry.list() == []
 
 
 async def test_crash_after_the_declare_is_cleaned_up_by_the_next_start(
@@ -235,3 +223,53 @@ async def test_streams_are_restored_once_the_registry_is_reachable(
         ws = await h.open(record)
         await h.publish("a", "x")
         await ws.wait_frames(1)
+
+
+async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_keeps_its_queue(
+    autojump_clock: MockClock,
+) -> None:
+    broker = StepBroker()
+    registry = MemoryRegistry()
+    async with running(broker=broker, registry=registry) as one:
+        last = await one.stream("rk")
+        broker.stall_delete = True
+        one.nursery.start_soon(one.supervisor.delete_stream, last.id)
+        await broker.delete_reached.wait()  # replica one decided: the queue goes
+        async with running(broker=broker, registry=registry) as two:
+            newcomer = await two.stream("rk")  # the queue still exists: claimed
+            assert newcomer.owns_queue
+            broker.stall_delete = False
+            broker.delete_released.set()
+            await settle()
+            assert broker.deleted_streams == ["rk"]
+            assert broker.has_stream("rk") and broker.is_bound("rk")  # declared again
+            assert await registry.pending_queue_deletions() == []
+            ws = await two.open(newcomer)
+            await two.publish("rk", "x")
+            await ws.wait_frames(1)
+
+
+async def test_a_post_whose_intent_another_replica_cleaned_up_keeps_its_queue(
+    autojump_clock: MockClock,
+) -> None:
+    broker = StepBroker()
+    registry = MemoryRegistry()
+    broker.stall_bind = True
+    async with running(broker=broker, registry=registry) as slow:
+        created: list[StreamRecord] = []
+
+        async def post() -> None:
+            created.append(await slow.stream("rk"))
+
+        slow.nursery.start_soon(post)
+        await broker.bind_reached.wait()
+        # Another replica starts and takes the intent for a crashed POST's.
+        async with running(broker=broker, registry=registry):
+            with trio.fail_after(WAIT):
+                await broker.wait_deleted("rk")
+        broker.stall_bind = False
+        broker.bind_released.set()
+        await settle()
+        [record] = created
+        assert record.owns_queue
+        assert broker.has_stream("rk")  # declared again once the stream was recorded

@@ -19,8 +19,6 @@ import trio
 from actors.adapters.sql_registry import RegistryClosedError, RegistryOpenError
 from actors.adapters.sqlite_registry import SCHEMA_VERSION, SQLiteRegistry
 from actors.ports.registry import Registry, RegistryUnavailable, StreamRecord
-from ess.errors import StartupError
-from ess.registry_factory import open_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -167,17 +165,3 @@ def test_acknowledged_create_survives_sigkill(tmp_path: Path) -> None:
     assert record.uuid == stream_uuid
     assert record.routing_key == "kill-9 key"
     assert record.owns_queue is True
-
-
-async def test_corrupt_file_stops_start_up_with_one_line_naming_the_variable(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "junk.db"
-    path.write_bytes(b"this is not sqlite" * 100)
-    async with trio.open_nursery() as nursery:
-        with pytest.raises(StartupError) as caught:
-            async with open_registry(path, nursery):
-                pass
-    message = str(caught.value)
-    assert message.startswith("ESS_DATABASE: cannot open the registry database")
-    assert str(path) in message and "\n" not in message
