@@ -37,7 +37,7 @@ def database_url(database: str | PathLike[str]) -> str:
 async def open_registry(
     database: str | PathLike[str], nursery: trio.Nursery
 ) -> AsyncIterator[SQLRegistry]:
-    """Open the registry ``ESS_DATABASE`` names; PostgreSQL keeps its connection in ``nursery``.
+    """Open the registry ``ESS_DATABASE`` names; its background checks run in ``nursery``.
 
     Raises :class:`StartupError` when it cannot be opened at all (corrupt
     file, bad credentials, unknown database, newer schema). An unreachable
@@ -50,7 +50,7 @@ async def open_registry(
         if is_postgres_url(text):
             opened = PostgresRegistry.open(text, nursery)
         else:
-            opened = SQLiteRegistry.open(text)
+            opened = SQLiteRegistry.open(text, nursery)
         async with opened as registry:
             yield registry
     except RegistryOpenError as error:

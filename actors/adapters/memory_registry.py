@@ -46,12 +46,18 @@ class MemoryRegistry:
     def available(self) -> bool:
         return self._available
 
-    async def _call(self) -> None:
-        """A checkpoint, then the outcome a real backend would have now."""
+    async def _call(self, *, writes: bool = True) -> None:
+        """A checkpoint, then the outcome a real backend would have now.
+
+        As for the SQL adapters, only a write makes the registry available
+        again: a read proves nothing about writing.
+        """
         await trio.lowlevel.checkpoint()
-        self._available = self._reachable
         if not self._reachable:
+            self._available = False
             raise RegistryUnavailable("the memory registry is unavailable")
+        if writes:
+            self._available = True
 
     async def create(self, routing_key: str, *, owns_queue: bool) -> StreamRecord:
         await self._call()
@@ -69,11 +75,11 @@ class MemoryRegistry:
         return record
 
     async def get(self, stream_id: int) -> StreamRecord | None:
-        await self._call()
+        await self._call(writes=False)
         return self._records.get(stream_id)
 
     async def list(self) -> builtins.list[StreamRecord]:
-        await self._call()
+        await self._call(writes=False)
         return [self._records[key] for key in sorted(self._records)]
 
     async def delete(self, stream_id: int) -> Deletion | None:
@@ -90,7 +96,7 @@ class MemoryRegistry:
         self._add_pending(routing_key)
 
     async def pending_queue_deletions(self) -> builtins.list[str]:
-        await self._call()
+        await self._call(writes=False)
         return list(self._pending)
 
     async def decide_pending_deletion(self, routing_key: str) -> QueueFate:

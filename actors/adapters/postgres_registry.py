@@ -24,9 +24,10 @@ available, and connects in the background with backoff. A call while it is
 not connected, or one that fails, raises
 :class:`~actors.ports.registry.RegistryUnavailable`; a broken connection is
 dropped and made again in the background, so calls work again without a
-restart. While connected, an idle connection is checked every
-:data:`CHECK_INTERVAL` seconds, so ``/health/ready`` notices an outage even
-when no call is made. TCP keepalives bound how long a call can hang on a
+restart. While connected, the connection is checked every
+:data:`~actors.adapters.sql_registry.CHECK_INTERVAL` seconds
+(:meth:`SQLRegistry.check`), so ``/health/ready`` notices an outage, and its
+end, even when no call is made. TCP keepalives bound how long a call can hang on a
 peer that vanished.
 
 Bad configuration. Credentials refused or an unknown database (the server
@@ -46,6 +47,8 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from actors.adapters.sql_registry import (
+    CHECK_INTERVAL,
+    Dialect,
     RegistryClosedError,
     RegistryOpenError,
     Session,
@@ -56,7 +59,7 @@ from actors.adapters.sql_registry import (
 from actors.backoff import Backoff, BackoffPolicy
 from actors.ports.registry import RegistryUnavailable
 
-__all__ = ["MIGRATIONS", "PostgresRegistry", "is_postgres_url"]
+__all__ = ["DIALECT", "MIGRATIONS", "PostgresRegistry", "is_postgres_url"]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-#: Seconds between checks of an idle connection.
-CHECK_INTERVAL = 5.0
 #: Reconnection pauses while PostgreSQL is unreachable.
 RECONNECT = BackoffPolicy(initial=0.5, maximum=10.0)
 
@@ -139,6 +140,9 @@ def _write_version(session: Session, version: int) -> None:
     session.execute("UPDATE schema_version SET version = ?", (version,))
 
 
+DIALECT = Dialect(MIGRATIONS, _read_version, _write_version)
+
+
 class PostgresRegistry(SQLRegistry):
     """Durable event-stream records in a PostgreSQL database.
 
@@ -149,7 +153,7 @@ class PostgresRegistry(SQLRegistry):
 
     def __init__(self, url: str, policy: BackoffPolicy = RECONNECT) -> None:
         """Prefer :meth:`open`; this connects nothing yet."""
-        super().__init__()
+        super().__init__(DIALECT)
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
@@ -232,10 +236,7 @@ class PostgresRegistry(SQLRegistry):
             with trio.move_on_after(CHECK_INTERVAL):
                 await self._lost.wait()
             if not self._lost.is_set():
-                try:
-                    await self._run(lambda session: session.execute("SELECT 1"))
-                except RegistryUnavailable as error:
-                    log.warning("registry connection check failed: %s", error)
+                await self.check()
         self._lost = trio.Event()
 
     def _connect(self) -> _PostgresSession:
@@ -251,13 +252,7 @@ class PostgresRegistry(SQLRegistry):
             raise RegistryOpenError(f"cannot connect to {self._where}: {_one_line(exc)}") from exc
         session = _PostgresSession(conn)
         try:
-            migrate(
-                session,
-                MIGRATIONS,
-                read_version=_read_version,
-                write_version=_write_version,
-                where=f"registry {self._where}",
-            )
+            migrate(session, DIALECT, where=f"registry {self._where}")
         except BaseException as exc:
             conn.close()
             if isinstance(exc, psycopg.OperationalError):

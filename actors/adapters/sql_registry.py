@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import abc
 import builtins
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+import trio
 
 from actors.ports.registry import (
     Deletion,
@@ -34,6 +38,8 @@ from actors.ports.registry import (
 )
 
 __all__ = [
+    "CHECK_INTERVAL",
+    "Dialect",
     "RegistryClosedError",
     "RegistryOpenError",
     "SQLRegistry",
@@ -48,6 +54,8 @@ _T = TypeVar("_T")
 
 #: The lock key that serialises schema migrations of replicas starting together.
 SCHEMA_LOCK = "ess registry schema"
+#: Seconds between availability checks (see :meth:`SQLRegistry.check`).
+CHECK_INTERVAL = 5.0
 
 _COLUMNS = "id, uuid, routing_key, owns_queue, created_at"
 _SELECT = f"SELECT {_COLUMNS} FROM streams"
@@ -146,35 +154,41 @@ def schema_version_1(*, identity: str, boolean: str, real: str) -> tuple[str, ..
     )
 
 
-def migrate(
-    session: Session,
-    migrations: Sequence[Sequence[str]],
-    *,
-    read_version: Callable[[Session], int],
-    write_version: Callable[[Session, int], None],
-    where: str,
-) -> None:
-    """Bring the schema to ``len(migrations)`` in one transaction, replica-safe.
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the SQL backends besides the connection: the schema's versions.
 
     ``migrations[n]`` takes the schema from version ``n`` to ``n + 1``;
-    append steps, never edit a released one. The schema lock makes replicas
-    that start together migrate one after the other: the second finds the
-    work done.
+    append steps, never edit a released one. ``read_version`` and
+    ``write_version`` keep the version number (SQLite: ``PRAGMA
+    user_version``; PostgreSQL: a ``schema_version`` table).
     """
-    target = len(migrations)
+
+    migrations: tuple[tuple[str, ...], ...]
+    read_version: Callable[[Session], int]
+    write_version: Callable[[Session, int], None]
+
+
+def migrate(session: Session, dialect: Dialect, *, where: str) -> None:
+    """Bring the schema to the dialect's latest version in one transaction, replica-safe.
+
+    The schema lock makes replicas that start together migrate one after
+    the other: the second finds the work done.
+    """
+    target = len(dialect.migrations)
     with session.transaction():
         session.lock(SCHEMA_LOCK)
-        version = read_version(session)
+        version = dialect.read_version(session)
         if version > target:
             raise RegistryOpenError(
                 f"{where} has schema version {version}, newer than this service "
                 f"supports ({target}); upgrade the service"
             )
-        for step in migrations[version:]:
+        for step in dialect.migrations[version:]:
             for statement in step:
                 session.execute(statement)
         if version < target:
-            write_version(session, target)
+            dialect.write_version(session, target)
             log.info("registry schema migrated from version %d to %d", version, target)
 
 
@@ -183,28 +197,58 @@ class SQLRegistry(abc.ABC):
 
     Subclasses provide :meth:`_execute`: run a function with the session in a
     worker thread, one call at a time, translating the driver's errors into
-    :class:`RegistryUnavailable`. This class keeps :attr:`available`.
+    :class:`RegistryUnavailable`.
+
+    :attr:`available` is the outcome of the last write (or check): a read
+    that succeeds says nothing about whether the registry can be written
+    (a read-only file serves reads). While it is false,
+    :meth:`_keep_checking` tries a real write every :data:`CHECK_INTERVAL`
+    seconds, so readiness comes back without waiting for traffic that an
+    unready replica does not get.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
         self._available = False
 
     @property
     def available(self) -> bool:
-        """``False`` after a failed call (or while not connected) until a call succeeds."""
+        """``False`` after a failed call (or while not connected) until a write succeeds."""
         return self._available
+
+    async def check(self) -> None:
+        """Update :attr:`available`: a real write while unavailable, a plain query otherwise."""
+
+        def probe(session: Session) -> None:
+            if self._available:
+                session.execute("SELECT 1")
+                return
+            with session.transaction():  # rewrite the version: a committed write
+                dialect = self._dialect
+                dialect.write_version(session, dialect.read_version(session))
+
+        with contextlib.suppress(RegistryUnavailable):
+            await self._run(probe)
+
+    async def _keep_checking(self, scope: trio.CancelScope) -> None:
+        """Call :meth:`check` every :data:`CHECK_INTERVAL` seconds until ``scope`` is cancelled."""
+        with scope:
+            while True:
+                await trio.sleep(CHECK_INTERVAL)
+                await self.check()
 
     @abc.abstractmethod
     async def _execute(self, fn: Callable[[Session], _T]) -> _T:
         """Run ``fn(session)``; raises :class:`RegistryUnavailable`."""
 
-    async def _run(self, fn: Callable[[Session], _T]) -> _T:
+    async def _run(self, fn: Callable[[Session], _T], *, writes: bool = True) -> _T:
         try:
             result = await self._execute(fn)
         except RegistryUnavailable:
             self._available = False
             raise
-        self._available = True
+        if writes:
+            self._available = True
         return result
 
     # -- the Registry port ------------------------------------------------
@@ -234,7 +278,7 @@ class SQLRegistry(abc.ABC):
             rows = session.execute(_SELECT + " WHERE id = ?", (stream_id,))
             return _record(rows[0]) if rows else None
 
-        return await self._run(select)
+        return await self._run(select, writes=False)
 
     async def delete(self, stream_id: int) -> Deletion | None:
         """Remove the record and settle its queue in one transaction."""
@@ -270,7 +314,7 @@ class SQLRegistry(abc.ABC):
             rows = session.execute("SELECT routing_key FROM pending_queue_deletions ORDER BY id")
             return [str(row[0]) for row in rows]
 
-        return await self._run(select)
+        return await self._run(select, writes=False)
 
     async def decide_pending_deletion(self, routing_key: str) -> QueueFate:
         """Keep the queue for a stream of the key, or confirm its deletion."""
@@ -319,4 +363,4 @@ class SQLRegistry(abc.ABC):
         def select(session: Session) -> builtins.list[StreamRecord]:
             return [_record(row) for row in session.execute(_SELECT + " ORDER BY id")]
 
-        return await self._run(select)
+        return await self._run(select, writes=False)

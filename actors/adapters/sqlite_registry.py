@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 import trio
 
 from actors.adapters.sql_registry import (
+    Dialect,
     RegistryClosedError,
     RegistryOpenError,
     Session,
@@ -64,7 +65,7 @@ from actors.adapters.sql_registry import (
 )
 from actors.ports.registry import RegistryUnavailable
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRegistry"]
+__all__ = ["DIALECT", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ def _write_version(session: Session, version: int) -> None:
     session.execute(f"PRAGMA user_version = {int(version)}")
 
 
+DIALECT = Dialect(MIGRATIONS, _read_version, _write_version)
+
+
 def _connect(path: Path) -> _SQLiteSession:
     """Open, configure and migrate the database file (runs in a worker thread)."""
     try:
@@ -138,13 +142,7 @@ def _connect(path: Path) -> _SQLiteSession:
         conn.execute("PRAGMA fullfsync = ON")
         conn.execute("PRAGMA foreign_keys = ON")
         session = _SQLiteSession(conn)
-        migrate(
-            session,
-            MIGRATIONS,
-            read_version=_read_version,
-            write_version=_write_version,
-            where=f"registry {path}",
-        )
+        migrate(session, DIALECT, where=f"registry {path}")
         return session
     except RegistryOpenError:
         if conn is not None:
@@ -166,7 +164,7 @@ class SQLiteRegistry(SQLRegistry):
 
     def __init__(self, session: _SQLiteSession, path: Path) -> None:
         """Wrap an already configured connection; prefer :meth:`open`."""
-        super().__init__()
+        super().__init__(DIALECT)
         self._session = session
         self._path = path
         self._limiter = trio.CapacityLimiter(1)
@@ -175,18 +173,26 @@ class SQLiteRegistry(SQLRegistry):
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: str | PathLike[str]) -> AsyncIterator[SQLiteRegistry]:
+    async def open(
+        cls, path: str | PathLike[str], nursery: trio.Nursery | None = None
+    ) -> AsyncIterator[SQLiteRegistry]:
         """Open (creating file, parent directories and schema as needed).
 
-        Raises :class:`RegistryOpenError` with a one-line reason if the file
-        cannot be created, is not a SQLite database, or is from a newer schema.
+        With a ``nursery``, availability is checked in it while the block
+        runs (see :meth:`SQLRegistry.check`). Raises
+        :class:`RegistryOpenError` with a one-line reason if the file cannot
+        be created, is not a SQLite database, or is from a newer schema.
         """
         db_path = Path(path)
         session = await trio.to_thread.run_sync(_connect, db_path)
         registry = cls(session, db_path)
+        checking = trio.CancelScope()
+        if nursery is not None:
+            nursery.start_soon(registry._keep_checking, checking)
         try:
             yield registry
         finally:
+            checking.cancel()
             await registry._close()
 
     @property

@@ -258,8 +258,8 @@ async def test_backend_going_away_raises_unavailable_until_it_is_back(
             await registry.delete(kept.id)
         registry_backend.come_back()
         assert [r.id for r in await until_usable(registry)] == [kept.id]
-        assert registry.available
         assert (await registry.create("k", owns_queue=False)).id > kept.id
+        assert registry.available
 
 
 # -- start-up of the persistent registries (through the factory) -------------

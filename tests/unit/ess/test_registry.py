@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from actors.adapters import sql_registry
 from actors.adapters.sql_registry import RegistryClosedError, RegistryOpenError
 from actors.adapters.sqlite_registry import SCHEMA_VERSION, SQLiteRegistry
 from actors.ports.registry import Registry, RegistryUnavailable, StreamRecord
@@ -39,11 +40,32 @@ async def test_unwritable_database_raises_unavailable_until_writable(tmp_path: P
         assert not registry.available
         with pytest.raises(RegistryUnavailable):
             await registry.delete(kept.id)
-        assert await registry.list() == [kept]  # reads still work, and say so
-        assert registry.available
+        assert await registry.list() == [kept]  # reads still work...
+        assert not registry.available  # ...but say nothing about writing
+        await registry.check()
+        assert not registry.available
         registry.connection.execute("PRAGMA query_only = OFF")
+        await registry.check()  # a real write
+        assert registry.available
         assert (await registry.create("k2", owns_queue=False)).id == 2
         assert not registry.connection.in_transaction
+
+
+async def test_availability_comes_back_without_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unready replica gets no API traffic: the registry must notice by itself.
+    monkeypatch.setattr(sql_registry, "CHECK_INTERVAL", 0.01)
+    async with trio.open_nursery() as nursery:
+        async with SQLiteRegistry.open(tmp_path / "r.db", nursery) as registry:
+            registry.connection.execute("PRAGMA query_only = ON")
+            with pytest.raises(RegistryUnavailable):
+                await registry.create("k", owns_queue=False)
+            registry.connection.execute("PRAGMA query_only = OFF")
+            with trio.fail_after(30):
+                while not registry.available:
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
 
 
 async def test_two_processes_share_one_file(tmp_path: Path) -> None:
