@@ -7,12 +7,14 @@ constant (the upstream's SQL injection is one of the defects SPEC section 3
 fixes). Statements are written with ``?`` placeholders; the PostgreSQL
 session translates them (the text holds no other ``?``).
 
-Each operation that decides something about a routing key's queue (create,
-delete, the pending-deletion decision) is one transaction that first takes
-:meth:`Session.lock` on the key, so that replicas deciding about the same
-queue take turns and each sees what the other committed (SPEC section 7:
-"a queue the service owns is deleted exactly once, when the last event
-stream of its routing key is deleted").
+Each operation that changes a routing key's streams or its pending deletion
+is one transaction that first takes :meth:`Session.lock` on the key, so that
+replicas deciding about the same queue take turns and each sees what the
+other committed (SPEC section 7: "a queue the service owns is deleted
+exactly once, when the last event stream of its routing key is deleted").
+Without it, PostgreSQL's READ COMMITTED would let one replica choose as
+heir a stream that another replica is deleting at that moment
+(test_the_last_deletion_on_any_replica_releases_the_queue_exactly_once).
 """
 
 from __future__ import annotations
@@ -285,15 +287,20 @@ class SQLRegistry(abc.ABC):
 
         def remove(session: Session) -> Deletion | None:
             with session.transaction():
+                keys = session.execute("SELECT routing_key FROM streams WHERE id = ?", (stream_id,))
+                if not keys:
+                    return None
+                # Every change to a key's streams holds the key's lock: an heir
+                # chosen below cannot be deleted by another replica meanwhile.
+                session.lock(str(keys[0][0]))
                 rows = session.execute(
                     "DELETE FROM streams WHERE id = ? RETURNING " + _COLUMNS, (stream_id,)
                 )
-                if not rows:
+                if not rows:  # deleted by another replica while we waited
                     return None
                 record = _record(rows[0])
                 if not record.owns_queue:
                     return Deletion(record, QueueFate())
-                session.lock(record.routing_key)
                 return Deletion(record, _release(session, record.routing_key))
 
         return await self._run(remove)
@@ -303,6 +310,7 @@ class SQLRegistry(abc.ABC):
 
         def insert(session: Session) -> None:
             with session.transaction():
+                session.lock(routing_key)
                 _add_pending(session, routing_key)
 
         await self._run(insert)
@@ -353,6 +361,7 @@ class SQLRegistry(abc.ABC):
 
         def delete(session: Session) -> None:
             with session.transaction():
+                session.lock(routing_key)
                 _remove_pending(session, routing_key)
 
         await self._run(delete)

@@ -18,7 +18,13 @@ import trio
 
 from actors.adapters.postgres_registry import PostgresRegistry
 from actors.backoff import BackoffPolicy
-from actors.ports.registry import Deletion, QueueFate, RegistryUnavailable, StreamRecord
+from actors.ports.registry import (
+    Deletion,
+    QueueFate,
+    Registry,
+    RegistryUnavailable,
+    StreamRecord,
+)
 from ess.errors import StartupError
 from ess.registry_factory import database_url, open_registry
 
@@ -217,6 +223,29 @@ async def test_complete_pending_deletion_says_whether_a_stream_came_meanwhile(
         assert newcomer.owns_queue
         assert await registry.complete_pending_deletion("rk") is True
         assert await registry.pending_queue_deletions() == []
+
+
+@pytest.mark.parametrize("round_", range(4))
+async def test_the_last_deletion_on_any_replica_releases_the_queue_exactly_once(
+    registry_backend: Backend, round_: int
+) -> None:
+    # Two replicas (connections) on one registry delete every stream of a key at once.
+    async with registry_backend.open() as one, registry_backend.open() as two:
+        records = [await one.create("k", owns_queue=i == 0) for i in range(12)]
+        fates: list[QueueFate] = []
+
+        async def delete(registry: Registry, stream_id: int) -> None:
+            deletion = await registry.delete(stream_id)
+            assert deletion is not None
+            fates.append(deletion.queue)
+            if deletion.queue.delete:  # decided when no stream of the key was left
+                assert await registry.list() == []
+
+        async with trio.open_nursery() as nursery:
+            for i, record in enumerate(records):
+                nursery.start_soon(delete, (one, two)[(i + round_) % 2], record.id)
+        assert [fate.delete for fate in fates].count(True) == 1
+        assert await two.pending_queue_deletions() == ["k"]
 
 
 async def test_concurrent_calls_all_land(registry_backend: Backend) -> None:
