@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
@@ -373,3 +374,41 @@ def test_a_postgres_url_folded_by_pathlib_is_restored() -> None:
     assert database_url(Path("postgresql://u@h:5432/db")) == "postgresql://u@h:5432/db"
     assert database_url(Path("postgres://u@h/db")) == "postgres://u@h/db"
     assert database_url(Path("./data/event-streams.db")) == "data/event-streams.db"
+
+
+async def test_every_change_to_a_key_waits_for_the_key_lock(postgres_database: str) -> None:
+    # The discipline that makes concurrent replicas safe, seen from PostgreSQL:
+    # while another transaction holds the key's lock, even the deletion of a
+    # stream that does not own its queue waits for it.
+    url = PostgresBackend(postgres_database).url
+    async with trio.open_nursery() as nursery:
+        async with PostgresRegistry.open(url, nursery) as registry:
+            await registry.create("k", owns_queue=True)
+            bystander = await registry.create("k", owns_queue=False)
+            with psycopg.connect(url, autocommit=True) as holder:
+                holder.execute("BEGIN")
+                holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("k",))
+                done = trio.Event()
+
+                async def delete() -> None:
+                    await registry.delete(bystander.id)
+                    done.set()
+
+                nursery.start_soon(delete)
+                with trio.fail_after(30):
+                    while not _waits_for_an_advisory_lock(holder, postgres_database):
+                        await trio.sleep(0.02)
+                assert not done.is_set()
+                holder.execute("COMMIT")
+            with trio.fail_after(30):
+                await done.wait()
+        nursery.cancel_scope.cancel()
+
+
+def _waits_for_an_advisory_lock(conn: psycopg.Connection[tuple[object, ...]], db: str) -> bool:
+    rows = conn.execute(
+        "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = %s",
+        (db,),
+    ).fetchall()
+    return bool(rows)
