@@ -75,6 +75,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+#: Bound on one statement (a lock wait included), in PostgreSQL's units.
+STATEMENT_TIMEOUT = "30s"
 #: Reconnection pauses while PostgreSQL is unreachable.
 RECONNECT = BackoffPolicy(initial=0.5, maximum=10.0)
 
@@ -252,6 +254,9 @@ class PostgresRegistry(SQLRegistry):
             raise RegistryOpenError(f"cannot connect to {self._where}: {_one_line(exc)}") from exc
         session = _PostgresSession(conn)
         try:
+            # A call never hangs for long on a lock or a stuck server: it
+            # fails (RegistryUnavailable) and the caller answers 503.
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (STATEMENT_TIMEOUT,))
             migrate(session, DIALECT, where=f"registry {self._where}")
         except BaseException as exc:
             conn.close()
