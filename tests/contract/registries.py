@@ -14,8 +14,9 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 import pytest
@@ -67,27 +68,23 @@ def postgres_url(database: str, schema: str) -> str:
     return f"postgresql://postgres@127.0.0.1:5432/{database}?options=-csearch_path%3D{schema}"
 
 
-class Backend:
+class Backend(Protocol):
     """One adapter on storage of its own; see the module documentation."""
 
-    name: str
-
-    @asynccontextmanager
-    async def open(self) -> AsyncIterator[Registry]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+    def open(self) -> AbstractAsyncContextManager[Registry]:
+        """The registry on this storage (again: a restart); several may be open at once."""
+        ...
 
     def go_away(self, registry: Registry) -> None:
         """Make the backend unusable: the next write must fail."""
-        raise NotImplementedError
+        ...
 
     def come_back(self) -> None:
-        raise NotImplementedError
+        """Undo :meth:`go_away`."""
+        ...
 
 
-class MemoryBackend(Backend):
-    name = "memory"
-
+class MemoryBackend:
     def __init__(self) -> None:
         self.registry = MemoryRegistry()
 
@@ -102,9 +99,7 @@ class MemoryBackend(Backend):
         self.registry.set_available(True)
 
 
-class SQLiteBackend(Backend):
-    name = "sqlite"
-
+class SQLiteBackend:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._broken: SQLiteRegistry | None = None
@@ -125,9 +120,7 @@ class SQLiteBackend(Backend):
         self._broken.connection.execute("PRAGMA query_only = OFF")
 
 
-class PostgresBackend(Backend):
-    name = "postgres"
-
+class PostgresBackend:
     def __init__(self, database: str) -> None:
         self.database = database
         self.schema = f"t_{uuid.uuid4().hex[:12]}"
