@@ -59,21 +59,12 @@ from actors.adapters.sql_registry import (
 from actors.backoff import Backoff, BackoffPolicy
 from actors.ports.registry import RegistryUnavailable
 
-__all__ = ["DIALECT", "MIGRATIONS", "PostgresRegistry", "is_postgres_url"]
+__all__ = ["DIALECT", "PostgresRegistry", "is_postgres_url"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: Each entry migrates the schema from version ``index`` to ``index + 1``.
-#: Append new steps; never edit a released one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    schema_version_1(
-        identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-        boolean="BOOLEAN NOT NULL",
-        real="DOUBLE PRECISION",
-    ),
-)
 
 #: Bound on one statement (a lock wait included), in PostgreSQL's units.
 STATEMENT_TIMEOUT = "30s"
@@ -142,7 +133,18 @@ def _write_version(session: Session, version: int) -> None:
     session.execute("UPDATE schema_version SET version = ?", (version,))
 
 
-DIALECT = Dialect(MIGRATIONS, _read_version, _write_version)
+#: The schema's versions: append steps, never edit a released one.
+DIALECT = Dialect(
+    migrations=(
+        schema_version_1(
+            identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+            boolean="BOOLEAN NOT NULL",
+            real="DOUBLE PRECISION",
+        ),
+    ),
+    read_version=_read_version,
+    write_version=_write_version,
+)
 
 
 class PostgresRegistry(SQLRegistry):

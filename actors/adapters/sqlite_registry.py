@@ -36,7 +36,7 @@ full, a database locked past the busy timeout) raises
 :class:`~actors.ports.registry.RegistryUnavailable` and makes
 :attr:`SQLiteRegistry.available` false until a call succeeds.
 
-Schema. Versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` holds one
+Schema. Versioned with ``PRAGMA user_version``; :data:`DIALECT` holds one
 step per version (see :func:`actors.adapters.sql_registry.migrate`). Ids come
 from ``INTEGER PRIMARY KEY AUTOINCREMENT``, whose ``sqlite_sequence`` row
 guarantees an id is never handed out twice, even after deleting the highest.
@@ -65,22 +65,11 @@ from actors.adapters.sql_registry import (
 )
 from actors.ports.registry import RegistryUnavailable
 
-__all__ = ["DIALECT", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteRegistry"]
+__all__ = ["DIALECT", "SCHEMA_VERSION", "SQLiteRegistry"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-#: Each entry migrates the schema from version ``index`` to ``index + 1``.
-#: Append new steps; never edit a released one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    schema_version_1(
-        identity="INTEGER PRIMARY KEY AUTOINCREMENT",
-        boolean="INTEGER NOT NULL CHECK (owns_queue IN (0, 1))",
-        real="REAL",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class _SQLiteSession:
@@ -118,7 +107,19 @@ def _write_version(session: Session, version: int) -> None:
     session.execute(f"PRAGMA user_version = {int(version)}")
 
 
-DIALECT = Dialect(MIGRATIONS, _read_version, _write_version)
+#: The schema's versions: append steps, never edit a released one.
+DIALECT = Dialect(
+    migrations=(
+        schema_version_1(
+            identity="INTEGER PRIMARY KEY AUTOINCREMENT",
+            boolean="INTEGER NOT NULL CHECK (owns_queue IN (0, 1))",
+            real="REAL",
+        ),
+    ),
+    read_version=_read_version,
+    write_version=_write_version,
+)
+SCHEMA_VERSION = len(DIALECT.migrations)
 
 
 def _connect(path: Path) -> _SQLiteSession:
