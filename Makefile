@@ -1,12 +1,12 @@
 # Two commands do all the setup on a fresh machine:
 #   make run    -- install and run the service against the local RabbitMQ
-#   make test   -- install, make sure RabbitMQ is up, run the whole suite
+#   make test   -- install, make sure RabbitMQ and PostgreSQL are up, run the whole suite
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench rabbitmq chromium promtool clean
+.PHONY: run test test-fast lint bench rabbitmq postgres chromium promtool clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 rabbitmq:
 	scripts/ensure-rabbitmq.sh
 
+postgres:
+	scripts/ensure-postgres.sh
+
 chromium:
 	scripts/ensure-chromium.sh
 
@@ -26,11 +29,11 @@ promtool:
 run: $(STAMP) rabbitmq
 	$(BIN)/ess serve
 
-test: $(STAMP) rabbitmq chromium promtool
+test: $(STAMP) rabbitmq postgres chromium promtool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Skips the long fault/load tests marked `slow`.
-test-fast: $(STAMP) rabbitmq promtool
+test-fast: $(STAMP) rabbitmq postgres promtool
 	$(BIN)/pytest -m 'not slow' $(PYTEST_ARGS)
 
 lint: $(STAMP)

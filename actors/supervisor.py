@@ -6,12 +6,16 @@ internal API, hands websockets to their stream actor (:meth:`find_stream`),
 retries queue deletions the broker could not do, and shuts everything down
 with 1001.
 
-Queue ownership (SPEC section 2): the stream that made the broker create its
-queue owns it. Deleting the owner hands ownership to the oldest remaining
-stream of the same routing key; the last one deletes the queue (or records
-a pending deletion, retried whenever the broker is available). Creation and
-the ownership part of deletion are serialised by one lock, so a queue is
-never deleted under a stream being created for the same routing key.
+Queue ownership (SPEC sections 2 and 7): the stream that made the broker
+create its queue owns it. The registry decides every step of it in one
+transaction (see :mod:`actors.ports.registry`): the intent to own is
+recorded (a pending deletion) before the declare and claimed by the stream's
+record; deleting the owner hands ownership to the oldest remaining stream of
+the routing key, or records the pending deletion of the queue; the
+pending-deletion retry asks the registry again before the broker deletes the
+queue. Within this process, creation and queue deletion are also serialised
+by one lock, so a queue is never deleted under a stream being created here
+for the same routing key.
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ from dataclasses import replace
 
 import trio
 
+from actors.backoff import Backoff, BackoffPolicy
 from actors.close import DELETED, SHUTDOWN
 from actors.context import ActorContext
-from actors.ports.broker import Broker, BrokerError
+from actors.ports.broker import Broker, BrokerError, NotAStreamQueue
 from actors.ports.observer import ActorObserver, NullObserver
-from actors.ports.registry import Registry, StreamRecord
+from actors.ports.registry import QueueFate, Registry, RegistryUnavailable, StreamRecord
 from actors.settings import ActorSettings
 from actors.snapshot import Snapshot, WallClock, node
 from actors.stream import CLOSE_MARGIN, StreamActor
 
 log = logging.getLogger(__name__)
+
+#: Bound on deleting again a queue whose POST failed; the retry does the rest.
+_UNDO_TIMEOUT = 5.0
 
 
 class Supervisor:
@@ -65,16 +73,17 @@ class Supervisor:
     # -- running ---------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Restore the stream actors, report started, then run until cancelled."""
-        records = await self._registry.list()
-        for record in records:
-            self._add(record)
+        """Restore the stream actors, report started, then run until cancelled.
+
+        If the registry cannot be read yet (PostgreSQL down at start), the
+        supervisor reports started anyway and restores once it can.
+        """
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self._restore)
                 nursery.start_soon(self._retry_pending_deletions)
                 self._state = "running"
-                log.info("supervisor running: %d event streams restored", len(records))
                 task_status.started()
                 try:
                     await trio.sleep_forever()
@@ -83,6 +92,33 @@ class Supervisor:
                     self._state = "stopping"
         finally:
             self._state = "stopped"
+
+    async def _restore(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Add a stream actor per record; reports started after the first attempt.
+
+        While the registry is unavailable, retries with backoff: the service
+        runs (not ready) and serves these streams once they are restored.
+        """
+        backoff = self._registry_backoff()
+        while True:
+            try:
+                async with self._lock:
+                    records = await self._registry.list()
+                    for record in records:
+                        if record.id not in self._streams:
+                            self._add(record)
+            except RegistryUnavailable as error:
+                if backoff.attempts == 0:
+                    log.warning("cannot restore the event streams yet (%s): retrying", error)
+                    task_status.started()
+                await backoff.sleep()
+            else:
+                log.info("supervisor running: %d event streams restored", len(records))
+                if backoff.attempts == 0:
+                    task_status.started()
+                return
 
     async def _spawn(self, async_fn: Callable[..., Awaitable[object]]) -> trio.Nursery:
         """Start a stream actor's task (``Nursery.start``); ``RuntimeError`` if stopped."""
@@ -102,25 +138,46 @@ class Supervisor:
     # -- the internal API ------------------------------------------------
 
     async def create_stream(self, routing_key: str) -> StreamRecord:
-        """Ensure the queue, record the stream, add its actor. Raises ``BrokerUnavailable``."""
+        """Ensure the queue, record the stream, add its actor.
+
+        Raises ``BrokerUnavailable``, ``NotAStreamQueue`` (nothing recorded)
+        and ``RegistryUnavailable``. A queue this call declares is never
+        orphaned (SPEC section 2): its pending deletion is recorded before
+        the declare (``on_declare``) and removed by the registry in the
+        transaction that records the stream; if anything fails or is
+        cancelled in between, the queue is deleted again here, or by the
+        pending-deletion retry (also after a crash).
+        """
+        intent = False
+
+        async def record_intent() -> None:
+            nonlocal intent
+            await self._registry.add_pending_queue_deletion(routing_key)
+            intent = True
+
         async with self._lock:
-            created = await self._broker.ensure_stream(routing_key)
-            owns_queue = created
-            if not created and routing_key in await self._registry.pending_queue_deletions():
-                # We own this queue and failed to delete it earlier: keep it.
-                await self._registry.remove_pending_queue_deletion(routing_key)
-                owns_queue = True
             try:
-                record = await self._registry.create(routing_key, owns_queue=owns_queue)
+                created = await self._broker.ensure_stream(routing_key, on_declare=record_intent)
+            except NotAStreamQueue:
+                if intent:  # someone else's queue appeared meanwhile: never ours to delete
+                    await self._registry.remove_pending_queue_deletion(routing_key)
+                raise
+            except BaseException:
+                if intent:  # the declare may have happened before the failure
+                    await self._undo_declare(routing_key)
+                raise
+            try:
+                if intent and not created:
+                    # Declared meanwhile with other arguments: not ours after all.
+                    await self._registry.remove_pending_queue_deletion(routing_key)
+                record = await self._registry.create(routing_key, owns_queue=created)
             except BaseException:
                 if created:
-                    with trio.CancelScope(shield=True), trio.move_on_after(5):
-                        try:
-                            await self._broker.delete_stream(routing_key)
-                        except BrokerError:
-                            log.warning("could not delete the queue of %r", routing_key)
+                    await self._undo_declare(routing_key)
                 raise
             self._add(record)
+            if created:
+                await self._ensure_again(routing_key)
         log.info(
             "stream=%d created routing_key=%r owns_queue=%s",
             record.id,
@@ -129,15 +186,43 @@ class Supervisor:
         )
         return record
 
+    async def _ensure_again(self, routing_key: str) -> None:
+        """Make sure the queue this call declared still exists, now that the stream owns it.
+
+        Another replica's pending-deletion retry may have taken our intent
+        for a crashed POST and deleted the queue before our record claimed
+        it (see :mod:`actors.ports.registry`); declaring it again closes that
+        window. The stream is recorded already: a failure here is logged, and
+        the queue is declared again by the next POST of the key.
+        """
+        try:
+            await self._broker.ensure_stream(routing_key)
+        except BrokerError as error:
+            log.warning("could not check the queue of %r again: %s", routing_key, error)
+
+    async def _undo_declare(self, routing_key: str) -> None:
+        """The queue this call declared is not recorded: delete it again, shielded, bounded.
+
+        Whatever is not done in time is left to the pending-deletion retry:
+        the intent is still recorded.
+        """
+        with trio.CancelScope(shield=True), trio.move_on_after(_UNDO_TIMEOUT) as undo:
+            await self._release_queue(routing_key)
+        if undo.cancelled_caught:
+            self._pending_wakeup.set()
+
     async def delete_stream(self, stream_id: int) -> bool:
         """Close the stream's websockets (1000), then remove it; ``False`` if unknown.
 
-        Shielded: once started, a deletion completes even if the caller goes away.
+        Raises ``RegistryUnavailable`` (nothing changed then). Shielded: once
+        started, a deletion completes even if the caller goes away.
         """
         in_progress = self._deleting.get(stream_id)
         if in_progress is not None:
             await in_progress.wait()
-            return True
+            if stream_id not in self._streams:
+                return True
+            # That deletion failed (registry unavailable): try ourselves.
         actor = self._streams.get(stream_id)
         if actor is None:
             return False
@@ -151,41 +236,44 @@ class Supervisor:
         return True
 
     async def _delete(self, actor: StreamActor) -> None:
+        """Remove the record (one transaction settles the queue), close, then delete the queue.
+
+        The registry first: if it cannot be written, nothing has changed and
+        the caller gets ``RegistryUnavailable``. A queue left without a
+        stream is recorded as a pending deletion in that same transaction, so
+        its deletion survives a crash at any later point.
+        """
         record = actor.record
-        # New websockets now find no stream; the existing ones are closed.
-        self._by_uuid.pop(record.uuid, None)
+        async with self._lock:
+            deletion = await self._registry.delete(record.id)
+            self._streams.pop(record.id, None)
+            # New websockets now find no stream; the existing ones are closed.
+            self._by_uuid.pop(record.uuid, None)
+            if deletion is not None:
+                self._adopt(deletion.queue)
         actor.begin_close(DELETED)
         with trio.move_on_after(self._settings.close_timeout * 2 + CLOSE_MARGIN) as waiting:
             await actor.wait_closed()
         if waiting.cancelled_caught:
             log.warning("stream=%d some connections did not close in time", record.id)
-        async with self._lock:
-            removed = await self._registry.delete(record.id)
-            self._streams.pop(record.id, None)
-            if removed is not None and removed.owns_queue:
-                await self._release_queue(removed.routing_key)
+        if deletion is not None and deletion.queue.delete:
+            async with self._lock:
+                await self._release_queue(record.routing_key)
         log.info("stream=%d deleted", record.id)
 
     async def _release_queue(self, routing_key: str) -> None:
-        """The owner of ``routing_key``'s queue is gone: hand it over, or delete it."""
-        heirs = sorted(
-            (a for a in self._streams.values() if a.record.routing_key == routing_key),
-            key=lambda a: a.record.id,
-        )
-        if heirs:
-            heir = heirs[0]
-            await self._registry.set_owns_queue(heir.record.id, True)
-            heir.record = replace(heir.record, owns_queue=True)
-            log.info("stream=%d now owns the queue of %r", heir.record.id, routing_key)
-            return
-        try:
-            await self._broker.delete_stream(routing_key)
-        except BrokerError as error:
-            log.warning("queue %r not deleted (%s): will retry", routing_key, error)
-            await self._registry.add_pending_queue_deletion(routing_key)
+        """Delete the queue whose last stream went, or leave it to the retry (lock held)."""
+        if not await self._delete_pending(routing_key):
             self._pending_wakeup.set()
-        else:
-            log.info("deleted the queue of %r", routing_key)
+
+    def _adopt(self, fate: QueueFate) -> None:
+        """Show a hand-over of queue ownership on the heir's actor, if it lives here."""
+        if fate.heir is None:
+            return
+        heir = self._streams.get(fate.heir.id)
+        if heir is not None:
+            heir.record = replace(heir.record, owns_queue=True)
+        log.info("stream=%d now owns the queue of %r", fate.heir.id, fate.heir.routing_key)
 
     async def list_streams(self) -> list[StreamRecord]:
         return await self._registry.list()
@@ -196,40 +284,72 @@ class Supervisor:
     # -- pending queue deletions -----------------------------------------
 
     async def _retry_pending_deletions(self) -> None:
-        initial = max(self._settings.restart_backoff_initial, 0.01)
-        delay = initial
+        """Delete the queues of the registry's pending deletions, with backoff.
+
+        The list comes from the registry, not from this process: a pending
+        deletion left by a crash (of any replica) is found at start-up.
+        """
+        backoff = self._registry_backoff()
         while True:
             self._pending_wakeup = trio.Event()
-            pending = await self._registry.pending_queue_deletions()
-            self._pending_count = len(pending)
-            if not pending:
+            try:
+                pending = await self._registry.pending_queue_deletions()
+            except RegistryUnavailable as error:
+                if backoff.attempts == 0:
+                    log.info("pending queue deletions wait for the registry: %s", error)
+            else:
+                self._pending_count = len(pending)
+                if not pending:
+                    backoff.reset()
+                    await self._pending_wakeup.wait()
+                    continue
+                await self._broker.wait_available()
+                if await self._delete_all_pending(pending):
+                    backoff.reset()
+                    continue
+            with trio.move_on_after(backoff.next_delay()):
                 await self._pending_wakeup.wait()
-                continue
-            await self._broker.wait_available()
-            if await self._delete_pending(pending):
-                delay = initial
-                continue
-            with trio.move_on_after(delay):
-                await self._pending_wakeup.wait()
-            delay = min(delay * 2, max(self._settings.restart_backoff_max, initial))
 
-    async def _delete_pending(self, routing_keys: list[str]) -> bool:
-        """Try the pending deletions; ``False`` if the broker failed us."""
+    async def _delete_all_pending(self, routing_keys: list[str]) -> bool:
+        """Try each pending deletion; ``False`` as soon as one failed."""
         for routing_key in routing_keys:
             async with self._lock:
-                if any(a.record.routing_key == routing_key for a in self._streams.values()):
-                    # A stream of this key was created since: it keeps (owns) the queue.
-                    await self._release_queue(routing_key)
-                    await self._registry.remove_pending_queue_deletion(routing_key)
-                    continue
-                try:
-                    await self._broker.delete_stream(routing_key)
-                except BrokerError as error:
-                    log.info("pending deletion of queue %r failed: %s", routing_key, error)
+                if not await self._delete_pending(routing_key):
                     return False
-                await self._registry.remove_pending_queue_deletion(routing_key)
-                log.info("deleted the queue of %r (pending deletion)", routing_key)
         return True
+
+    async def _delete_pending(self, routing_key: str) -> bool:
+        """Settle one pending deletion (lock held); ``False`` if the broker or registry failed.
+
+        The registry decides, in one transaction, whether a stream of the key
+        exists (it then keeps and owns the queue) or the queue goes; only
+        then the broker deletes it, and only after that the pending deletion
+        is forgotten. If another replica recorded a stream of the key while
+        the broker was deleting, the queue is declared again for it.
+        """
+        try:
+            fate = await self._registry.decide_pending_deletion(routing_key)
+            self._adopt(fate)
+            if fate.delete:
+                await self._broker.delete_stream(routing_key)
+                if await self._registry.complete_pending_deletion(routing_key):
+                    # Another replica recorded a stream of the key meanwhile.
+                    await self._broker.ensure_stream(routing_key)
+                    log.info(
+                        "queue of %r declared again for a stream created meanwhile", routing_key
+                    )
+                else:
+                    log.info("deleted the queue of %r", routing_key)
+        except (BrokerError, RegistryUnavailable) as error:
+            log.warning("queue of %r not deleted yet (%s): will retry", routing_key, error)
+            return False
+        return True
+
+    def _registry_backoff(self) -> Backoff:
+        """The pauses of the loops that wait for the registry or the broker."""
+        initial = max(self._settings.restart_backoff_initial, 0.01)
+        maximum = max(self._settings.restart_backoff_max, initial)
+        return Backoff(BackoffPolicy(initial, maximum))
 
     # -- shutdown and observation ----------------------------------------
 

@@ -20,6 +20,7 @@ from hypercorn.typing import ASGIFramework
 
 from actors.adapters.rabbitmq import RabbitMQBroker
 from actors.ports.broker import BrokerError
+from actors.ports.registry import Registry
 from actors.supervisor import Supervisor
 from web.api import create_app
 from web.http_server import hypercorn_config, shield_sends
@@ -29,7 +30,7 @@ from web.websocket import serve_public_websockets
 from .config import Config
 from .errors import StartupError
 from .metrics_bridge import MetricsObserver
-from .registry import SQLiteRegistry
+from .registry_factory import open_registry
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,17 @@ def service_version() -> str:
 
 async def serve(config: Config) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit status."""
-    async with SQLiteRegistry.open(config.database) as registry:
-        return await _serve_with_registry(config, registry)
+    async with (
+        trio.open_nursery() as background,
+        open_registry(config.database, background) as registry,
+    ):
+        try:
+            return await _serve_with_registry(config, registry)
+        finally:
+            background.cancel_scope.cancel()
 
 
-async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
+async def _serve_with_registry(config: Config, registry: Registry) -> int:
     broker = RabbitMQBroker(
         config.amqp_url,
         config.exchange,
@@ -64,10 +71,7 @@ async def _serve_with_registry(config: Config, registry: SQLiteRegistry) -> int:
     )
 
     def readiness() -> str | None:
-        if not registry.is_open:
-            return "the registry is not open"
-        # ``available`` is False while the registry cannot be read or written.
-        if not getattr(registry, "available", True):
+        if not registry.available:
             return "the registry cannot be read or written"
         if not broker.available:
             return "the broker connection is down"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -269,11 +269,15 @@ class MemoryBroker:
         if not self._available:
             raise BrokerUnavailable("the broker is unavailable")
 
-    async def ensure_stream(self, routing_key: str) -> bool:
+    async def ensure_stream(
+        self, routing_key: str, *, on_declare: Callable[[], Awaitable[None]] | None = None
+    ) -> bool:
         await trio.lowlevel.checkpoint()
         self._check_available()
         created = routing_key not in self._logs
         if created:
+            if on_declare is not None:
+                await on_declare()
             self._logs[routing_key] = _Log()
         self._bound.add(routing_key)
         return created

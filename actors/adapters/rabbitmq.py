@@ -38,7 +38,7 @@ import datetime
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, Final
@@ -408,7 +408,9 @@ class RabbitMQBroker:
 
     # ------------------------------------------------------------------ the port
 
-    async def ensure_stream(self, routing_key: str) -> bool:
+    async def ensure_stream(
+        self, routing_key: str, *, on_declare: Callable[[], Awaitable[None]] | None = None
+    ) -> bool:
         """See :meth:`actors.ports.broker.Broker.ensure_stream`."""
         owned = False
         try:
@@ -421,6 +423,8 @@ class RabbitMQBroker:
                 else:
                     await channel.queue_bind(routing_key, self.exchange, routing_key)
                     return False
+            if on_declare is not None:
+                await on_declare()
             async with self._operation() as channel:
                 try:
                     await channel.queue_declare(

@@ -11,7 +11,7 @@ is a websocket concern and is computed at the edge (ordinal = offset + 1).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -133,12 +133,16 @@ class Broker(Protocol):
         """Return once the broker connection is up (immediately if it is)."""
         ...
 
-    async def ensure_stream(self, routing_key: str) -> bool:
+    async def ensure_stream(
+        self, routing_key: str, *, on_declare: Callable[[], Awaitable[None]] | None = None
+    ) -> bool:
         """Make sure a stream queue named ``routing_key`` exists and is bound.
 
         An existing queue is used as it is (never redeclared). A missing one
-        is declared as a stream queue with the configured retention. Either
-        way it is bound to the service's exchange with the routing key.
+        is declared as a stream queue with the configured retention, after
+        ``on_declare`` was awaited (the caller records its intent to own the
+        queue durably first, so a crash after the declare orphans nothing).
+        Either way it is bound to the service's exchange with the routing key.
         Returns ``True`` when this call created the queue (the service then
         owns it). Raises :class:`BrokerUnavailable`.
         """

@@ -121,9 +121,9 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_registry_open_error_is_found_inside_exception_groups() -> None:
     from ess.cli import _find_startup_error
-    from ess.registry import RegistryOpenError
+    from ess.errors import StartupError
 
-    error = RegistryOpenError("cannot open the registry database /x: boom")
+    error = StartupError("ESS_DATABASE: cannot open the registry database /x: boom")
     nested = BaseExceptionGroup("outer", [ValueError("v"), ExceptionGroup("inner", [error])])
     assert _find_startup_error(nested) is error
     assert _find_startup_error(ValueError("v")) is None
@@ -162,11 +162,13 @@ def test_serve_runs_the_service_with_the_config(
 def test_serve_registry_open_failure_is_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import trio
+
     from ess.config import Config
-    from ess.registry import SQLiteRegistry
+    from ess.registry_factory import open_registry
 
     async def serve(config: Config) -> int:
-        async with SQLiteRegistry.open(config.database):
+        async with trio.open_nursery() as nursery, open_registry(config.database, nursery):
             return 0
 
     _fake_service(monkeypatch, serve)
@@ -174,7 +176,7 @@ def test_serve_registry_open_failure_is_one_line(
     blocker.write_text("")
     assert main(["serve", "--database", str(blocker / "r.db")], environ={}) == 1
     err = capsys.readouterr().err
-    assert err.startswith("ess: cannot start: cannot create the registry directory")
+    assert err.startswith("ess: cannot start: ESS_DATABASE: cannot create the registry directory")
     assert err.count("\n") == 1
 
 

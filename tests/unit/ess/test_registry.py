@@ -1,4 +1,7 @@
-"""ess.registry against real SQLite files: durability, ids, verbatim keys."""
+"""The SQLite registry against real files: durability, pragmas, open errors, crashes.
+
+The behaviour every registry shares is in tests/contract/test_registry_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.ports.registry import Registry, StreamRecord
-from ess.registry import (
-    SCHEMA_VERSION,
-    RegistryClosedError,
-    RegistryOpenError,
-    SQLiteRegistry,
-)
+from actors.adapters import sql_registry
+from actors.adapters.sql_registry import RegistryClosedError, RegistryOpenError
+from actors.adapters.sqlite_registry import SCHEMA_VERSION, SQLiteRegistry
+from actors.ports.registry import Registry, RegistryUnavailable, StreamRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -28,115 +28,67 @@ def _registry_type_check(registry: SQLiteRegistry) -> Registry:
     return registry  # mypy proves SQLiteRegistry satisfies the port
 
 
-async def test_create_get_list_delete(tmp_path: Path) -> None:
+async def test_unwritable_database_raises_unavailable_until_writable(tmp_path: Path) -> None:
+    # Root ignores file modes, so the file is made read-only the way SQLite
+    # itself reports it (SQLITE_READONLY), as for a read-only file or mount.
     async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-        assert registry.is_open
-        assert await registry.list() == []
-        first = await registry.create("key.a", owns_queue=True)
-        second = await registry.create("key.b", owns_queue=False)
-        shared = await registry.create("key.a", owns_queue=False)  # keys may be shared
-        assert (first.id, second.id, shared.id) == (1, 2, 3)
-        assert first.routing_key == "key.a" and first.owns_queue is True
-        assert second.owns_queue is False
-        assert len({first.uuid, second.uuid, shared.uuid}) == 3
-        assert await registry.get(first.id) == first
-        assert await registry.get_by_uuid(second.uuid) == second
-        assert await registry.get(999) is None
-        assert await registry.get_by_uuid("nope") is None
-        assert [r.id for r in await registry.list()] == [1, 2, 3]
-
-        assert await registry.delete(second.id) == second
-        assert await registry.delete(second.id) is None
-        assert await registry.get(second.id) is None
-        assert await registry.list() == [first, shared]
-
-        await registry.set_owns_queue(shared.id, True)
-        await registry.set_owns_queue(first.id, False)
-        await registry.set_owns_queue(12345, True)  # unknown id: no-op
-        got = await registry.get(shared.id)
-        assert got is not None and got.owns_queue is True
-        got = await registry.get(first.id)
-        assert got is not None and got.owns_queue is False
-    assert not registry.is_open
+        kept = await registry.create("k", owns_queue=True)
+        assert registry.available
+        registry.connection.execute("PRAGMA query_only = ON")
+        with pytest.raises(RegistryUnavailable, match="readonly"):
+            await registry.create("k2", owns_queue=False)
+        assert not registry.available
+        with pytest.raises(RegistryUnavailable):
+            await registry.delete(kept.id)
+        assert await registry.list() == [kept]  # reads still work...
+        assert not registry.available  # ...but say nothing about writing
+        await registry.check()
+        assert not registry.available
+        registry.connection.execute("PRAGMA query_only = OFF")
+        await registry.check()  # a real write
+        assert registry.available
+        assert (await registry.create("k2", owns_queue=False)).id == 2
+        assert not registry.connection.in_transaction
 
 
-async def test_uuid_is_a_v4_uuid(tmp_path: Path) -> None:
-    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-        record = await registry.create("k", owns_queue=True)
-    assert len(record.uuid) == 36 and record.uuid[14] == "4"
+async def test_availability_comes_back_without_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unready replica gets no API traffic: the registry must notice by itself.
+    monkeypatch.setattr(sql_registry, "CHECK_INTERVAL", 0.01)
+    async with trio.open_nursery() as nursery:
+        async with SQLiteRegistry.open(tmp_path / "r.db", nursery) as registry:
+            registry.connection.execute("PRAGMA query_only = ON")
+            with pytest.raises(RegistryUnavailable):
+                await registry.create("k", owns_queue=False)
+            registry.connection.execute("PRAGMA query_only = OFF")
+            with trio.fail_after(30):
+                while not registry.available:
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
 
 
-async def test_ids_never_reused(tmp_path: Path) -> None:
+async def test_two_processes_share_one_file(tmp_path: Path) -> None:
+    # Two connections, as two processes on one host have: ids stay unique and
+    # each sees the other's records (WAL, BEGIN IMMEDIATE, busy timeout).
     path = tmp_path / "r.db"
-    async with SQLiteRegistry.open(path) as registry:
-        for _ in range(3):
-            await registry.create("k", owns_queue=False)
-        await registry.delete(3)  # the highest
-        assert (await registry.create("k", owns_queue=False)).id == 4
-        await registry.delete(4)
-        await registry.delete(2)
-    async with SQLiteRegistry.open(path) as registry:  # nor across restarts
-        assert (await registry.create("k", owns_queue=False)).id == 5
-        assert [r.id for r in await registry.list()] == [1, 5]
+    made: list[StreamRecord] = []
+    async with SQLiteRegistry.open(path) as one, SQLiteRegistry.open(path) as two:
 
+        async def make(registry: SQLiteRegistry, i: int) -> None:
+            made.append(await registry.create(f"k{i % 2}", owns_queue=False))
 
-async def test_records_survive_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "dirs" / "r.db"  # parents are created
-    async with SQLiteRegistry.open(path) as registry:
-        created = [await registry.create(f"k{i}", owns_queue=i % 2 == 0) for i in range(5)]
-        await registry.add_pending_queue_deletion("gone")
-    async with SQLiteRegistry.open(path) as registry:
-        assert await registry.list() == created
-        assert await registry.pending_queue_deletions() == ["gone"]
-
-
-@pytest.mark.parametrize(
-    "routing_key",
-    [
-        "'; DROP TABLE streams; --",
-        "Robert'); DROP TABLE streams;--",
-        "\"double\" and 'single' quotes",
-        "back\\slash % _ wildcard ? :name @p $1",
-        "unicode: évènement 事件 🚀",
-        "é" * 127 + "x",  # 255 UTF-8 bytes
-        "x" * 255,
-        "with spaces and.dots#and*stars",
-    ],
-)
-async def test_routing_keys_stored_verbatim(tmp_path: Path, routing_key: str) -> None:
-    path = tmp_path / "r.db"
-    async with SQLiteRegistry.open(path) as registry:
-        record = await registry.create(routing_key, owns_queue=True)
-        await registry.add_pending_queue_deletion(routing_key)
-    async with SQLiteRegistry.open(path) as registry:
-        assert await registry.list() == [record]
-        assert (await registry.list())[0].routing_key == routing_key
-        assert await registry.pending_queue_deletions() == [routing_key]
-        await registry.remove_pending_queue_deletion(routing_key)
-        assert await registry.pending_queue_deletions() == []
-        assert await registry.delete(record.id) == record
-    # The tables are all still there.
-    with sqlite3.connect(path) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"streams", "pending_queue_deletions"} <= tables
-
-
-async def test_pending_deletions(tmp_path: Path) -> None:
-    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-        assert await registry.pending_queue_deletions() == []
-        await registry.add_pending_queue_deletion("b")
-        await registry.add_pending_queue_deletion("a")
-        await registry.add_pending_queue_deletion("b")  # idempotent
-        assert await registry.pending_queue_deletions() == ["b", "a"]  # oldest first
-        await registry.remove_pending_queue_deletion("b")
-        await registry.remove_pending_queue_deletion("unknown")  # no-op
-        assert await registry.pending_queue_deletions() == ["a"]
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(make, one if i % 2 else two, i)
+        assert len({r.id for r in made}) == 20
+        assert await one.list() == await two.list() == sorted(made, key=lambda r: r.id)
 
 
 async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     async with SQLiteRegistry.open(path) as registry:
-        conn = registry._conn
+        conn = registry.connection
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -182,33 +134,19 @@ async def test_calls_after_close_raise(tmp_path: Path) -> None:
         await registry.list()
 
 
-async def test_concurrent_calls_are_serialised(tmp_path: Path) -> None:
-    results: list[StreamRecord] = []
-    async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
-
-        async def make(i: int) -> None:
-            results.append(await registry.create(f"k{i}", owns_queue=False))
-
-        async with trio.open_nursery() as nursery:
-            for i in range(20):
-                nursery.start_soon(make, i)
-        assert sorted(r.id for r in results) == list(range(1, 21))
-        assert len(await registry.list()) == 20
-
-
 async def test_cancelled_caller_leaves_registry_usable(tmp_path: Path) -> None:
     async with SQLiteRegistry.open(tmp_path / "r.db") as registry:
         with trio.move_on_after(0):
             await registry.create("k", owns_queue=False)
         # Whether or not the create ran, the connection is not stuck mid-transaction.
         await registry.create("k2", owns_queue=False)
-        assert not registry._conn.in_transaction
+        assert not registry.connection.in_transaction
 
 
 CHILD = textwrap.dedent(
     """
     import sys, time, trio
-    from ess.registry import SQLiteRegistry
+    from actors.adapters.sqlite_registry import SQLiteRegistry
 
     async def main(path):
         async with SQLiteRegistry.open(path) as registry:

@@ -1,0 +1,275 @@
+"""Queue ownership survives failures and crashes at any point (SPEC sections 2 and 7).
+
+A queue the service declared ends up either recorded as owned or deleted
+again, whatever fails after the declare; a DELETE's queue removal is
+recorded before the broker is asked; ownership is decided by the registry,
+so it holds across replicas sharing it. The broker and registry here are the
+memory adapters, with failures injected where a real one would fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from actors.adapters.memory_broker import MemoryBroker
+from actors.adapters.memory_registry import MemoryRegistry
+from actors.ports.broker import BrokerUnavailable
+from actors.ports.registry import RegistryUnavailable, StreamRecord
+
+from .actor_fakes import WAIT, running, settle, wall_clock
+
+OnDeclare = Callable[[], Awaitable[None]] | None
+
+
+class StepBroker(MemoryBroker):
+    """A memory broker whose ``ensure_stream`` can fail or stall after the declare."""
+
+    def __init__(self) -> None:
+        super().__init__(clock=wall_clock)
+        self.fail_bind = False
+        self.stall_bind = False
+        self.declared_meanwhile = False
+        self.bind_reached = trio.Event()
+        self.bind_released = trio.Event()
+        self.stall_delete = False
+        self.delete_reached = trio.Event()
+        self.delete_released = trio.Event()
+
+    async def ensure_stream(self, routing_key: str, *, on_declare: OnDeclare = None) -> bool:
+        if self.declared_meanwhile and not self.has_stream(routing_key):
+            # Someone else declares it between our check and our declare.
+            if on_declare is not None:
+                await on_declare()
+            self.create_stream(routing_key)
+            return await super().ensure_stream(routing_key)
+        created = await super().ensure_stream(routing_key, on_declare=on_declare)
+        self.bind_reached.set()
+        if self.stall_bind:
+            await self.bind_released.wait()
+        if self.fail_bind:
+            raise BrokerUnavailable("the bind timed out")
+        return created
+
+    async def delete_stream(self, routing_key: str) -> None:
+        if self.stall_delete:
+            self.delete_reached.set()
+            await self.delete_released.wait()  # a DELETE is shielded: it must end
+        await super().delete_stream(routing_key)
+
+
+class FailingCreateRegistry(MemoryRegistry):
+    """A memory registry whose ``create`` fails (a full disk, PostgreSQL gone)."""
+
+    async def create(self, routing_key: str, *, owns_queue: bool) -> StreamRecord:
+        raise RegistryUnavailable("disk full")
+
+
+@pytest.mark.parametrize("failure", ["the bind fails", "the registry fails", "the caller hangs up"])
+async def test_a_failure_after_the_declare_deletes_the_queue_again(
+    autojump_clock: MockClock, failure: str
+) -> None:
+    broker = StepBroker()
+    broker.fail_bind = failure == "the bind fails"
+    broker.stall_bind = failure == "the caller hangs up"
+    registry = FailingCreateRegistry() if failure == "the registry fails" else MemoryRegistry()
+    async with running(broker=broker, registry=registry) as h:
+
+        async def post() -> None:
+            with pytest.raises((BrokerUnavailable, RegistryUnavailable)):
+                await h.stream("rk")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post)
+            if broker.stall_bind:
+                await broker.bind_reached.wait()
+                nursery.cancel_scope.cancel()
+        assert broker.deleted_streams == ["rk"]
+        assert not broker.has_stream("rk")
+        assert await registry.pending_queue_deletions() == []
+        assert await registry.list() == []
+
+
+async def test_crash_after_the_declare_is_cleaned_up_by_the_next_start(
+    autojump_clock: MockClock,
+) -> None:
+    broker = StepBroker()
+    broker.stall_bind = True
+    registry = MemoryRegistry()
+    async with running(broker=broker, registry=registry) as crashed:
+        crashed.nursery.start_soon(crashed.stream, "rk")
+        await broker.bind_reached.wait()
+        # The process dies here: what it recorded is what a restart finds.
+        assert await registry.pending_queue_deletions() == ["rk"]
+        broker.stall_bind = False
+        async with running(broker=broker, registry=registry):
+            with trio.fail_after(WAIT):
+                await broker.wait_deleted("rk")
+            await settle()
+            assert await registry.pending_queue_deletions() == []
+        crashed.nursery.cancel_scope.cancel()
+
+
+async def test_queue_declared_meanwhile_by_someone_else_is_not_owned(
+    autojump_clock: MockClock,
+) -> None:
+    broker = StepBroker()
+    broker.declared_meanwhile = True
+    async with running(broker=broker) as h:
+        record = await h.stream("rk")
+        assert not record.owns_queue
+        assert await h.registry.pending_queue_deletions() == []
+        await h.supervisor.delete_stream(record.id)
+        await settle()
+        assert broker.has_stream("rk")
+
+
+async def test_delete_records_the_pending_deletion_before_asking_the_broker(
+    autojump_clock: MockClock,
+) -> None:
+    broker = StepBroker()
+    registry = MemoryRegistry()
+    async with running(broker=broker, registry=registry) as crashed:
+        record = await crashed.stream("rk")
+        broker.stall_delete = True
+        crashed.nursery.start_soon(crashed.supervisor.delete_stream, record.id)
+        await broker.delete_reached.wait()
+        # A crash now: the record is gone and the queue's deletion is recorded.
+        assert await registry.list() == []
+        assert await registry.pending_queue_deletions() == ["rk"]
+        broker.stall_delete = False
+        async with running(broker=broker, registry=registry):
+            with trio.fail_after(WAIT):
+                await broker.wait_deleted("rk")
+            await settle()
+            assert await registry.pending_queue_deletions() == []
+        broker.delete_released.set()
+        crashed.nursery.cancel_scope.cancel()
+
+
+async def test_ownership_is_handed_to_a_stream_another_replica_created(
+    autojump_clock: MockClock,
+) -> None:
+    broker = MemoryBroker(clock=wall_clock)
+    registry = MemoryRegistry()
+    async with running(broker=broker, registry=registry) as one:
+        owner = await one.stream("shared")
+        async with running(broker=broker, registry=registry) as two:
+            heir = await two.stream("shared")  # replica one does not know this stream
+            assert owner.owns_queue and not heir.owns_queue
+            await one.supervisor.delete_stream(owner.id)
+            await settle()
+            assert broker.has_stream("shared")
+            assert (await registry.get(heir.id)) == StreamRecord(
+                heir.id, heir.uuid, "shared", True, heir.created_at
+            )
+            await two.supervisor.delete_stream(heir.id)
+            await settle()
+            assert not broker.has_stream("shared")
+            assert broker.deleted_streams == ["shared"]  # exactly once
+
+
+async def test_delete_while_the_registry_is_unavailable_changes_nothing(
+    autojump_clock: MockClock,
+) -> None:
+    async with running() as h:
+        record = await h.stream("rk")
+        ws = await h.open(record)
+        h.registry.set_available(False)
+        with pytest.raises(RegistryUnavailable):
+            await h.supervisor.delete_stream(record.id)
+        assert not h.registry.available
+        assert not ws.closed.is_set()
+        assert h.supervisor.find_stream(record.uuid) is not None
+        assert h.broker.has_stream("rk")
+        h.registry.set_available(True)
+        assert await h.supervisor.delete_stream(record.id)
+        await ws.wait_closed()
+        await settle()
+        assert not h.broker.has_stream("rk")
+
+
+async def test_pending_deletion_waits_for_the_registry(autojump_clock: MockClock) -> None:
+    async with running() as h:
+        record = await h.stream("rk")
+        h.broker.set_available(False)
+        await h.supervisor.delete_stream(record.id)
+        h.registry.set_available(False)
+        h.broker.set_available(True)
+        await trio.sleep(30)  # the retry backs off; nothing breaks
+        assert h.broker.has_stream("rk")
+        h.registry.set_available(True)
+        with trio.fail_after(WAIT):
+            await h.broker.wait_deleted("rk")
+        await settle()
+        assert await h.registry.pending_queue_deletions() == []
+
+
+async def test_streams_are_restored_once_the_registry_is_reachable(
+    autojump_clock: MockClock,
+) -> None:
+    broker = MemoryBroker(clock=wall_clock)
+    registry = MemoryRegistry()
+    await broker.ensure_stream("a")
+    record = await registry.create("a", owns_queue=True)
+    registry.set_available(False)
+    async with running(broker=broker, registry=registry) as h:
+        assert h.supervisor.find_stream(record.uuid) is None  # started, not restored
+        registry.set_available(True)
+        await trio.sleep(WAIT)
+        ws = await h.open(record)
+        await h.publish("a", "x")
+        await ws.wait_frames(1)
+
+
+async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_keeps_its_queue(
+    autojump_clock: MockClock,
+) -> None:
+    broker = StepBroker()
+    registry = MemoryRegistry()
+    async with running(broker=broker, registry=registry) as one:
+        last = await one.stream("rk")
+        broker.stall_delete = True
+        one.nursery.start_soon(one.supervisor.delete_stream, last.id)
+        await broker.delete_reached.wait()  # replica one decided: the queue goes
+        async with running(broker=broker, registry=registry) as two:
+            newcomer = await two.stream("rk")  # the queue still exists: claimed
+            assert newcomer.owns_queue
+            broker.stall_delete = False
+            broker.delete_released.set()
+            await settle()
+            assert broker.deleted_streams == ["rk"]
+            assert broker.has_stream("rk") and broker.is_bound("rk")  # declared again
+            assert await registry.pending_queue_deletions() == []
+            ws = await two.open(newcomer)
+            await two.publish("rk", "x")
+            await ws.wait_frames(1)
+
+
+async def test_a_post_whose_intent_another_replica_cleaned_up_keeps_its_queue(
+    autojump_clock: MockClock,
+) -> None:
+    broker = StepBroker()
+    registry = MemoryRegistry()
+    broker.stall_bind = True
+    async with running(broker=broker, registry=registry) as slow:
+        created: list[StreamRecord] = []
+
+        async def post() -> None:
+            created.append(await slow.stream("rk"))
+
+        slow.nursery.start_soon(post)
+        await broker.bind_reached.wait()
+        # Another replica starts and takes the intent for a crashed POST's.
+        async with running(broker=broker, registry=registry):
+            with trio.fail_after(WAIT):
+                await broker.wait_deleted("rk")
+        broker.stall_bind = False
+        broker.bind_released.set()
+        await settle()
+        [record] = created
+        assert record.owns_queue
+        assert broker.has_stream("rk")  # declared again once the stream was recorded
