@@ -6,35 +6,229 @@ page's script takes the token from the URL fragment (``#token=...``, which
 the browser never sends to the server, so it stays out of access logs), from
 ``?token=...``, or from a field on the page, and sends it as ``Authorization:
 Bearer``.
+
+``/debug/actors`` costs what its answer costs (the logic is in
+:mod:`web.debug_query`): a small deployment gets the whole tree, a large one
+a summary, and pages or single streams on request. Only the streams an
+answer needs are snapshotted. The per-stream rows behind summaries and pages
+(an index) are rebuilt at most once per :data:`INDEX_TTL` however many
+clients poll, by one task at a time, in batches of :data:`BATCH` streams
+with a checkpoint between batches, so no answer holds the event loop for
+long whatever the number of streams.
 """
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
+from typing import Protocol, runtime_checkable
 
-from quart import Response
+import trio
+import trio.lowlevel
+from quart import Response, request
 from quart_trio import QuartTrio
 
+from actors.ports.registry import StreamRecord
+from actors.snapshot import short_uuid
+from web.debug_query import (
+    FULL_TREE_LIMIT,
+    Json,
+    Query,
+    QueryError,
+    RateMeter,
+    StreamIndex,
+    StreamRow,
+    measure,
+    page,
+    parse_query,
+    stream_row,
+)
 from web.ports import StreamDirectory
-from web.responses import json_response
+from web.responses import error_response, json_response
 
 #: Endpoints reachable without the bearer token (besides ``/health/*``).
 PUBLIC_DEBUG_ENDPOINTS = frozenset({"debug_page", "static"})
+#: Seconds an index of every stream serves summaries and pages before a rebuild.
+INDEX_TTL = 1.0
+#: Streams visited between two checkpoints (about a millisecond of work).
+BATCH = 500
+
+
+class StreamActorView(Protocol):
+    """One stream actor, as the debug view reads it (``actors.stream.StreamActor``)."""
+
+    @property
+    def record(self) -> StreamRecord: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    @property
+    def connections(self) -> Sequence[object]: ...
+
+    def snapshot(self) -> Json: ...
+
+
+@runtime_checkable
+class ActorTree(Protocol):
+    """The supervisor, as the debug view reads it: its streams by id, and the whole tree."""
+
+    @property
+    def streams(self) -> Sequence[StreamActorView]: ...
+
+    def snapshot(self) -> Json: ...
+
+
+class DebugView:
+    """Answers ``/debug/actors`` queries from the live actor tree; see the module doc."""
+
+    def __init__(
+        self,
+        tree: ActorTree,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._tree = tree
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._started_at = wall_clock()
+        self._meter = RateMeter()
+        self._index: StreamIndex | None = None
+        self._building = trio.Lock()
+
+    async def answer(self, query: Query) -> tuple[int, Json]:
+        """(HTTP status, body) of ``query``."""
+        if query.mode == "stream":
+            assert query.stream is not None
+            found = self.stream(query.stream)
+            if found is None:
+                return 404, {"detail": f"No event stream with id {query.stream}"}
+            return 200, found
+        if query.mode == "full" or (
+            query.mode == "auto" and len(self._tree.streams) <= FULL_TREE_LIMIT
+        ):
+            return 200, self.full_tree()
+        index = await self.index()
+        if query.mode == "page":
+            return 200, (await self._page(index, query)) | self._header(index)
+        return 200, index.summary() | self._header(index)
+
+    def _header(self, index: StreamIndex) -> Json:
+        now = self._wall_clock()
+        return {
+            "started_at": self._started_at,
+            "uptime": round(now - self._started_at, 3),
+            "sampled_at": round(now - (self._clock() - index.taken_at), 3),
+        }
+
+    def full_tree(self) -> Json:
+        """The whole tree, each stream and connection with its rate and lag."""
+        tree = self._tree.snapshot()
+        now = self._clock()
+        children = tree.get("children")
+        for child in children if isinstance(children, list) else []:
+            if isinstance(child, dict) and child.get("kind") == "stream":
+                measure(child, self._meter, now)
+        return tree
+
+    def stream(self, stream_id: int) -> Json | None:
+        """One stream's node and its connections, with rates and lag; ``None`` if unknown."""
+        streams = self._tree.streams
+        at = bisect.bisect_left(streams, stream_id, key=lambda actor: actor.record.id)
+        if at == len(streams) or streams[at].record.id != stream_id:
+            return None
+        actor = streams[at]
+        snapshot = actor.snapshot()
+        measure(snapshot, self._meter, self._clock())
+        counters = snapshot.get("counters")
+        if isinstance(counters, dict):
+            counters["created_at"] = actor.record.created_at
+        return snapshot
+
+    async def index(self) -> StreamIndex:
+        """The index of every stream, rebuilt if older than :data:`INDEX_TTL`."""
+        async with self._building:  # one rebuild at a time; waiters reuse its result
+            index = self._index
+            if index is None or self._clock() - index.taken_at >= INDEX_TTL:
+                index = self._index = await self._build_index()
+        return index
+
+    async def _build_index(self) -> StreamIndex:
+        streams = self._tree.streams
+        now = self._clock()
+        rows: list[StreamRow] = []
+        active: list[StreamRow] = []
+        sampled: list[object] = []
+        for at, actor in enumerate(streams):
+            if at % BATCH == BATCH - 1:
+                await trio.lowlevel.checkpoint()
+                now = self._clock()
+            record = actor.record
+            if not actor.connections:
+                rows.append(
+                    StreamRow(
+                        record.id,
+                        short_uuid(record.uuid),
+                        record.routing_key,
+                        actor.state,
+                        record.created_at,
+                        0,
+                        actor.restarts,
+                    )
+                )
+                continue
+            snapshot = actor.snapshot()
+            measures = measure(snapshot, self._meter, now)
+            sampled.extend(measures.meter_keys)
+            row = stream_row(snapshot, record.created_at, measures)
+            rows.append(row)
+            active.append(row)
+        self._meter.keep_only(sampled)
+        return StreamIndex(rows, self._clock(), active)
+
+    async def _page(self, index: StreamIndex, query: Query) -> Json:
+        order = index.order(query.sort)
+        if query.routing_key is None and query.state is None and query.search is None:
+            return page(order, query).as_json()
+        matches: list[StreamRow] = []
+        for start in range(0, len(order), BATCH * 4):
+            matches.extend(row for row in order[start : start + BATCH * 4] if row.matches(query))
+            await trio.lowlevel.checkpoint()
+        return page(matches, query).as_json()
 
 
 def install_debug_routes(app: QuartTrio, streams: StreamDirectory) -> None:
     """``GET /debug/actors`` (JSON) and ``GET /debug/`` (the HTML view)."""
-    page = resources.files("web").joinpath("static", "debug.html").read_text(encoding="utf-8")
+    page_html = resources.files("web").joinpath("static", "debug.html").read_text(encoding="utf-8")
+    view = DebugView(streams) if isinstance(streams, ActorTree) else None
 
     @app.get("/debug/actors")
     async def debug_actors() -> Response:
-        return json_response(streams.snapshot())
+        if view is None:  # a directory without per-stream access: only the whole tree
+            return json_response(streams.snapshot())
+        try:
+            query = parse_query(_single_values(request.args))
+        except QueryError as error:
+            return error_response(400, str(error))
+        status, body = await view.answer(query)
+        return json_response(body, status)
 
     @app.get("/debug/")
     async def debug_page() -> Response:
         return Response(
-            page,
+            page_html,
             status=200,
             content_type="text/html; charset=utf-8",
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )
+
+
+def _single_values(args: Mapping[str, str]) -> dict[str, str]:
+    """The query parameters, the first value of each (a repeated one is not an error)."""
+    return {key: args[key] for key in args}
