@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
 from typing import Protocol, runtime_checkable
 
@@ -139,11 +140,9 @@ class DebugView:
 
     def stream(self, stream_id: int) -> Json | None:
         """One stream's node and its connections, with rates and lag; ``None`` if unknown."""
-        streams = self._tree.streams
-        at = bisect.bisect_left(streams, stream_id, key=lambda actor: actor.record.id)
-        if at == len(streams) or streams[at].record.id != stream_id:
+        actor = _find(self._tree.streams, stream_id)
+        if actor is None:
             return None
-        actor = streams[at]
         snapshot = actor.snapshot()
         measure(snapshot, self._meter, self._clock())
         counters = snapshot.get("counters")
@@ -154,13 +153,19 @@ class DebugView:
     async def index(self) -> StreamIndex:
         """The index of every stream, rebuilt if older than :data:`INDEX_TTL`."""
         async with self._building:  # one rebuild at a time; waiters reuse its result
+            streams = self._tree.streams
             index = self._index
-            if index is None or self._clock() - index.taken_at >= INDEX_TTL:
-                index = self._index = await self._build_index()
+            if index is None or self._stale(index, streams):
+                index = self._index = await self._build_index(streams)
         return index
 
-    async def _build_index(self) -> StreamIndex:
-        streams = self._tree.streams
+    def _stale(self, index: StreamIndex, streams: Sequence[StreamActorView]) -> bool:
+        """Older than :data:`INDEX_TTL`, or streams were created or deleted since."""
+        if self._clock() - index.taken_at >= INDEX_TTL or len(streams) != len(index.rows):
+            return True
+        return bool(streams) and streams[-1].record.id != index.rows[-1].id
+
+    async def _build_index(self, streams: Sequence[StreamActorView]) -> StreamIndex:
         now = self._clock()
         rows: list[StreamRow] = []
         active: list[StreamRow] = []
@@ -169,38 +174,44 @@ class DebugView:
             if at % BATCH == BATCH - 1:
                 await trio.lowlevel.checkpoint()
                 now = self._clock()
-            record = actor.record
-            if not actor.connections:
-                rows.append(
-                    StreamRow(
-                        record.id,
-                        short_uuid(record.uuid),
-                        record.routing_key,
-                        actor.state,
-                        record.created_at,
-                        0,
-                        actor.restarts,
-                    )
-                )
-                continue
-            snapshot = actor.snapshot()
-            measures = measure(snapshot, self._meter, now)
-            sampled.extend(measures.meter_keys)
-            row = stream_row(snapshot, record.created_at, measures)
+            row = self._row(actor, now, sampled)
             rows.append(row)
-            active.append(row)
+            if row.connections:
+                active.append(row)
         self._meter.keep_only(sampled)
         return StreamIndex(rows, self._clock(), active)
 
+    def _row(self, actor: StreamActorView, now: float, sampled: list[object]) -> StreamRow:
+        """The stream's row now; only a stream with connections is snapshotted."""
+        record = actor.record
+        if not actor.connections:
+            name = short_uuid(record.uuid)
+            state = actor.state
+            return StreamRow(
+                record.id, name, record.routing_key, state, record.created_at, 0, actor.restarts
+            )
+        snapshot = actor.snapshot()
+        measures = measure(snapshot, self._meter, now)
+        sampled.extend(measures.meter_keys)
+        return stream_row(snapshot, record.created_at, measures)
+
     async def _page(self, index: StreamIndex, query: Query) -> Json:
-        order = index.order(query.sort)
-        if query.routing_key is None and query.state is None and query.search is None:
-            return page(order, query).as_json()
-        matches: list[StreamRow] = []
-        for start in range(0, len(order), BATCH * 4):
-            matches.extend(row for row in order[start : start + BATCH * 4] if row.matches(query))
-            await trio.lowlevel.checkpoint()
-        return page(matches, query).as_json()
+        """A page in the index's order, its rows read afresh from their actors."""
+        matches = order = index.order(query.sort)
+        if query.routing_key is not None or query.state is not None or query.search is not None:
+            matches = []
+            for start in range(0, len(order), BATCH * 4):
+                chunk = order[start : start + BATCH * 4]
+                matches.extend(row for row in chunk if row.matches(query))
+                await trio.lowlevel.checkpoint()
+        found = page(matches, query)
+        streams = self._tree.streams
+        now = self._clock()
+        fresh = []
+        for row in found.rows:
+            actor = _find(streams, row.id)
+            fresh.append(row if actor is None else self._row(actor, now, []))
+        return replace(found, rows=fresh).as_json()
 
 
 def install_debug_routes(app: QuartTrio, streams: StreamDirectory) -> None:
@@ -227,6 +238,12 @@ def install_debug_routes(app: QuartTrio, streams: StreamDirectory) -> None:
             content_type="text/html; charset=utf-8",
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )
+
+
+def _find(streams: Sequence[StreamActorView], stream_id: int) -> StreamActorView | None:
+    """The actor of ``stream_id`` in ``streams`` (ordered by id), by bisection."""
+    at = bisect.bisect_left(streams, stream_id, key=lambda actor: actor.record.id)
+    return streams[at] if at < len(streams) and streams[at].record.id == stream_id else None
 
 
 def _single_values(args: Mapping[str, str]) -> dict[str, str]:
