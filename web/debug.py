@@ -102,22 +102,33 @@ class DebugView:
         self._meter = RateMeter()
         self._index: StreamIndex | None = None
         self._building = trio.Lock()
+        #: The supervisor's list of stream actors (a fresh, sorted copy per call, so
+        #: costly at 50,000) and when it was taken; the index is built from it.
+        self._listed: Sequence[StreamActorView] = ()
+        self._listed_at = -INDEX_TTL
+        self._indexed: Sequence[StreamActorView] | None = None
+        #: The idle rows of the last index by stream id, reused while unchanged:
+        #: 50,000 fresh objects a second would survive into the oldest garbage
+        #: collector generation and bring on full collections (~100 ms pauses).
+        self._idle: dict[int, StreamRow] = {}
 
     async def answer(self, query: Query) -> tuple[int, Json]:
         """(HTTP status, body) of ``query``."""
+        filtered = query.routing_key or query.state or query.search
+        streams = self._actors(fresh=bool(filtered))
         if query.mode == "stream":
             assert query.stream is not None
-            found = self.stream(query.stream)
+            found = self.stream(streams, query.stream) or self.stream(
+                self._actors(fresh=True), query.stream
+            )
             if found is None:
                 return 404, {"detail": f"No event stream with id {query.stream}"}
             return 200, found
-        if query.mode == "full" or (
-            query.mode == "auto" and len(self._tree.streams) <= FULL_TREE_LIMIT
-        ):
+        if query.mode == "full" or (query.mode == "auto" and len(streams) <= FULL_TREE_LIMIT):
             return 200, self.full_tree()
-        index = await self.index()
+        index = await self.index(streams)
         if query.mode == "page":
-            return 200, (await self._page(index, query)) | self._header(index)
+            return 200, (await self._page(index, query, streams)) | self._header(index)
         return 200, index.summary() | self._header(index)
 
     def _header(self, index: StreamIndex) -> Json:
@@ -138,9 +149,9 @@ class DebugView:
                 measure(child, self._meter, now)
         return tree
 
-    def stream(self, stream_id: int) -> Json | None:
+    def stream(self, streams: Sequence[StreamActorView], stream_id: int) -> Json | None:
         """One stream's node and its connections, with rates and lag; ``None`` if unknown."""
-        actor = _find(self._tree.streams, stream_id)
+        actor = _find(streams, stream_id)
         if actor is None:
             return None
         snapshot = actor.snapshot()
@@ -150,43 +161,66 @@ class DebugView:
             counters["created_at"] = actor.record.created_at
         return snapshot
 
-    async def index(self) -> StreamIndex:
-        """The index of every stream, rebuilt if older than :data:`INDEX_TTL`."""
+    async def index(self, streams: Sequence[StreamActorView]) -> StreamIndex:
+        """The index of ``streams``, rebuilt if older than :data:`INDEX_TTL`."""
         async with self._building:  # one rebuild at a time; waiters reuse its result
-            streams = self._tree.streams
             index = self._index
             if index is None or self._stale(index, streams):
                 index = self._index = await self._build_index(streams)
+                self._indexed = streams
         return index
 
+    def _actors(self, *, fresh: bool) -> Sequence[StreamActorView]:
+        """The stream actors by id: taken at most once per :data:`INDEX_TTL` unless ``fresh``.
+
+        A search scans every row anyway and must find a stream created a
+        moment ago, so it takes a fresh list; polls of the summary and of
+        unfiltered pages reuse one up to :data:`INDEX_TTL` old.
+        """
+        now = self._clock()
+        if fresh or now - self._listed_at >= INDEX_TTL:
+            self._listed, self._listed_at = self._tree.streams, now
+        return self._listed
+
     def _stale(self, index: StreamIndex, streams: Sequence[StreamActorView]) -> bool:
-        """Older than :data:`INDEX_TTL`, or streams were created or deleted since."""
-        if self._clock() - index.taken_at >= INDEX_TTL or len(streams) != len(index.rows):
-            return True
-        return bool(streams) and streams[-1].record.id != index.rows[-1].id
+        """Older than :data:`INDEX_TTL`, or built from another list of the streams."""
+        return self._clock() - index.taken_at >= INDEX_TTL or streams is not self._indexed
 
     async def _build_index(self, streams: Sequence[StreamActorView]) -> StreamIndex:
         now = self._clock()
         rows: list[StreamRow] = []
         active: list[StreamRow] = []
         sampled: list[object] = []
+        previous, idle = self._idle, {}
         for at, actor in enumerate(streams):
             if at % BATCH == BATCH - 1:
                 await trio.lowlevel.checkpoint()
                 now = self._clock()
-            row = self._row(actor, now, sampled)
+            row = self._row(actor, now, sampled, previous)
             rows.append(row)
             if row.connections:
                 active.append(row)
+            elif row.state == "idle":
+                idle[row.id] = row
         self._meter.keep_only(sampled)
+        self._idle = idle
         return StreamIndex(rows, self._clock(), active)
 
-    def _row(self, actor: StreamActorView, now: float, sampled: list[object]) -> StreamRow:
+    def _row(
+        self,
+        actor: StreamActorView,
+        now: float,
+        sampled: list[object],
+        idle: Mapping[int, StreamRow],
+    ) -> StreamRow:
         """The stream's row now; only a stream with connections is snapshotted."""
         record = actor.record
-        if not actor.connections:
+        state = actor.state
+        if state == "idle":  # no connections (cheaper to ask than to copy the list)
+            row = idle.get(record.id)
+            if row is not None and row.restarts == actor.restarts:
+                return row
             name = short_uuid(record.uuid)
-            state = actor.state
             return StreamRow(
                 record.id, name, record.routing_key, state, record.created_at, 0, actor.restarts
             )
@@ -195,7 +229,9 @@ class DebugView:
         sampled.extend(measures.meter_keys)
         return stream_row(snapshot, record.created_at, measures)
 
-    async def _page(self, index: StreamIndex, query: Query) -> Json:
+    async def _page(
+        self, index: StreamIndex, query: Query, streams: Sequence[StreamActorView]
+    ) -> Json:
         """A page in the index's order, its rows read afresh from their actors."""
         matches = order = index.order(query.sort)
         if query.routing_key is not None or query.state is not None or query.search is not None:
@@ -205,12 +241,11 @@ class DebugView:
                 matches.extend(row for row in chunk if row.matches(query))
                 await trio.lowlevel.checkpoint()
         found = page(matches, query)
-        streams = self._tree.streams
         now = self._clock()
         fresh = []
         for row in found.rows:
             actor = _find(streams, row.id)
-            fresh.append(row if actor is None else self._row(actor, now, []))
+            fresh.append(row if actor is None else self._row(actor, now, [], self._idle))
         return replace(found, rows=fresh).as_json()
 
 

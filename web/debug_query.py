@@ -362,7 +362,10 @@ class StreamIndex:
     rows: list[StreamRow]
     taken_at: float
     active: list[StreamRow] = field(default_factory=list)
+    #: Streams in each "top" list of the summary.
+    top_n: int = TOP_N
     _orders: dict[Sort, list[StreamRow]] = field(default_factory=dict, repr=False)
+    _summary: Json | None = field(default=None, repr=False)
 
     def order(self, sort: Sort) -> list[StreamRow]:
         """Every row in the order of ``sort`` (cached: the index does not change)."""
@@ -373,13 +376,22 @@ class StreamIndex:
             else:
                 key = _sort_key(sort)
                 busy = sorted((row for row in self.active if key(row)[0] != 0), key=key)
-                chosen = {row.id for row in busy}
-                found = busy + [row for row in self.rows if row.id not in chosen]
+                if busy:
+                    chosen = {row.id for row in busy}
+                    found = busy + [row for row in self.rows if row.id not in chosen]
+                else:
+                    found = self.rows
             self._orders[sort] = found
         return found
 
-    def summary(self, top: int = TOP_N) -> Json:
-        """Counts by state, totals and the top streams by rate, connections and lag."""
+    def summary(self) -> Json:
+        """Counts by state, totals and the top streams (cached: the index does not change)."""
+        if self._summary is None:
+            self._summary = self._summarise()
+        return self._summary
+
+    def _summarise(self) -> Json:
+        top = self.top_n
         states = Counter(row.state for row in self.rows)
         active = self.active
         return {

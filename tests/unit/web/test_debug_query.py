@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+import trio
+import trio.lowlevel
 
 from actors.ports.registry import StreamRecord
 from actors.snapshot import node
-from web.debug import DebugView
+from web.debug import BATCH, DebugView
 from web.debug_query import (
     FULL_TREE_LIMIT,
     MIN_RATE_INTERVAL,
@@ -159,7 +161,10 @@ def index_with_busy() -> StreamIndex:
 
 
 def test_summary_counts_states_totals_and_tops() -> None:
-    summary = index_with_busy().summary(top=2)
+    index = index_with_busy()
+    index.top_n = 2
+    summary = index.summary()
+    assert index.summary() is summary  # computed once per index
     assert summary["streams"] == 1000
     assert summary["states"] == {"active": 3, "idle": 997}
     assert summary["connections"] == 7 and summary["rate_out"] == 68.0
@@ -306,3 +311,35 @@ async def test_the_index_is_rebuilt_at_most_once_per_ttl() -> None:
     now[0] = 1.5
     await view.answer(Query(mode="summary"))
     assert tree.streams[0].snapshots == 2
+
+
+async def test_an_index_build_lets_other_tasks_run_every_batch() -> None:
+    tree = fake_tree(BATCH * 20)
+    view = DebugView(tree)
+    turns = 0
+    done = trio.Event()
+
+    async def other_task() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        await trio.lowlevel.checkpoint()  # let it start
+        before = turns
+        await view.answer(Query(mode="summary"))
+        during = turns - before
+        done.set()
+    assert during >= 19, during  # it ran between (nearly) every two batches
+
+
+def test_idle_rows_are_reused_between_indexes() -> None:
+    tree = fake_tree(BATCH * 2, active=[3])
+    view = DebugView(tree, clock=lambda: 0.0)
+    first = trio.run(view.index, tree.streams)
+    second = trio.run(view.index, list(tree.streams))  # another list: a rebuild
+    assert first is not second
+    assert first.rows[0] is second.rows[0]  # idle: the same object, not a new one
+    assert first.rows[2] is not second.rows[2]  # active: measured afresh
