@@ -1,0 +1,254 @@
+"""debug_polling: a live websocket's latency, with and without operators polling, at 50,000 streams.
+
+Issue 13: the operator's endpoints must cost what their answer costs, not
+hold the event loop for the whole registry. The service is restored from a
+registry pre-filled with ``--debug-streams`` idle streams (written straight
+into its SQLite file between a first start, which creates the schema, and
+the measured one), plus one live stream with one client. The same paced
+publishing (as in ``live``) runs once per phase, in the same run, on the
+same client, while a separate process (so the driver's own loop is not the
+one kept busy) polls, one loop per path:
+
+1. *quiet*: nobody polls;
+2. *control*: ``/health/live`` in three loops, each request sent the moment
+   the previous one answered: what any HTTP request costs the loop;
+3. *polled*: ``/debug/actors`` (the default answer: a summary at this
+   size), ``/debug/actors?limit=100`` (the page's list) and ``/metrics``,
+   each as fast as it answers (the issue's measure);
+4. *polled_10hz*: the same three, each every 0.1 s (five open pages and a
+   Prometheus scraping every second would ask for less).
+
+It prints each phase's latency, the p99 differences (targets <= 5 ms) and
+per path the requests answered, their mean and max time and body size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..client import open_ws
+from ..harness import (
+    STARTED,
+    Api,
+    Profiler,
+    Publisher,
+    Result,
+    Service,
+    latency_summary,
+    unique_key,
+)
+from ..latency import Reader, paced_publish, wait_all_received
+
+NAME = "debug_polling"
+#: What the poller process asks for, one loop per path.
+POLLED_PATHS = ("/debug/actors", "/debug/actors?limit=100", "/metrics")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug-streams", type=int, default=50_000, help="pre-filled streams")
+    parser.add_argument("--debug-rate", type=float, default=300.0, help="msg/s on the live client")
+    parser.add_argument("--debug-duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument(
+        "--debug-poll",
+        default=",".join(POLLED_PATHS),
+        help="comma-separated paths polled in the second phase, one loop each",
+    )
+
+
+def prefill(database: Path, count: int, prefix: str) -> None:
+    """``count`` idle streams owning no queue (so nothing on the broker to clean up)."""
+    now = time.time()
+    rows = ((str(uuid.uuid4()), f"{prefix}.{n}", 0, now) for n in range(count))
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.executemany(
+            "INSERT INTO streams (uuid, routing_key, owns_queue, created_at) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+
+
+async def measure_phase(
+    reader: Reader, publisher: Publisher, key: str, rate: float, duration: float, size: int
+) -> dict[str, Any]:
+    start = len(reader.latencies_ms)
+    reader.seqs, reader.last_seq = set(), -1  # each phase numbers its events from 0
+    sent, achieved = await paced_publish(publisher, [key], rate, duration, size)
+    await wait_all_received([reader], sent, grace=10.0)
+    return {
+        "sent": sent,
+        "received": len(reader.seqs),
+        "publish_rate_achieved": round(achieved, 1),
+        "latency": latency_summary(reader.latencies_ms[start:]),
+    }
+
+
+#: The phases, in order: (name, paths polled, seconds between a loop's requests).
+#: ``control`` polls a trivial endpoint at the same concurrency as ``polled``:
+#: the latency any HTTP request costs the loop, whatever it asks for.
+PHASES: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("quiet", (), 0.0),
+    ("control", ("/health/live",) * len(POLLED_PATHS), 0.0),
+    ("polled", POLLED_PATHS, 0.0),
+    ("polled_10hz", POLLED_PATHS, 0.1),
+)
+
+
+async def run(args: argparse.Namespace) -> Result:
+    count, rate, duration = args.debug_streams, args.debug_rate, args.debug_duration
+    result = Result(NAME, {"streams": count, "rate_msg_per_s": rate, "phase_s": duration})
+    # A first start creates the registry's schema; the rows go in while it is stopped.
+    first = Service(log_level=args.log_level, keep_workdir=True)
+    await asyncio.to_thread(first.start)
+    await asyncio.to_thread(first.stop)
+    await asyncio.to_thread(prefill, first.workdir / "event-streams.db", count, unique_key("idle"))
+    service = Service(log_level=args.log_level, workdir=first.workdir)
+    STARTED.append(service)
+    started = time.perf_counter()
+    await asyncio.to_thread(service.start)
+    result.figures["startup_s"] = round(time.perf_counter() - started, 2)
+    api = Api(service)
+    publisher = await Publisher(service.exchange).open()
+    key = unique_key("debug-live")
+    service.routing_keys.append(key)
+    phases: dict[str, dict[str, Any]] = {}
+    try:
+        stream_id, location = await api.create(key)
+        reader = Reader(await open_ws(location)).start()
+        await asyncio.sleep(0.5)  # let the live tail settle before measuring
+        for name, paths, interval in PHASES:
+            profiled = args.profile and name == "polled"
+            with Profiler(service.pid, Path(args.profile_dir), NAME, profiled) as profiler:
+                poller = start_poller(service.api, interval, list(paths)) if paths else None
+                try:
+                    phases[name] = await measure_phase(reader, publisher, key, rate, duration, 300)
+                finally:
+                    if poller is not None:
+                        phases[name]["polls"] = await asyncio.to_thread(stop_poller, poller)
+            if profiled:
+                result.profile = profiler.top()
+        await reader.stop()
+        await api.delete(stream_id)
+    except BaseException:
+        print(f"--- ess serve log (tail) ---\n{service.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        await api.aclose()
+        service.exit_code = await asyncio.to_thread(service.stop)  # 50,000 DELETEs: no
+        await publisher.delete_queues(service.routing_keys)
+        await publisher.delete_exchange()
+        await publisher.close()
+
+    p99 = {name: figures["latency"].get("p99_ms") for name, figures in phases.items()}
+    result.figures.update(phases)
+    result.figures["p99_ms"] = p99
+    added = _difference(p99["polled"], p99["quiet"])
+    result.figures["p99_added_ms"] = added
+    result.target("p99_added_ms", added, "<=", 5.0, "ms")
+    result.target(
+        "p99_over_control_ms", _difference(p99["polled"], p99["control"]), "<=", 5.0, "ms"
+    )
+    result.target(
+        "p99_added_10hz_ms", _difference(p99["polled_10hz"], p99["quiet"]), "<=", 5.0, "ms"
+    )
+    lost = sum(figures["sent"] - figures["received"] for figures in phases.values())
+    result.target("lost", lost, "==", 0)
+    return result
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+# -- the poller process -------------------------------------------------------
+
+
+def start_poller(base_url: str, interval: float, paths: list[str]) -> subprocess.Popen[bytes]:
+    """A separate process polling ``paths`` (one loop each, ``interval`` s apart) until SIGTERM."""
+    code = "from bench.scenarios.debug_polling import poll_main; poll_main()"
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, base_url, str(interval), *paths],
+        cwd=root,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != b"polling":  # every loop has answered once
+        raise RuntimeError("the poller did not start")
+    return process
+
+
+def stop_poller(process: subprocess.Popen[bytes]) -> dict[str, Any]:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    figures: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return figures
+
+
+def poll_main() -> None:
+    """Entry of the poller process: one thread per path; figures as JSON on SIGTERM."""
+    base_url, interval, paths = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+    stop = threading.Event()
+    stats: list[dict[str, Any]] = [
+        {"requests": 0, "seconds": 0.0, "max_s": 0.0, "bytes": 0, "errors": 0} for _ in paths
+    ]
+    first = threading.Barrier(len(paths) + 1)
+
+    def loop(path: str, figures: dict[str, Any]) -> None:
+        with httpx.Client(base_url=base_url, timeout=60.0) as client:
+            while not stop.is_set():
+                began = time.perf_counter()
+                try:
+                    response = client.get(path)
+                    figures["bytes"] = len(response.content)
+                    if response.status_code != 200:
+                        figures["errors"] += 1
+                except httpx.HTTPError:
+                    figures["errors"] += 1
+                took = time.perf_counter() - began
+                figures["requests"] += 1
+                figures["seconds"] += took
+                figures["max_s"] = max(figures["max_s"], took)
+                if figures["requests"] == 1:
+                    first.wait()
+                if interval > 0:
+                    stop.wait(max(0.0, interval - took))
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threads = [
+        threading.Thread(target=loop, args=pair, daemon=True)
+        for pair in zip(paths, stats, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    first.wait()
+    began = time.perf_counter()
+    print("polling", flush=True)
+    stop.wait()
+    elapsed = time.perf_counter() - began
+    for thread in threads:
+        thread.join(timeout=60)
+    report = {
+        (path if paths.count(path) == 1 else f"{path} [{n}]"): {
+            "requests": f["requests"],
+            "per_s": round(f["requests"] / elapsed, 1),
+            "mean_ms": round(1000 * f["seconds"] / max(f["requests"], 1), 2),
+            "max_ms": round(1000 * f["max_s"], 2),
+            "body_bytes": f["bytes"],
+            "errors": f["errors"],
+        }
+        for n, (path, f) in enumerate(zip(paths, stats, strict=True))
+    }
+    print(json.dumps(report), flush=True)
