@@ -236,8 +236,8 @@ class DebugView:
         matches = order = index.order(query.sort)
         if query.routing_key is not None or query.state is not None or query.search is not None:
             matches = []
-            for start in range(0, len(order), BATCH * 4):
-                chunk = order[start : start + BATCH * 4]
+            for start in range(0, len(order), BATCH):
+                chunk = order[start : start + BATCH]
                 matches.extend(row for row in chunk if row.matches(query))
                 await trio.lowlevel.checkpoint()
         found = page(matches, query)
