@@ -195,9 +195,12 @@
     setText("stat-in", formatRate(rateIn));
     setText("stat-out", formatRate(rateOut));
     setText("stat-reconnects", formatNumber(metrics.ess_broker_reconnects_total));
+    const brokerNotes = [];
+    if ("ess_broker_connections" in metrics) brokerNotes.push(formatNumber(metrics.ess_broker_connections) + " connections");
     if ("ess_broker_connection_attempts_total" in metrics) {
-      setText("stat-attempts", formatNumber(metrics.ess_broker_connection_attempts_total) + " connection attempts");
+      brokerNotes.push(formatNumber(metrics.ess_broker_connection_attempts_total) + " connection attempts");
     }
+    setText("stat-attempts", brokerNotes.join(" · "));
     history.push({ in: rateIn, out: rateOut });
     if (history.length > CHART_POINTS) history.shift();
     drawChart();
