@@ -144,9 +144,11 @@ class DebugView:
         tree = self._tree.snapshot()
         now = self._clock()
         children = tree.get("children")
+        sampled: list[object] = []
         for child in children if isinstance(children, list) else []:
             if isinstance(child, dict) and child.get("kind") == "stream":
-                measure(child, self._meter, now)
+                sampled.extend(measure(child, self._meter, now).meter_keys)
+        self._meter.keep_only(sampled)  # every stream is here: forget the ones gone
         return tree
 
     def stream(self, streams: Sequence[StreamActorView], stream_id: int) -> Json | None:

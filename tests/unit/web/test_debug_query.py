@@ -343,3 +343,13 @@ def test_idle_rows_are_reused_between_indexes() -> None:
     assert first is not second
     assert first.rows[0] is second.rows[0]  # idle: the same object, not a new one
     assert first.rows[2] is not second.rows[2]  # active: measured afresh
+
+
+async def test_the_whole_tree_forgets_the_rates_of_connections_gone() -> None:
+    tree = fake_tree(3, active=[1, 2])
+    view = DebugView(tree)
+    await view.answer(Query(mode="full"))
+    sampled = len(view._meter)
+    tree.streams[1].connections.clear()
+    await view.answer(Query(mode="full"))
+    assert len(view._meter) < sampled
