@@ -95,20 +95,24 @@ async def measure_phase(
     }
 
 
-#: The phases, in order: (name, paths polled, seconds between a loop's requests).
-#: ``control`` polls a trivial endpoint at the same concurrency as ``polled``:
-#: the latency any HTTP request costs the loop, whatever it asks for.
-PHASES: tuple[tuple[str, tuple[str, ...], float], ...] = (
-    ("quiet", (), 0.0),
-    ("control", ("/health/live",) * len(POLLED_PATHS), 0.0),
-    ("polled", POLLED_PATHS, 0.0),
-    ("polled_10hz", POLLED_PATHS, 0.1),
-)
+def phases_of(polled: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], float]]:
+    """The phases, in order: (name, paths polled, seconds between a loop's requests).
+
+    ``control`` polls a trivial endpoint at the same concurrency as ``polled``:
+    the latency any HTTP request costs the loop, whatever it asks for.
+    """
+    return [
+        ("quiet", (), 0.0),
+        ("control", ("/health/live",) * len(polled), 0.0),
+        ("polled", polled, 0.0),
+        ("polled_10hz", polled, 0.1),
+    ]
 
 
 async def run(args: argparse.Namespace) -> Result:
     count, rate, duration = args.debug_streams, args.debug_rate, args.debug_duration
-    result = Result(NAME, {"streams": count, "rate_msg_per_s": rate, "phase_s": duration})
+    parameters = {"streams": count, "rate_msg_per_s": rate, "phase_s": duration}
+    result = Result(NAME, parameters | {"polled": args.debug_poll})
     # A first start creates the registry's schema; the rows go in while it is stopped.
     first = Service(log_level=args.log_level, keep_workdir=True)
     await asyncio.to_thread(first.start)
@@ -128,7 +132,7 @@ async def run(args: argparse.Namespace) -> Result:
         stream_id, location = await api.create(key)
         reader = Reader(await open_ws(location)).start()
         await asyncio.sleep(0.5)  # let the live tail settle before measuring
-        for name, paths, interval in PHASES:
+        for name, paths, interval in phases_of(tuple(args.debug_poll.split(","))):
             profiled = args.profile and name == "polled"
             with Profiler(service.pid, Path(args.profile_dir), NAME, profiled) as profiler:
                 poller = start_poller(service.api, interval, list(paths)) if paths else None
