@@ -18,8 +18,11 @@ one kept busy) polls, one loop per path:
 4. *polled_10hz*: the same three, each every 0.1 s (five open pages and a
    Prometheus scraping every second would ask for less).
 
-It prints each phase's latency, the p99 differences (targets <= 5 ms) and
-per path the requests answered, their mean and max time and body size.
+The four phases run in turn, ``--debug-rounds`` times (a shared machine's
+load drifts; this way it drifts over every phase alike), and each phase's
+latencies are pooled over its rounds. It prints each phase's latency, the
+p99 differences (targets <= 5 ms) and per path and round the requests
+answered, their mean and max time and body size.
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ POLLED_PATHS = ("/debug/actors", "/debug/actors?limit=100", "/metrics")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug-streams", type=int, default=50_000, help="pre-filled streams")
     parser.add_argument("--debug-rate", type=float, default=300.0, help="msg/s on the live client")
-    parser.add_argument("--debug-duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument(
+        "--debug-duration", type=float, default=5.0, help="seconds per phase and round"
+    )
+    parser.add_argument("--debug-rounds", type=int, default=3, help="rounds of every phase")
     parser.add_argument(
         "--debug-poll",
         default=",".join(POLLED_PATHS),
@@ -91,7 +97,7 @@ async def measure_phase(
         "sent": sent,
         "received": len(reader.seqs),
         "publish_rate_achieved": round(achieved, 1),
-        "latency": latency_summary(reader.latencies_ms[start:]),
+        "latencies_ms": reader.latencies_ms[start:],
     }
 
 
@@ -111,7 +117,12 @@ def phases_of(polled: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], float
 
 async def run(args: argparse.Namespace) -> Result:
     count, rate, duration = args.debug_streams, args.debug_rate, args.debug_duration
-    parameters = {"streams": count, "rate_msg_per_s": rate, "phase_s": duration}
+    parameters = {
+        "streams": count,
+        "rate_msg_per_s": rate,
+        "phase_s": duration,
+        "rounds": args.debug_rounds,
+    }
     result = Result(NAME, parameters | {"polled": args.debug_poll})
     # A first start creates the registry's schema; the rows go in while it is stopped.
     first = Service(log_level=args.log_level, keep_workdir=True)
@@ -132,17 +143,21 @@ async def run(args: argparse.Namespace) -> Result:
         stream_id, location = await api.create(key)
         reader = Reader(await open_ws(location)).start()
         await asyncio.sleep(0.5)  # let the live tail settle before measuring
-        for name, paths, interval in phases_of(tuple(args.debug_poll.split(","))):
-            profiled = args.profile and name == "polled"
-            with Profiler(service.pid, Path(args.profile_dir), NAME, profiled) as profiler:
-                poller = start_poller(service.api, interval, list(paths)) if paths else None
-                try:
-                    phases[name] = await measure_phase(reader, publisher, key, rate, duration, 300)
-                finally:
-                    if poller is not None:
-                        phases[name]["polls"] = await asyncio.to_thread(stop_poller, poller)
-            if profiled:
-                result.profile = profiler.top()
+        # Rounds of every phase in turn: a shared machine's load drifts, and it
+        # then drifts over every phase alike instead of favouring one.
+        for round_ in range(args.debug_rounds):
+            for name, paths, interval in phases_of(tuple(args.debug_poll.split(","))):
+                profiled = args.profile and name == "polled" and round_ == 0
+                with Profiler(service.pid, Path(args.profile_dir), NAME, profiled) as profiler:
+                    poller = start_poller(service.api, interval, list(paths)) if paths else None
+                    try:
+                        measured = await measure_phase(reader, publisher, key, rate, duration, 300)
+                    finally:
+                        if poller is not None:
+                            measured["polls"] = await asyncio.to_thread(stop_poller, poller)
+                if profiled:
+                    result.profile = profiler.top()
+                _accumulate(phases.setdefault(name, {}), measured)
         await reader.stop()
         await api.delete(stream_id)
     except BaseException:
@@ -155,6 +170,8 @@ async def run(args: argparse.Namespace) -> Result:
         await publisher.delete_exchange()
         await publisher.close()
 
+    for figures in phases.values():
+        figures["latency"] = latency_summary(figures.pop("latencies_ms"))
     p99 = {name: figures["latency"].get("p99_ms") for name, figures in phases.items()}
     result.figures.update(phases)
     result.figures["p99_ms"] = p99
@@ -170,6 +187,16 @@ async def run(args: argparse.Namespace) -> Result:
     lost = sum(figures["sent"] - figures["received"] for figures in phases.values())
     result.target("lost", lost, "==", 0)
     return result
+
+
+def _accumulate(total: dict[str, Any], measured: dict[str, Any]) -> None:
+    """Add one round of a phase to its totals (latencies pooled, polls kept per round)."""
+    total["sent"] = total.get("sent", 0) + measured["sent"]
+    total["received"] = total.get("received", 0) + measured["received"]
+    total.setdefault("latencies_ms", []).extend(measured["latencies_ms"])
+    total.setdefault("publish_rate_achieved", []).append(measured["publish_rate_achieved"])
+    if "polls" in measured:
+        total.setdefault("polls", []).append(measured["polls"])
 
 
 def _difference(a: float | None, b: float | None) -> float | None:
