@@ -214,8 +214,9 @@ def measure(snapshot: Json, meter: RateMeter, now: float) -> Measures:
     Mutates ``snapshot`` (a fresh dict from the actor) in place, in the
     ``counters`` of the stream node and of each connection node, and returns
     the stream's totals (the stream's lag is its largest connection lag).
-    Lag is in events: the newest ordinal the stream knows of (its shared
-    live-tail consumer's last offset + 1, or the furthest of its
+    Lag is in events: the newest ordinal the stream knows of (the last
+    offset + 1 of any of its consumers that reports ``last_offset``, the
+    shared live tail's or a connection's own, or the furthest of its
     connections) minus the connection's last ordinal sent.
     It is a lower bound: events the broker holds that no consumer of this
     stream has received yet are not known here.
@@ -223,7 +224,8 @@ def measure(snapshot: Json, meter: RateMeter, now: float) -> Measures:
     children = _children(snapshot)
     connections = [child for child in children if child.get("kind") == "connection"]
     newest: int | None = None
-    for child in children:
+    # The stream's own consumers and its connections' (one level further down).
+    for child in children + [c for conn in connections for c in _children(conn)]:
         counters = _counters(child)
         if child.get("kind") == "consumer":
             offset = _int(counters.get("last_offset"))

@@ -135,6 +135,12 @@ def test_without_a_shared_consumer_the_furthest_connection_is_the_newest() -> No
     assert measure(snapshot, RateMeter(), 0.0).lag == 5
 
 
+def test_a_connections_own_consumer_reporting_its_last_offset_counts() -> None:
+    replaying = connection("replay", 5, 5, 10)
+    replaying["children"][0]["counters"]["last_offset"] = 49  # type: ignore[index]
+    assert measure(stream(1, replaying), RateMeter(), 0.0).lag == 40
+
+
 def test_rates_of_a_stream_and_its_connections() -> None:
     meter = RateMeter()
     measure(stream(1, connection("a", 0, 0, None), connection("b", 0, 0, None)), meter, 0.0)
