@@ -227,7 +227,8 @@
     const style = getComputedStyle(document.documentElement);
     for (const [key, color] of [["in", style.getPropertyValue("--in")], ["out", style.getPropertyValue("--out")]]) {
       g.strokeStyle = color.trim() || "#333";
-      g.lineWidth = 1.5;
+      g.lineWidth = key === "in" ? 3 : 1.5;
+      g.setLineDash(key === "in" ? [] : [4, 3]); // in and out often coincide: both stay visible
       g.beginPath();
       history.forEach((point, i) => {
         const x = (width * (i + CHART_POINTS - history.length)) / (CHART_POINTS - 1);
@@ -366,11 +367,19 @@
 
   // -- the loop and the controls -------------------------------------------------
 
+  let refreshing = false;
+
   async function refresh() {
-    const results = await Promise.allSettled([refreshList(), refreshOverview(), refreshDetail()]);
-    const failed = results.find((r) => r.status === "rejected");
-    if (failed) setStatus(String(failed.reason.message || failed.reason), true);
-    else setStatus("Updated " + new Date().toLocaleTimeString(), false);
+    if (refreshing) return; // a slow service gets one round of requests at a time, not a pile
+    refreshing = true;
+    try {
+      const results = await Promise.allSettled([refreshList(), refreshOverview(), refreshDetail()]);
+      const failed = results.find((r) => r.status === "rejected");
+      if (failed) setStatus(String(failed.reason.message || failed.reason), true);
+      else setStatus("Updated " + new Date().toLocaleTimeString(), false);
+    } finally {
+      refreshing = false;
+    }
   }
 
   function restartList() {
