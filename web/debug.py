@@ -58,7 +58,11 @@ BATCH = 500
 
 
 class StreamActorView(Protocol):
-    """One stream actor, as the debug view reads it (``actors.stream.StreamActor``)."""
+    """One stream actor, as the debug view reads it (``actors.stream.StreamActor``).
+
+    ``state`` is ``idle`` exactly when the stream has no connections (and is
+    not closing or restarting): an idle stream's row needs no snapshot.
+    """
 
     @property
     def record(self) -> StreamRecord: ...
@@ -68,9 +72,6 @@ class StreamActorView(Protocol):
 
     @property
     def restarts(self) -> int: ...
-
-    @property
-    def connections(self) -> Sequence[object]: ...
 
     def snapshot(self) -> Json: ...
 
