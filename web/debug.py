@@ -6,35 +6,286 @@ page's script takes the token from the URL fragment (``#token=...``, which
 the browser never sends to the server, so it stays out of access logs), from
 ``?token=...``, or from a field on the page, and sends it as ``Authorization:
 Bearer``.
+
+``/debug/actors`` costs what its answer costs (the logic is in
+:mod:`web.debug_query`): a small deployment gets the whole tree, a large one
+a summary, and pages or single streams on request. Only the streams an
+answer needs are snapshotted. The per-stream rows behind summaries and pages
+(an index) are rebuilt at most once per :data:`INDEX_TTL` however many
+clients poll, by one task at a time, in batches of :data:`BATCH` streams
+with a checkpoint between batches, so no answer holds the event loop for
+long whatever the number of streams.
 """
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
+from typing import Protocol, runtime_checkable
 
-from quart import Response
+import trio
+import trio.lowlevel
+from quart import Response, request
 from quart_trio import QuartTrio
 
+from actors.ports.registry import StreamRecord
+from actors.snapshot import short_uuid
+from web.debug_query import (
+    FULL_TREE_LIMIT,
+    Json,
+    Query,
+    QueryError,
+    RateMeter,
+    StreamIndex,
+    StreamRow,
+    measure,
+    page,
+    parse_query,
+    stream_row,
+)
 from web.ports import StreamDirectory
-from web.responses import json_response
+from web.responses import error_response, json_response
 
 #: Endpoints reachable without the bearer token (besides ``/health/*``).
 PUBLIC_DEBUG_ENDPOINTS = frozenset({"debug_page", "static"})
+#: Seconds an index of every stream serves summaries and pages before a rebuild.
+INDEX_TTL = 1.0
+#: Streams visited between two checkpoints (about a millisecond of work).
+BATCH = 500
+
+
+class StreamActorView(Protocol):
+    """One stream actor, as the debug view reads it (``actors.stream.StreamActor``).
+
+    ``state`` is ``idle`` exactly when the stream has no connections (and is
+    not closing or restarting): an idle stream's row needs no snapshot.
+    """
+
+    @property
+    def record(self) -> StreamRecord: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    def snapshot(self) -> Json: ...
+
+
+@runtime_checkable
+class ActorTree(Protocol):
+    """The supervisor, as the debug view reads it: its streams by id, and the whole tree."""
+
+    @property
+    def streams(self) -> Sequence[StreamActorView]: ...
+
+    def snapshot(self) -> Json: ...
+
+
+class DebugView:
+    """Answers ``/debug/actors`` queries from the live actor tree; see the module doc."""
+
+    def __init__(
+        self,
+        tree: ActorTree,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._tree = tree
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._started_at = wall_clock()
+        self._meter = RateMeter()
+        self._index: StreamIndex | None = None
+        self._building = trio.Lock()
+        #: The supervisor's list of stream actors (a fresh, sorted copy per call, so
+        #: costly at 50,000) and when it was taken; the index is built from it.
+        self._listed: Sequence[StreamActorView] = ()
+        self._listed_at = -INDEX_TTL
+        self._indexed: Sequence[StreamActorView] | None = None
+        #: The idle rows of the last index by stream id, reused while unchanged:
+        #: 50,000 fresh objects a second would survive into the oldest garbage
+        #: collector generation and bring on full collections (~100 ms pauses).
+        self._idle: dict[int, StreamRow] = {}
+
+    async def answer(self, query: Query) -> tuple[int, Json]:
+        """(HTTP status, body) of ``query``."""
+        filtered = query.routing_key or query.state or query.search
+        streams = self._actors(fresh=bool(filtered))
+        if query.mode == "stream":
+            assert query.stream is not None
+            found = self.stream(streams, query.stream) or self.stream(
+                self._actors(fresh=True), query.stream
+            )
+            if found is None:
+                return 404, {"detail": f"No event stream with id {query.stream}"}
+            return 200, found
+        if query.mode == "full" or (query.mode == "auto" and len(streams) <= FULL_TREE_LIMIT):
+            return 200, self.full_tree()
+        index = await self.index(streams)
+        if query.mode == "page":
+            return 200, (await self._page(index, query, streams)) | self._header(index)
+        return 200, index.summary() | self._header(index)
+
+    def _header(self, index: StreamIndex) -> Json:
+        now = self._wall_clock()
+        return {
+            "started_at": self._started_at,
+            "uptime": round(now - self._started_at, 3),
+            "sampled_at": round(now - (self._clock() - index.taken_at), 3),
+        }
+
+    def full_tree(self) -> Json:
+        """The whole tree, each stream and connection with its rate and lag."""
+        tree = self._tree.snapshot()
+        now = self._clock()
+        children = tree.get("children")
+        sampled: list[object] = []
+        for child in children if isinstance(children, list) else []:
+            if isinstance(child, dict) and child.get("kind") == "stream":
+                sampled.extend(measure(child, self._meter, now).meter_keys)
+        self._meter.keep_only(sampled)  # every stream is here: forget the ones gone
+        return tree
+
+    def stream(self, streams: Sequence[StreamActorView], stream_id: int) -> Json | None:
+        """One stream's node and its connections, with rates and lag; ``None`` if unknown."""
+        actor = _find(streams, stream_id)
+        if actor is None:
+            return None
+        snapshot = actor.snapshot()
+        measure(snapshot, self._meter, self._clock())
+        counters = snapshot.get("counters")
+        if isinstance(counters, dict):
+            counters["created_at"] = actor.record.created_at
+        return snapshot
+
+    async def index(self, streams: Sequence[StreamActorView]) -> StreamIndex:
+        """The index of ``streams``, rebuilt if older than :data:`INDEX_TTL`."""
+        async with self._building:  # one rebuild at a time; waiters reuse its result
+            index = self._index
+            if index is None or self._stale(index, streams):
+                index = self._index = await self._build_index(streams)
+                self._indexed = streams
+        return index
+
+    def _actors(self, *, fresh: bool) -> Sequence[StreamActorView]:
+        """The stream actors by id: taken at most once per :data:`INDEX_TTL` unless ``fresh``.
+
+        A search scans every row anyway and must find a stream created a
+        moment ago, so it takes a fresh list; polls of the summary and of
+        unfiltered pages reuse one up to :data:`INDEX_TTL` old.
+        """
+        now = self._clock()
+        if fresh or now - self._listed_at >= INDEX_TTL:
+            self._listed, self._listed_at = self._tree.streams, now
+        return self._listed
+
+    def _stale(self, index: StreamIndex, streams: Sequence[StreamActorView]) -> bool:
+        """Older than :data:`INDEX_TTL`, or built from another list of the streams."""
+        return self._clock() - index.taken_at >= INDEX_TTL or streams is not self._indexed
+
+    async def _build_index(self, streams: Sequence[StreamActorView]) -> StreamIndex:
+        now = self._clock()
+        rows: list[StreamRow] = []
+        active: list[StreamRow] = []
+        sampled: list[object] = []
+        previous, idle = self._idle, {}
+        for at, actor in enumerate(streams):
+            if at % BATCH == BATCH - 1:
+                await trio.lowlevel.checkpoint()
+                now = self._clock()
+            row = self._row(actor, now, sampled, previous)
+            rows.append(row)
+            if row.connections:
+                active.append(row)
+            elif row.state == "idle":
+                idle[row.id] = row
+        self._meter.keep_only(sampled)
+        self._idle = idle
+        return StreamIndex(rows, self._clock(), active)
+
+    def _row(
+        self,
+        actor: StreamActorView,
+        now: float,
+        sampled: list[object],
+        idle: Mapping[int, StreamRow],
+    ) -> StreamRow:
+        """The stream's row now; only a stream with connections is snapshotted."""
+        record = actor.record
+        state = actor.state
+        if state == "idle":  # no connections (cheaper to ask than to copy the list)
+            row = idle.get(record.id)
+            if row is not None and row.restarts == actor.restarts:
+                return row
+            name = short_uuid(record.uuid)
+            return StreamRow(
+                record.id, name, record.routing_key, state, record.created_at, 0, actor.restarts
+            )
+        snapshot = actor.snapshot()
+        measures = measure(snapshot, self._meter, now)
+        sampled.extend(measures.meter_keys)
+        return stream_row(snapshot, record.created_at, measures)
+
+    async def _page(
+        self, index: StreamIndex, query: Query, streams: Sequence[StreamActorView]
+    ) -> Json:
+        """A page in the index's order, its rows read afresh from their actors."""
+        matches = order = index.order(query.sort)
+        if query.routing_key is not None or query.state is not None or query.search is not None:
+            matches = []
+            for start in range(0, len(order), BATCH):
+                chunk = order[start : start + BATCH]
+                matches.extend(row for row in chunk if row.matches(query))
+                await trio.lowlevel.checkpoint()
+        found = page(matches, query)
+        now = self._clock()
+        fresh = []
+        for row in found.rows:
+            actor = _find(streams, row.id)
+            fresh.append(row if actor is None else self._row(actor, now, [], self._idle))
+        return replace(found, rows=fresh).as_json()
 
 
 def install_debug_routes(app: QuartTrio, streams: StreamDirectory, *, replica: str) -> None:
     """``GET /debug/actors`` (JSON, the root names the replica) and ``GET /debug/`` (HTML)."""
-    page = resources.files("web").joinpath("static", "debug.html").read_text(encoding="utf-8")
+    page_html = resources.files("web").joinpath("static", "debug.html").read_text(encoding="utf-8")
+    view = DebugView(streams) if isinstance(streams, ActorTree) else None
 
     @app.get("/debug/actors")
     async def debug_actors() -> Response:
-        return json_response({**streams.snapshot(), "replica": replica})
+        if view is None:  # a directory without per-stream access: only the whole tree
+            return json_response({**streams.snapshot(), "replica": replica})
+        try:
+            query = parse_query(_single_values(request.args))
+        except QueryError as error:
+            return error_response(400, str(error))
+        status, body = await view.answer(query)
+        if isinstance(body, dict):
+            body = {**body, "replica": replica}
+        return json_response(body, status)
 
     @app.get("/debug/")
     async def debug_page() -> Response:
         return Response(
-            page,
+            page_html,
             status=200,
             content_type="text/html; charset=utf-8",
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )
+
+
+def _find(streams: Sequence[StreamActorView], stream_id: int) -> StreamActorView | None:
+    """The actor of ``stream_id`` in ``streams`` (ordered by id), by bisection."""
+    at = bisect.bisect_left(streams, stream_id, key=lambda actor: actor.record.id)
+    return streams[at] if at < len(streams) and streams[at].record.id == stream_id else None
+
+
+def _single_values(args: Mapping[str, str]) -> dict[str, str]:
+    """The query parameters, the first value of each (a repeated one is not an error)."""
+    return {key: args[key] for key in args}

@@ -1,20 +1,32 @@
-"""The actor-tree page, rendered by a real headless Chromium against the real service."""
+"""The operator page, driven in a real headless Chromium against the real service.
+
+The test speaks the Chrome DevTools Protocol over a websocket (trio-websocket):
+it navigates, waits for the events the page announces after each render
+(``ess-list``, ``ess-stream``), types into the search field, clicks a row,
+reads the DOM Chromium rendered and saves screenshots under ``artifacts/``.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from .client import connect
 from .service import ServiceProcess
+from .test_debug_at_scale import prefilled_service
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_FLAGS = [
@@ -27,67 +39,10 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
+    "--remote-debugging-port=0",
 ]
-
-
-@dataclass
-class Node:
-    """A rendered ``div.node`` of the page: its kind, name, fields and children."""
-
-    kind: str = ""
-    name: str = ""
-    text: list[str] = field(default_factory=list)
-    children: list[Node] = field(default_factory=list)
-
-
-class TreeParser(HTMLParser):
-    """Rebuilds the actor tree from the DOM Chromium rendered (not from the JSON)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.roots: list[Node] = []
-        self._stack: list[tuple[str, Node | None, str]] = []
-
-    def _current_node(self) -> Node | None:
-        for _, node, _ in reversed(self._stack):
-            if node is not None:
-                return node
-        return None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        classes = (dict(attrs).get("class") or "").split()
-        node = None
-        if tag == "div" and "node" in classes:
-            node = Node()
-            parent = self._current_node()
-            (parent.children if parent else self.roots).append(node)
-        self._stack.append((tag, node, classes[0] if classes else ""))
-
-    def handle_endtag(self, tag: str) -> None:
-        while self._stack:
-            open_tag, _, _ = self._stack.pop()
-            if open_tag == tag:
-                break
-
-    def handle_data(self, data: str) -> None:
-        node = self._current_node()
-        if node is None or not self._stack:
-            return
-        css = self._stack[-1][2]
-        if css == "kind":
-            node.kind = data.strip()
-        elif css == "name":
-            node.name = data.strip()
-        else:
-            node.text.append(data)
-
-
-def walk(nodes: list[Node]) -> list[Node]:
-    found: list[Node] = []
-    for node in nodes:
-        found.append(node)
-        found.extend(walk(node.children))
-    return found
+STEP_TIMEOUT = 30.0
+SCALE_STREAMS = 10_000
 
 
 def chromium() -> str:
@@ -97,33 +52,159 @@ def chromium() -> str:
     return path
 
 
-def render(url: str, screenshot: Path) -> str:
-    """The DOM after the page's script ran, and a screenshot of it."""
-    with tempfile.TemporaryDirectory() as profile:
-        base = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-        dom = subprocess.run(
-            [*base, "--virtual-time-budget=5000", "--dump-dom", url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        subprocess.run(
-            [
-                *base,
-                "--virtual-time-budget=5000",
-                "--window-size=1280,900",
-                f"--screenshot={screenshot}",
-                url,
-            ],
-            capture_output=True,
-            timeout=60,
-            check=True,
+class Page:
+    """One browser tab over the DevTools Protocol: commands in order, events awaited."""
+
+    def __init__(self, ws: WebSocketConnection, session: str) -> None:
+        self._ws = ws
+        self._session = session
+        self._ids = iter(range(1_000, 1_000_000))
+
+    @staticmethod
+    async def command(
+        ws: WebSocketConnection, ids: Iterator[int], method: str, session: str | None, **params: Any
+    ) -> dict[str, Any]:
+        """Send a command and read messages until its answer (events before it are dropped)."""
+        message_id = next(ids)
+        message: dict[str, Any] = {"id": message_id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        await ws.send_message(json.dumps(message))
+        with trio.fail_after(STEP_TIMEOUT):
+            while True:
+                answer = json.loads(await ws.get_message())
+                if answer.get("id") == message_id:
+                    if "error" in answer:
+                        raise RuntimeError(f"{method}: {answer['error']}")
+                    result: dict[str, Any] = answer["result"]
+                    return result
+
+    async def send(self, method: str, **params: Any) -> dict[str, Any]:
+        return await self.command(self._ws, self._ids, method, self._session, **params)
+
+    async def wait_for(self, event: str) -> None:
+        with trio.fail_after(STEP_TIMEOUT):
+            while json.loads(await self._ws.get_message()).get("method") != event:
+                pass
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of ``expression`` in the page (a promise is awaited)."""
+        found = await self.send(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
         )
-    return dom
+        if "exceptionDetails" in found:
+            raise RuntimeError(f"page script failed: {found['exceptionDetails']}")
+        return found["result"].get("value")
+
+    async def open(self, url: str) -> None:
+        await self.send("Page.enable")
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=1280,
+            height=900,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        await self.send("Page.navigate", url=url)
+        await self.wait_for("Page.loadEventFired")
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.send("Page.captureScreenshot", format="png")
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
 
 
-async def test_page_shows_streams_and_the_connection_under_its_stream(
+@asynccontextmanager
+async def browser_page() -> AsyncIterator[Page]:
+    """A fresh headless Chromium (own profile) and one tab in it."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        command = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"]
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            assert process.stderr is not None
+            endpoint = await _devtools_endpoint(process.stderr)
+            async with open_websocket_url(endpoint, max_message_size=64 * 1024 * 1024) as ws:
+                ids = iter(range(1, 1_000))
+                target = await Page.command(ws, ids, "Target.createTarget", None, url="about:blank")
+                attached = await Page.command(
+                    ws,
+                    ids,
+                    "Target.attachToTarget",
+                    None,
+                    targetId=target["targetId"],
+                    flatten=True,
+                )
+                try:
+                    yield Page(ws, attached["sessionId"])
+                finally:
+                    with trio.move_on_after(10):  # its helpers stop writing the profile too
+                        await ws.send_message(json.dumps({"id": 0, "method": "Browser.close"}))
+                        await process.wait()
+        finally:
+            process.kill()
+            with trio.move_on_after(10):
+                await process.wait()
+
+
+async def _devtools_endpoint(stderr: trio.abc.ReceiveStream) -> str:
+    """The ``ws://`` address Chromium prints once its DevTools server listens."""
+    seen = b""
+    with trio.fail_after(STEP_TIMEOUT):
+        while b"DevTools listening on " not in seen or not seen.endswith(b"\n"):
+            chunk = await stderr.receive_some()
+            if not chunk:
+                raise RuntimeError(f"chromium exited: {seen.decode(errors='replace')}")
+            seen += chunk
+    line = seen.split(b"DevTools listening on ", 1)[1].split(b"\n", 1)[0]
+    return line.decode().strip()
+
+
+WAIT_FIRST_RENDER = """new Promise((resolve) => {
+  const done = () => resolve(Number(document.body.dataset.firstRender));
+  if (document.body.dataset.firstRender) done();
+  else document.addEventListener("ess-list", done, {once: true});
+})"""
+
+
+def search_for(text: str) -> str:
+    """Type ``text`` into the search field; resolves to the ids of the list rendered for it."""
+    quoted = json.dumps(text)
+    return f"""new Promise((resolve) => {{
+  document.addEventListener("ess-list", function seen(event) {{
+    if (event.detail.q !== {quoted}) return;
+    document.removeEventListener("ess-list", seen);
+    resolve([...document.querySelectorAll("#streams tbody tr")].map((tr) => Number(tr.dataset.id)));
+  }});
+  const search = document.getElementById("search");
+  search.value = {quoted};
+  search.dispatchEvent(new Event("input"));
+}})"""
+
+
+def open_stream(stream_id: int) -> str:
+    """Click the stream's row; resolves to the kinds and texts of the nodes shown for it."""
+    return f"""new Promise((resolve) => {{
+  document.addEventListener("ess-stream", function seen(event) {{
+    if (event.detail.id !== "{stream_id}") return;
+    document.removeEventListener("ess-stream", seen);
+    const nodes = [...document.querySelectorAll("#detail .node")];
+    resolve(nodes.map((n) => [n.dataset.kind, n.textContent]));
+  }});
+  document.querySelector('#streams tbody tr[data-id="{stream_id}"]').click();
+}})"""
+
+
+WAIT_OVERVIEW = """new Promise((resolve) => {
+  if (document.body.dataset.overview) resolve(true);
+  else document.addEventListener("ess-overview", () => resolve(true), {once: true});
+})"""
+HEADER = """Object.fromEntries(["stat-streams", "stat-websockets", "stat-broker", "stat-uptime",
+  "stat-reconnects"].map((id) => [id, document.getElementById(id).textContent]))"""
+
+
+async def test_small_service_shows_the_connection_under_its_stream(
     service: ServiceProcess, routing_key: str
 ) -> None:
     async with httpx.AsyncClient(base_url=service.api, timeout=10.0) as api:
@@ -134,29 +215,58 @@ async def test_page_shows_streams_and_the_connection_under_its_stream(
             )
             assert response.status_code == 201
             streams.append(response.json())
-        async with connect(streams[0]["location"]) as ws:
-            # The connection is in the tree once it has been accepted; a ping
-            # round trip proves the server-side handshake completed.
-            await ws.ping()
-            ARTIFACTS.mkdir(exist_ok=True)
-            screenshot = ARTIFACTS / "debug-page.png"
-            dom = await trio.to_thread.run_sync(render, f"{service.api}/debug/", screenshot)
-        for stream in streams:
-            await api.delete(f"/event-stream/{stream['id']}")
+        try:
+            async with connect(streams[0]["location"]) as ws, browser_page() as page:
+                await (
+                    ws.ping()
+                )  # the server-side handshake completed: the connection is in the tree
+                await page.open(f"{service.api}/debug/")
+                await page.evaluate(WAIT_FIRST_RENDER)
+                ids = await page.evaluate(search_for(routing_key))
+                alpha = await page.evaluate(open_stream(streams[0]["id"]))
+                await page.screenshot(ARTIFACTS / "debug-page.png")
+                beta = await page.evaluate(open_stream(streams[1]["id"]))
+        finally:
+            for stream in streams:
+                await api.delete(f"/event-stream/{stream['id']}")
+    assert sorted(ids) == sorted(stream["id"] for stream in streams)
+    assert [kind for kind, _ in alpha].count("connection") == 1, alpha
+    assert "connection" not in [kind for kind, _ in beta], beta
 
-    parser = TreeParser()
-    parser.feed(dom)
-    nodes = walk(parser.roots)
-    stream_nodes = {
-        key: node
-        for node in nodes
-        if node.kind == "stream"
-        for key in (f"{routing_key}.alpha", f"{routing_key}.beta")
-        if key in "".join(node.text)
-    }
-    assert set(stream_nodes) == {f"{routing_key}.alpha", f"{routing_key}.beta"}, dom[:2000]
-    alpha_kinds = [node.kind for node in walk(stream_nodes[f"{routing_key}.alpha"].children)]
-    beta_kinds = [node.kind for node in walk(stream_nodes[f"{routing_key}.beta"].children)]
-    assert "connection" in alpha_kinds
-    assert "connection" not in beta_kinds
-    assert screenshot.stat().st_size > 10_000
+
+@pytest.fixture(scope="module")
+def service_10k(
+    tmp_path_factory: pytest.TempPathFactory, amqp_url: str
+) -> Iterator[ServiceProcess]:
+    prefix = f"ess.e2e.page.{uuid.uuid4().hex[:8]}"
+    workdir = tmp_path_factory.mktemp("ess-page-10k")
+    with prefilled_service(workdir, amqp_url, SCALE_STREAMS, prefix) as proc:
+        yield proc
+
+
+async def test_at_10000_streams_renders_fast_searches_and_opens_a_stream(
+    service_10k: ServiceProcess, routing_key: str
+) -> None:
+    async with httpx.AsyncClient(base_url=service_10k.api, timeout=30.0) as api:
+        created = (await api.post("/event-stream/", json={"routing_key": routing_key})).json()
+        try:
+            async with connect(created["location"]) as ws, browser_page() as page:
+                await ws.ping()
+                await page.open(f"{service_10k.api}/debug/")
+                first_render_ms = await page.evaluate(WAIT_FIRST_RENDER)
+                rows = await page.evaluate("document.querySelectorAll('#streams tbody tr').length")
+                await page.evaluate(WAIT_OVERVIEW)
+                header = await page.evaluate(HEADER)
+                await page.screenshot(ARTIFACTS / "debug-page-10k.png")
+                ids = await page.evaluate(search_for(routing_key))
+                nodes = await page.evaluate(open_stream(created["id"]))
+                await page.screenshot(ARTIFACTS / "debug-page-stream.png")
+        finally:
+            await api.delete(f"/event-stream/{created['id']}")
+    assert first_render_ms < 1000, first_render_ms
+    assert rows == 100  # one page of the 10,001 streams, not all of them
+    assert header["stat-streams"].replace(",", "") in (str(SCALE_STREAMS), str(SCALE_STREAMS + 1))
+    assert ids == [created["id"]]
+    connections = [text for kind, text in nodes if kind == "connection"]
+    assert len(connections) == 1, nodes
+    assert "127.0.0.1:" in connections[0] and "lag" in connections[0]
