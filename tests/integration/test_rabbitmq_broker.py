@@ -329,7 +329,7 @@ async def test_subscriptions_spread_over_the_pool(broker: RabbitMQBroker, keys: 
         broker.subscribe(key, FromNext(), prefetch=10),
         broker.subscribe(key, FromNext(), prefetch=10),
     ):
-        counts = sorted(p.connection.channel_count for p in broker._pool)
+        counts = sorted(p.connection.channel_count for p in broker.pool.connections)
         assert counts[1] - counts[0] <= 1
 
 
@@ -373,7 +373,7 @@ async def test_stream_deleted_under_a_subscription(broker: RabbitMQBroker, keys:
 
 
 def channels_in_use(broker: RabbitMQBroker) -> int:
-    return sum(pooled.connection.channel_count for pooled in broker._pool)
+    return sum(pooled.connection.channel_count for pooled in broker.pool.connections)
 
 
 async def test_leaving_a_subscription_closes_its_channel(
