@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any
 
 import trio
 
@@ -29,7 +29,7 @@ from actors.adapters.rabbitmq_pool import (
     ConnectionPool,
     ExchangeTypeMismatch,
 )
-from actors.adapters.rabbitmq_subscription import RabbitMQSubscription, offset_argument
+from actors.adapters.rabbitmq_subscription import open_subscription
 from actors.backoff import BackoffPolicy
 from actors.ports.broker import (
     Broker,
@@ -39,9 +39,6 @@ from actors.ports.broker import (
 )
 
 __all__ = ["BrokerConfigurationError", "ExchangeTypeMismatch", "RabbitMQBroker"]
-
-#: Bound on the shielded close of a subscription's channel.
-CLOSE_TIMEOUT: Final = 2.0
 
 
 class RabbitMQBroker:
@@ -160,37 +157,16 @@ class RabbitMQBroker:
     async def subscribe(
         self, routing_key: str, start: StartPosition, *, prefetch: int
     ) -> AsyncIterator[Subscription]:
-        """See :meth:`actors.ports.broker.Broker.subscribe`."""
-        if not 1 <= prefetch <= 65535:
-            raise ValueError("prefetch must be between 1 and 65535")
-        offset = offset_argument(start)
-        channel: amqp.Channel | None = None
-        try:
-            with broker_errors(f"cannot consume {routing_key!r}"):
-                pooled = self.pool.pick()
-                with trio.fail_after(self.pool.operation_timeout):
-                    channel = await pooled.connection.channel()
-                    await channel.basic_qos(prefetch)
-                    consumer = channel.basic_consume(
-                        routing_key, arguments={"x-stream-offset": offset}, buffer_size=prefetch
-                    )
-                    await consumer.start()
-        except BaseException:
-            if channel is not None:
-                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                    scope.shield = True
-                    await channel.close()
-            raise
-        try:
-            yield RabbitMQSubscription(channel, consumer, prefetch)
-        finally:
-            # basic.cancel before channel.close: RabbitMQ 3.10 forgets a stream
-            # consumer whose channel just closes only in its channel process,
-            # and the queue's consumer count then grows with every websocket.
-            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                scope.shield = True
-                await consumer.cancel()
-                await channel.close()
+        """See :meth:`actors.ports.broker.Broker.subscribe` and :mod:`~.rabbitmq_subscription`."""
+        async with open_subscription(
+            self.pool.pick().connection,
+            routing_key,
+            start,
+            prefetch=prefetch,
+            attach_timeout=self.pool.operation_timeout,
+            queue_exists=lambda: self.stream_exists(routing_key),
+        ) as subscription:
+            yield subscription
 
     async def publish(
         self,

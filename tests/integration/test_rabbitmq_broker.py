@@ -13,6 +13,7 @@ import trio
 
 import amqp
 from actors.adapters.rabbitmq import BrokerConfigurationError, ExchangeTypeMismatch, RabbitMQBroker
+from actors.adapters.rabbitmq_subscription import CANCEL_TIMEOUT, CLOSE_TIMEOUT
 from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
@@ -23,7 +24,7 @@ from actors.ports.broker import (
     Subscription,
 )
 
-from .amqp_client.conftest import close_connection_named
+from .amqp_client.conftest import FreezableProxy, close_connection_named
 
 AMQP_URL = os.environ.get("ESS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -266,15 +267,22 @@ async def test_event_timestamps_in_order_of_preference(broker: RabbitMQBroker, k
             amqp.Properties(headers={"timestamp_in_ms": "1700000000002"}),
             amqp.Properties(timestamp=1_700_000_003),
             None,
+            # Unusable headers count as absent: the property, if any, is used.
+            amqp.Properties(headers={"timestamp_in_ms": 1.7e12}, timestamp=7),
+            amqp.Properties(headers={"timestamp_in_ms": -5}),
+            amqp.Properties(headers={"timestamp_in_ms": "soon"}, timestamp=8),
         ]:
             await ch.basic_publish(b"{}", routing_key=key, properties=properties)
     async with broker.subscribe(key, FromOffset(0), prefetch=10) as subscription:
-        events = await take(subscription, 4)
+        events = await take(subscription, 7)
     assert [e.timestamp_ms for e in events] == [
         1_700_000_000_001,
         1_700_000_000_002,
         1_700_000_003_000,
         None,
+        7000,
+        None,
+        8000,
     ]
 
 
@@ -402,3 +410,26 @@ async def test_leaving_a_subscription_closes_its_channel(
     await broker.stream_exists(key)  # a round trip on every channel's connection
     await broker.stream_exists(key)
     assert channels_in_use(broker) == before
+
+
+async def test_leaving_a_subscription_does_not_wait_for_a_broker_that_does_not_answer(
+    keys: Keys,
+) -> None:
+    key = keys()
+    proxy = FreezableProxy()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.run)
+        broker = make_broker(f"amqp://guest:guest@127.0.0.1:{port}/")
+        await nursery.start(broker.run)
+        await broker.ensure_stream(key)
+        async with broker.subscribe(key, FromNext(), prefetch=10) as subscription:
+            proxy.frozen = True  # the cancel and the close go unanswered
+            left = trio.current_time()
+        elapsed = trio.current_time() - left
+        assert subscription._channel.is_closed  # type: ignore[attr-defined]  # close was sent
+        # Each bounded on its own: the cancel, then the close.
+        assert elapsed < CANCEL_TIMEOUT + CLOSE_TIMEOUT + 1.0
+        assert elapsed >= CANCEL_TIMEOUT
+        nursery.cancel_scope.cancel()
+    async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:
+        await ch.exchange_delete(broker.exchange)
