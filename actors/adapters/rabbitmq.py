@@ -1,6 +1,6 @@
 """The RabbitMQ adapter of the broker port (:mod:`actors.ports.broker`), on :mod:`amqp`.
 
-Three modules beside this one share the work, one job each:
+Four modules beside this one share the work, one job each:
 
 - :mod:`actors.adapters.rabbitmq_pool`: the connections (connect, reconnect
   with backoff, declare the exchange, the publisher channel, the least
@@ -8,7 +8,9 @@ Three modules beside this one share the work, one job each:
 - :mod:`actors.adapters.rabbitmq_subscription`: one consumer, its
   acknowledgements and the reading of each message;
 - :mod:`actors.adapters.rabbitmq_errors`: the one translation of amqp errors
-  into the port's errors.
+  into the port's errors;
+- :mod:`actors.adapters.rabbitmq_queue_type`: whether an existing queue is a
+  stream queue, asked without changing it.
 
 This module holds the port's operations, each a few broker calls inside
 :func:`~actors.adapters.rabbitmq_errors.broker_errors`.
@@ -16,9 +18,10 @@ This module holds the port's operations, each a few broker calls inside
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Unpack
 
 import trio
 
@@ -29,16 +32,23 @@ from actors.adapters.rabbitmq_pool import (
     ConnectionPool,
     ExchangeTypeMismatch,
 )
+from actors.adapters.rabbitmq_queue_type import is_stream_queue
 from actors.adapters.rabbitmq_subscription import open_subscription
 from actors.backoff import BackoffPolicy
 from actors.ports.broker import (
     Broker,
+    BrokerError,
+    NotAStreamQueue,
+    OnDeclare,
+    PublishOptions,
     StartPosition,
     StreamNotFound,
     Subscription,
 )
 
 __all__ = ["BrokerConfigurationError", "ExchangeTypeMismatch", "RabbitMQBroker"]
+
+log = logging.getLogger(__name__)
 
 
 class RabbitMQBroker:
@@ -114,32 +124,72 @@ class RabbitMQBroker:
 
     # ------------------------------------------------------------------ the port
 
-    async def ensure_stream(self, routing_key: str) -> bool:
-        """See :meth:`actors.ports.broker.Broker.ensure_stream`."""
+    async def ensure_stream(self, routing_key: str, *, on_declare: OnDeclare | None = None) -> bool:
+        """See :meth:`actors.ports.broker.Broker.ensure_stream`.
+
+        An existing queue's type is told by :func:`~.rabbitmq_queue_type.is_stream_queue`
+        (an equivalence probe that changes nothing). Between a passive
+        declare saying "missing" and our declare, someone else may declare
+        the queue: a 406 then sends us down the existing-queue path.
+        """
         with broker_errors(f"cannot set up stream {routing_key!r}"):
             if await self.stream_exists(routing_key):
-                async with self.pool.operation() as channel:
-                    await channel.queue_bind(routing_key, self.exchange, routing_key)
+                await self._use_existing(routing_key)
                 return False
-            owned = False
-            async with self.pool.operation() as channel:
+            if on_declare is not None:
+                await on_declare()
+            declared = refused = False
+            try:
                 try:
-                    await channel.queue_declare(
-                        routing_key, durable=True, arguments=self._stream_arguments
-                    )
-                    owned = True
+                    async with self.pool.operation() as channel:
+                        await channel.queue_declare(
+                            routing_key, durable=True, arguments=self._stream_arguments
+                        )
                 except amqp.PreconditionFailed:
-                    pass  # declared meanwhile by someone else, with other arguments
-            async with self.pool.operation() as channel:
-                await channel.queue_bind(routing_key, self.exchange, routing_key)
-        return owned
+                    refused = True  # declared meanwhile by someone else, otherwise
+                else:
+                    declared = True
+                    await self._bind(routing_key)
+            except BaseException as exc:
+                # Declared (or maybe declared: interrupted before the answer):
+                # never leave a queue behind that nothing records as ours.
+                if declared or not isinstance(exc, amqp.ChannelClosed):
+                    await self._delete_quietly(routing_key)
+                raise
+            if refused:
+                await self._use_existing(routing_key)
+        return not refused
+
+    async def _use_existing(self, routing_key: str) -> None:
+        """Bind an existing stream queue as it is; refuse any other queue untouched."""
+        if not await is_stream_queue(self.pool.operation, routing_key):
+            raise NotAStreamQueue(f"queue {routing_key!r} exists and is not a stream queue")
+        await self._bind(routing_key)
+
+    async def _bind(self, routing_key: str) -> None:
+        async with self.pool.operation() as channel:
+            await channel.queue_bind(routing_key, self.exchange, routing_key)
+
+    async def _delete_quietly(self, routing_key: str) -> None:
+        """Undo our declare: shielded and bounded, failures logged (then the
+        caller's durable record of its intent is what finds the queue again)."""
+        with trio.move_on_after(self.pool.operation_timeout, shield=True) as scope:
+            try:
+                await self.delete_stream(routing_key)
+            except BrokerError as exc:
+                log.warning("could not delete the queue %r just declared: %s", routing_key, exc)
+        if scope.cancelled_caught:
+            log.warning("could not delete the queue %r just declared: timed out", routing_key)
 
     async def stream_exists(self, routing_key: str) -> bool:
         """See :meth:`actors.ports.broker.Broker.stream_exists`."""
         try:
             with broker_errors(f"cannot check stream {routing_key!r}"):
-                async with self.pool.operation() as channel:
-                    await channel.queue_declare(routing_key, passive=True)
+                try:
+                    async with self.pool.operation() as channel:
+                        await channel.queue_declare(routing_key, passive=True)
+                except amqp.ResourceLocked:
+                    pass  # exclusive to another connection: it exists
         except StreamNotFound:
             return False
         return True
@@ -169,27 +219,21 @@ class RabbitMQBroker:
             yield subscription
 
     async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        timestamp_ms: int | None = None,
-        to_queue: bool = False,
+        self, routing_key: str, body: bytes, **options: Unpack[PublishOptions]
     ) -> None:
         """See :meth:`actors.ports.broker.Broker.publish`."""
+        timestamp_ms = options.get("timestamp_ms")
         properties = amqp.Properties(
             delivery_mode=2,
             headers={"timestamp_in_ms": timestamp_ms} if timestamp_ms is not None else None,
         )
+        exchange = "" if options.get("to_queue", False) else self.exchange
         with broker_errors(f"publish to {routing_key!r} failed"):
             pooled = self.pool.pick()
             with trio.fail_after(self.pool.operation_timeout):
                 channel = await pooled.publisher()
                 await channel.basic_publish(
-                    body,
-                    exchange="" if to_queue else self.exchange,
-                    routing_key=routing_key,
-                    properties=properties,
+                    body, exchange=exchange, routing_key=routing_key, properties=properties
                 )
 
 

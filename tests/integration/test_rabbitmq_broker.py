@@ -7,18 +7,22 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import trio
 
 import amqp
 from actors.adapters.rabbitmq import BrokerConfigurationError, ExchangeTypeMismatch, RabbitMQBroker
+from actors.adapters.rabbitmq_queue_type import is_stream_queue
 from actors.adapters.rabbitmq_subscription import CANCEL_TIMEOUT, CLOSE_TIMEOUT
 from actors.ports.broker import (
+    BrokerError,
     BrokerUnavailable,
     FromNext,
     FromOffset,
     FromTimestamp,
+    NotAStreamQueue,
     StreamEvent,
     StreamNotFound,
     Subscription,
@@ -433,3 +437,108 @@ async def test_leaving_a_subscription_does_not_wait_for_a_broker_that_does_not_a
         nursery.cancel_scope.cancel()
     async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:
         await ch.exchange_delete(broker.exchange)
+
+
+# --------------------------------------------------------------------------- queue types
+
+STREAM = {"x-queue-type": "stream"}
+QUEUE_KINDS: list[tuple[str, dict[str, Any], bool]] = [
+    # (kind, queue.declare keywords, is a stream queue)
+    ("classic", {"durable": True}, False),
+    (
+        "classic with a length limit",
+        {"durable": True, "arguments": {"x-max-length-bytes": 5}},
+        False,
+    ),
+    ("classic, limits before the type", {"durable": True, "arguments": {"x-max-length": 3}}, False),
+    ("classic, named classic", {"durable": True, "arguments": {"x-queue-type": "classic"}}, False),
+    ("transient classic", {"durable": False}, False),
+    ("auto-delete classic", {"durable": True, "auto_delete": True}, False),
+    ("quorum", {"durable": True, "arguments": {"x-queue-type": "quorum"}}, False),
+    (
+        "quorum with a length limit",
+        {"durable": True, "arguments": {"x-queue-type": "quorum", "x-max-length-bytes": 5}},
+        False,
+    ),
+    ("stream", {"durable": True, "arguments": STREAM}, True),
+    ("stream with max age", {"durable": True, "arguments": {**STREAM, "x-max-age": "1h"}}, True),
+    (
+        "stream with a 32-bit length",
+        {"durable": True, "arguments": {**STREAM, "x-max-length-bytes": 1_000_000}},
+        True,
+    ),
+    (
+        "stream with a 64-bit length and age",
+        {
+            "durable": True,
+            "arguments": {**STREAM, "x-max-length-bytes": 10**10, "x-max-age": "7D"},
+        },
+        True,
+    ),
+    (
+        "stream with a segment size",
+        {"durable": True, "arguments": {**STREAM, "x-stream-max-segment-size-bytes": 10**6}},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "declare", "stream"), QUEUE_KINDS, ids=[k[0] for k in QUEUE_KINDS]
+)
+async def test_the_queue_type_is_told_without_changing_the_queue(
+    broker: RabbitMQBroker, keys: Keys, kind: str, declare: dict[str, Any], stream: bool
+) -> None:
+    key = keys()
+    async with amqp.connect(AMQP_URL) as conn:
+        async with conn.channel() as ch:
+            await ch.queue_declare(key, **declare)
+        assert await is_stream_queue(broker.pool.operation, key) is stream
+        # Untouched: the original declaration is still equivalent, nothing else broke.
+        async with conn.channel() as ch:
+            await ch.queue_declare(key, **declare)
+    assert broker.available
+    assert all(not p.connection.is_closed for p in broker.pool.connections)
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "server-named"])
+async def test_an_exclusive_queue_of_another_connection_is_not_a_stream(
+    broker: RabbitMQBroker, keys: Keys, named: bool
+) -> None:
+    async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:
+        queue = (await ch.queue_declare(keys() if named else "", exclusive=True)).queue
+        assert await is_stream_queue(broker.pool.operation, queue) is False
+        with pytest.raises(NotAStreamQueue):
+            await broker.ensure_stream(queue)
+
+
+async def test_a_queue_declared_by_ensure_stream_is_deleted_if_the_bind_fails(
+    broker: RabbitMQBroker, keys: Keys
+) -> None:
+    key = keys()
+    async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:
+        await ch.exchange_delete(broker.exchange)  # the bind now fails: 404, no exchange
+    with pytest.raises(BrokerError):
+        await broker.ensure_stream(key)
+    assert not await broker.stream_exists(key)
+
+
+async def test_a_queue_declared_by_ensure_stream_is_deleted_if_the_caller_is_cancelled(
+    broker: RabbitMQBroker, keys: Keys
+) -> None:
+    key = keys()
+    declared = trio.Event()
+    real_bind = broker._bind
+
+    async def bind_that_hangs(routing_key: str) -> None:
+        declared.set()
+        await trio.sleep_forever()
+
+    broker._bind = bind_that_hangs  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker.ensure_stream, key)
+        await declared.wait()
+        assert await broker.stream_exists(key)
+        nursery.cancel_scope.cancel()
+    broker._bind = real_bind  # type: ignore[method-assign]
+    assert not await broker.stream_exists(key)

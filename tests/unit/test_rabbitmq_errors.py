@@ -7,6 +7,7 @@ import trio
 
 import amqp
 from actors.adapters.rabbitmq_errors import broker_errors, queue_home_down
+from actors.adapters.rabbitmq_queue_type import read_refusal
 from actors.ports.broker import (
     BrokerError,
     BrokerUnavailable,
@@ -68,3 +69,58 @@ def test_port_errors_and_other_exceptions_pass_through() -> None:
     assert caught.value is lost
     with pytest.raises(KeyError), broker_errors("x"):
         raise KeyError("not ours")
+
+
+# --------------------------------------------------------------------------- 406 to the type probe
+
+PREFIX = "PRECONDITION_FAILED - inequivalent arg"
+SENT = {"x-queue-type": "stream"}
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        (
+            f"{PREFIX} 'x-queue-type' for queue 'q' in vhost '/': received the value 'stream' "
+            "of type 'longstr' but current is none",
+            False,
+        ),
+        (
+            f"{PREFIX} 'x-queue-type' for queue 'q' in vhost '/': received 'stream' but "
+            "current is 'quorum'",
+            False,
+        ),
+        (
+            f"{PREFIX} 'durable' for queue 'q' in vhost '/': received 'true' but current is "
+            "'false'",
+            False,
+        ),
+        (
+            f"{PREFIX} 'x-max-length' for queue 'q' in vhost '/': received none but current "
+            "is the value '3' of type 'signedint'",
+            False,
+        ),
+        (
+            f"{PREFIX} 'x-max-age' for queue 'q' in vhost '/': received none but current is "
+            "the value '1h' of type 'longstr'",
+            True,
+        ),
+        (
+            f"{PREFIX} 'x-max-length-bytes' for queue 'q' in vhost '/': received none but "
+            "current is the value '1000000' of type 'signedint'",
+            ("x-max-length-bytes", 1000000),
+        ),
+        # Cut off at 255 bytes before the value: cannot tell, so not a stream.
+        (f"{PREFIX} 'x-max-length-bytes' for queue '{'q' * 200}' in vh", False),
+        ("PRECONDITION_FAILED - something else entirely", False),
+    ],
+)
+def test_what_a_refused_type_probe_says(text: str, verdict: object) -> None:
+    assert read_refusal(text, dict(SENT)) == verdict
+
+
+def test_a_length_limit_that_still_differs_after_the_retry_is_not_a_stream() -> None:
+    text = (
+        f"{PREFIX} 'x-max-length-bytes' for queue 'q' in vhost '/': received '5' but current is '6'"
+    )
+    assert read_refusal(text, {**SENT, "x-max-length-bytes": 5}) is False
