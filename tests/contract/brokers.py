@@ -98,9 +98,16 @@ def make_rabbitmq_broker(
 
 @asynccontextmanager
 async def running(broker: RabbitMQBroker) -> AsyncIterator[RabbitMQBroker]:
-    """The adapter connected; its exchange deleted afterwards."""
+    """The adapter with its whole pool connected; its exchange deleted afterwards.
+
+    (``run`` reports started with the first slot; tests counting channels
+    must not see the others connect meanwhile.)
+    """
     async with trio.open_nursery() as nursery:
         await nursery.start(broker.run)
+        with trio.fail_after(WAIT):
+            while len(broker.pool.connections) < broker.pool_size:
+                await trio.sleep(0.01)
         yield broker
         nursery.cancel_scope.cancel()
     async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:

@@ -178,9 +178,6 @@ async def test_acks_are_batched_yet_prompt(broker: RabbitMQBroker, keys: Keys) -
 async def test_subscriptions_spread_over_the_pool(broker: RabbitMQBroker, keys: Keys) -> None:
     key = keys()
     await broker.ensure_stream(key)
-    with trio.fail_after(10):  # started() comes with the first slot; the second follows
-        while len(broker.pool.connections) < broker.pool_size:
-            await trio.sleep(0.01)
     async with (
         broker.subscribe(key, FromNext(), prefetch=10),
         broker.subscribe(key, FromNext(), prefetch=10),
