@@ -312,15 +312,14 @@ class MemoryBroker:
     async def ensure_stream(self, routing_key: str, *, on_declare: OnDeclare | None = None) -> bool:
         await trio.lowlevel.checkpoint()
         self._check_available()
-        log = self._logs.get(routing_key)
-        if log is not None and not log.stream:
+        created = routing_key not in self._logs
+        if created and on_declare is not None:
+            await on_declare()
+            self._check_available()
+            created = routing_key not in self._logs  # declared meanwhile by someone else?
+        log = self._logs.setdefault(routing_key, _Log())
+        if not log.stream:
             raise NotAStreamQueue(f"queue {routing_key!r} exists and is not a stream queue")
-        created = log is None
-        if created:
-            if on_declare is not None:
-                await on_declare()
-                self._check_available()
-            self._logs.setdefault(routing_key, _Log())
         self._bound.add(routing_key)
         return created
 

@@ -138,10 +138,11 @@ class RabbitMQBroker:
                 return False
             if on_declare is not None:
                 await on_declare()
-            declared = refused = False
+            sent = declared = refused = False
             try:
                 try:
                     async with self.pool.operation() as channel:
+                        sent = True
                         await channel.queue_declare(
                             routing_key, durable=True, arguments=self._stream_arguments
                         )
@@ -153,7 +154,7 @@ class RabbitMQBroker:
             except BaseException as exc:
                 # Declared (or maybe declared: interrupted before the answer):
                 # never leave a queue behind that nothing records as ours.
-                if declared or not isinstance(exc, amqp.ChannelClosed):
+                if declared or (sent and not isinstance(exc, amqp.ChannelClosed)):
                     await self._delete_quietly(routing_key)
                 raise
             if refused:
