@@ -535,7 +535,6 @@ class Channel(BoundedExit):
         exclusive: bool = False,
         arguments: Mapping[str, Any] | None = None,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-        buffer_size: int | None = None,
     ) -> Consumer:
         """A consumer of ``queue``: use it with ``async with`` and ``async for``.
 
@@ -547,11 +546,9 @@ class Channel(BoundedExit):
         :data:`~amqp.consumer.MESSAGE_OVERHEAD` per message); a consumer that
         falls behind past it is cancelled and ends with
         :class:`~amqp.errors.ConsumerOverflow` (see :mod:`amqp.consumer`).
-        ``buffer_size`` (a message count) is ignored: a count bounds nothing
-        on a stream queue, whose chunks pass the prefetch window. It stays
-        accepted until callers stop passing it.
+        There is no bound by message count: a count bounds nothing on a
+        stream queue, whose chunks pass the prefetch window.
         """
-        del buffer_size
         return Consumer(
             self,
             queue,

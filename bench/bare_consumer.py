@@ -25,9 +25,7 @@ async def consume(queue: str, count: int, prefetch: int, amqp_url: str) -> float
     async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
         await channel.basic_qos(prefetch)
         start = time.perf_counter()
-        async with channel.basic_consume(
-            queue, arguments={"x-stream-offset": 0}, buffer_size=prefetch
-        ) as consumer:
+        async with channel.basic_consume(queue, arguments={"x-stream-offset": 0}) as consumer:
             async for message in consumer:
                 seen += 1
                 pending += 1

@@ -20,16 +20,26 @@ Modelled RabbitMQ behaviour:
 - An outage (:meth:`MemoryBroker.set_available` with ``False``) ends every
   live subscription with :class:`~actors.ports.broker.BrokerUnavailable`, even if
   the broker is back before the consumer notices; the log survives.
-- Deleting a queue ends its subscriptions with :class:`~actors.ports.broker.StreamNotFound`.
+- Deleting a queue ends its subscriptions with :class:`~actors.ports.broker.StreamNotFound`;
+  a consumer cancelled while its queue exists (:meth:`MemoryBroker.cancel_consumers`,
+  as RabbitMQ does when a stream's leader moves) ends with
+  :class:`~actors.ports.broker.SubscriptionLost`.
+- A queue that is not a stream queue (:meth:`MemoryBroker.create_queue` with
+  ``stream=False``) makes :meth:`~MemoryBroker.ensure_stream` raise
+  :class:`~actors.ports.broker.NotAStreamQueue` and stays unbound.
+
+The contract suite (``tests/contract/test_broker_contract.py``) runs the same
+tests against this fake and the real RabbitMQ adapter.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Unpack
 
 import trio
 
@@ -38,9 +48,13 @@ from actors.ports.broker import (
     FromNext,
     FromOffset,
     FromTimestamp,
+    NotAStreamQueue,
+    OnDeclare,
+    PublishOptions,
     StartPosition,
     StreamEvent,
     StreamNotFound,
+    SubscriptionLost,
 )
 
 
@@ -56,9 +70,10 @@ class LogEntry:
 
 
 class _Log:
-    __slots__ = ("deleted", "entries", "first_offset", "next_offset", "subscriptions")
+    __slots__ = ("deleted", "entries", "first_offset", "next_offset", "stream", "subscriptions")
 
-    def __init__(self) -> None:
+    def __init__(self, *, stream: bool = True) -> None:
+        self.stream = stream
         self.entries: deque[LogEntry] = deque()
         self.first_offset = 0
         self.next_offset = 0
@@ -90,6 +105,7 @@ class MemorySubscription:
         self._log = log
         self._unacked: deque[int] = deque()
         self._lost = False
+        self._cancelled = False
         self._closed = False
         self._wakeup = trio.Event()
 
@@ -110,6 +126,11 @@ class MemorySubscription:
         self._lost = True
         self.wake()
 
+    def cancel(self) -> None:
+        """The broker cancelled this consumer although its queue still exists."""
+        self._cancelled = True
+        self.wake()
+
     def close(self) -> None:
         self._closed = True
         self._log.subscriptions.discard(self)
@@ -122,7 +143,9 @@ class MemorySubscription:
     @property
     def buffered(self) -> int:
         """Entries deliverable now: logged past our position, within the prefetch window."""
-        if self._lost or self._closed or self._log.deleted or not self._broker.available:
+        if self._lost or self._cancelled or self._closed or self._log.deleted:
+            return 0
+        if not self._broker.available:
             return 0
         log = self._log
         start = max(self.next_offset, log.first_offset)
@@ -130,12 +153,18 @@ class MemorySubscription:
         return max(0, min(self.prefetch - len(self._unacked), logged))
 
     async def __anext__(self) -> StreamEvent:
-        await trio.lowlevel.checkpoint()
+        # Like the RabbitMQ consumer, an event already deliverable is taken
+        # without a cancel point (iteration under a cancelled scope still
+        # yields what is buffered). Unlike it, this yields to the scheduler
+        # once: the actor tests' timing under a MockClock relies on it.
+        await trio.lowlevel.cancel_shielded_checkpoint()
         while True:
             if self._lost or not self._broker.available:
                 raise BrokerUnavailable("the broker connection was lost")
             if self._log.deleted:
                 raise StreamNotFound(self.routing_key)
+            if self._cancelled:
+                raise SubscriptionLost(f"the broker cancelled the consumer of {self.routing_key!r}")
             if self._closed:
                 raise StopAsyncIteration
             if len(self._unacked) < self.prefetch:
@@ -220,7 +249,18 @@ class MemoryBroker:
 
     def create_stream(self, routing_key: str) -> None:
         """Declare a stream queue the way the Account Server does (not bound)."""
-        self._logs.setdefault(routing_key, _Log())
+        self.create_queue(routing_key, stream=True)
+
+    def create_queue(self, routing_key: str, *, stream: bool = False) -> None:
+        """Declare a queue someone else made: a classic one, unless ``stream`` (not bound)."""
+        self._logs.setdefault(routing_key, _Log(stream=stream))
+
+    def cancel_consumers(self, routing_key: str) -> int:
+        """Cancel every consumer of the queue, which stays; returns how many."""
+        log = self._logs[routing_key]
+        for subscription in log.subscriptions:
+            subscription.cancel()
+        return len(log.subscriptions)
 
     def append(self, routing_key: str, body: bytes, *, timestamp_ms: int | None = None) -> int:
         """Write straight into the queue's log, even during an outage; returns the offset."""
@@ -269,16 +309,17 @@ class MemoryBroker:
         if not self._available:
             raise BrokerUnavailable("the broker is unavailable")
 
-    async def ensure_stream(
-        self, routing_key: str, *, on_declare: Callable[[], Awaitable[None]] | None = None
-    ) -> bool:
+    async def ensure_stream(self, routing_key: str, *, on_declare: OnDeclare | None = None) -> bool:
         await trio.lowlevel.checkpoint()
         self._check_available()
         created = routing_key not in self._logs
-        if created:
-            if on_declare is not None:
-                await on_declare()
-            self._logs[routing_key] = _Log()
+        if created and on_declare is not None:
+            await on_declare()
+            self._check_available()
+            created = routing_key not in self._logs  # declared meanwhile by someone else?
+        log = self._logs.setdefault(routing_key, _Log())
+        if not log.stream:
+            raise NotAStreamQueue(f"queue {routing_key!r} exists and is not a stream queue")
         self._bound.add(routing_key)
         return created
 
@@ -336,15 +377,11 @@ class MemoryBroker:
         raise TypeError(f"not a start position: {start!r}")  # pragma: no cover
 
     async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        timestamp_ms: int | None = None,
-        to_queue: bool = False,
+        self, routing_key: str, body: bytes, **options: Unpack[PublishOptions]
     ) -> None:
         await trio.lowlevel.checkpoint()
         self._check_available()
+        to_queue = options.get("to_queue", False)
         routed = routing_key in self._logs and (to_queue or routing_key in self._bound)
         if routed:
-            self.append(routing_key, body, timestamp_ms=timestamp_ms)
+            self.append(routing_key, body, timestamp_ms=options.get("timestamp_ms"))

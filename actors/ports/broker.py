@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 
 class BrokerError(Exception):
@@ -93,6 +93,21 @@ class StreamEvent:
     timestamp_ms: int | None
 
 
+class PublishOptions(TypedDict, total=False):
+    """How :meth:`Broker.publish` sends one event; each key may be left out."""
+
+    #: Sent as the ``timestamp_in_ms`` header (no header when absent or ``None``).
+    timestamp_ms: int | None
+    #: ``True``: straight into the stream queue of that name (the default
+    #: exchange), as the upstream AS versions 2 and 3 do. Default: through
+    #: the service's exchange with the routing key.
+    to_queue: bool
+
+
+#: What :meth:`Broker.ensure_stream` awaits right before it declares a queue.
+OnDeclare = Callable[[], Awaitable[None]]
+
+
 class Subscription(Protocol):
     """A live consumer of one stream queue, with its own position.
 
@@ -133,16 +148,21 @@ class Broker(Protocol):
         """Return once the broker connection is up (immediately if it is)."""
         ...
 
-    async def ensure_stream(
-        self, routing_key: str, *, on_declare: Callable[[], Awaitable[None]] | None = None
-    ) -> bool:
+    async def ensure_stream(self, routing_key: str, *, on_declare: OnDeclare | None = None) -> bool:
         """Make sure a stream queue named ``routing_key`` exists and is bound.
 
-        An existing queue is used as it is (never redeclared). A missing one
-        is declared as a stream queue with the configured retention, after
-        ``on_declare`` was awaited (the caller records its intent to own the
-        queue durably first, so a crash after the declare orphans nothing).
-        Either way it is bound to the service's exchange with the routing key.
+        An existing stream queue is used as it is (never redeclared with
+        other arguments). An existing queue of another type (classic,
+        quorum; also a non-durable or exclusive one) raises
+        :class:`NotAStreamQueue` and is left untouched: not bound, not
+        redeclared. A missing one is declared as a stream queue with the
+        configured retention, after awaiting ``on_declare`` (the caller
+        records its intent durably there; if it raises, nothing is declared
+        and the error propagates). Either way the queue is bound to the
+        service's exchange with the routing key. A queue this call declared
+        is deleted again if the bind fails, times out or the caller is
+        cancelled: ensure_stream never orphans a queue itself.
+
         Returns ``True`` when this call created the queue (the service then
         owns it). Raises :class:`BrokerUnavailable`.
         """
@@ -162,25 +182,19 @@ class Broker(Protocol):
         """Attach a consumer; on entry the consumer is attached.
 
         Everything published after ``__aenter__`` returns is delivered (for
-        :class:`FromNext`). Leaving the context cancels the consumer. Raises
+        :class:`FromNext`). Leaving the context cancels the consumer, within
+        a bound even if the broker does not answer. Raises
         :class:`StreamNotFound` or :class:`BrokerUnavailable` on entry;
-        iteration raises :class:`BrokerUnavailable` if the connection drops.
+        iteration raises :class:`BrokerUnavailable` if the connection drops,
+        :class:`StreamNotFound` if the queue was deleted and
+        :class:`SubscriptionLost` if the consumer ended although the queue
+        still exists. A message the adapter cannot place in the stream is
+        skipped, never an error.
         """
         ...
 
     async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        timestamp_ms: int | None = None,
-        to_queue: bool = False,
+        self, routing_key: str, body: bytes, **options: Unpack[PublishOptions]
     ) -> None:
-        """Publish one event and wait for the broker's confirm.
-
-        By default through the service's exchange with ``routing_key``;
-        ``to_queue=True`` publishes straight into the stream queue of that
-        name (the default exchange), as the upstream AS versions 2 and 3 do.
-        ``timestamp_ms`` is sent as the ``timestamp_in_ms`` header.
-        """
+        """Publish one event and wait for the broker's confirm (see :class:`PublishOptions`)."""
         ...

@@ -95,8 +95,8 @@ async def start_broker() -> None:
 def connection_attempts(log_path: Path) -> tuple[int, int]:
     """(failed connects, successful connects) from the log lines of actors.adapters.rabbitmq."""
     text = log_path.read_text(errors="replace")
-    failed = len(re.findall(r"actors\.adapters\.rabbitmq: broker connection \d+ failed", text))
-    up = len(re.findall(r"actors\.adapters\.rabbitmq: broker connection \d+ up", text))
+    failed = len(re.findall(r"actors\.adapters\.rabbitmq_pool: broker connection \d+ failed", text))
+    up = len(re.findall(r"actors\.adapters\.rabbitmq_pool: broker connection \d+ up", text))
     return failed, up
 
 
