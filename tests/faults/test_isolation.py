@@ -38,7 +38,7 @@ from tests.e2e.client import connect
 from tests.e2e.service import ServiceProcess
 from tests.support.observe import labelled_metric
 from tests.support.raw_amqp import RawPublisher
-from tests.support.ws_frames import FrameReader
+from tests.support.ws_frames import FrameReader, describe_close
 
 from .conftest import (
     RawWebSocket,
@@ -180,7 +180,7 @@ class Probe:
                 self.received[event["seq"]] = trio.current_time()
                 order.append(event["seq"])
         except ConnectionClosed as closed:
-            self.closed.append(f"stream {index}: {closed.reason.code} {closed.reason.reason}")
+            self.closed.append(f"stream {index}: {describe_close(closed)}")
 
     async def publish(self, publisher: RawPublisher, seqs: range, interval: float) -> None:
         for seq in seqs:
@@ -264,6 +264,7 @@ async def timed_call(
     result: T | None = None
     with trio.move_on_after(bound):
         try:
+            status: int | str
             result = await call
             status = result.status_code if isinstance(result, httpx.Response) else 101
         except (httpx.HTTPError, HandshakeError, OSError) as error:

@@ -31,6 +31,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from tests.e2e.client import connect
 from tests.support.observe import close_service_connections, service_connections
 from tests.support.raw_amqp import RawPublisher, Refused
+from tests.support.ws_frames import describe_close
 
 from .conftest import (
     FreezableProxy,
@@ -79,7 +80,7 @@ class Collector:
                 if event.get("sentinel"):
                     self.got_sentinel.set()
         except ConnectionClosed as closed:
-            self.closed = f"{closed.reason.code} {closed.reason.reason}"
+            self.closed = describe_close(closed)
             self.got_sentinel.set()  # nothing more will come: let the test report it
 
     def check(self, published: int) -> None:

@@ -51,6 +51,7 @@ from tests.support.amqp_fields import (
 )
 from tests.support.observe import broker_reconnects, labelled_metric, service_connections
 from tests.support.raw_amqp import RawPublisher, Refused, longstr
+from tests.support.ws_frames import describe_close
 
 from .conftest import start_service, unique_key
 from .content_headers import raw_properties
@@ -129,7 +130,7 @@ async def read_through_after(ws: WebSocketConnection, token: str, who: str) -> l
                 message = await ws.get_message()
         except ConnectionClosed as closed:
             raise AssertionError(
-                f"{who}: websocket closed ({closed.reason.code} {closed.reason.reason}) "
+                f"{who}: websocket closed ({describe_close(closed)}) "
                 f"after {[f.role for f in frames]}"
             ) from None
         except trio.TooSlowError:

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from trio_websocket import ConnectionClosed
+
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 
@@ -62,3 +64,9 @@ class FrameReader:
     def events(self) -> list[dict[str, Any]]:
         """The text messages as JSON objects (events of JSON bodies)."""
         return [json.loads(text) for text in self.texts]
+
+
+def describe_close(closed: ConnectionClosed) -> str:
+    """``"<code> <reason>"`` of a trio-websocket close (its reason may be missing)."""
+    reason = closed.reason
+    return "no close reason" if reason is None else f"{reason.code} {reason.reason}"
