@@ -23,6 +23,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -70,6 +71,7 @@ class Collector:
     ws: WebSocketConnection
     events: list[dict[str, Any]] = field(default_factory=list)
     closed: str | None = None
+    got_first: trio.Event = field(default_factory=trio.Event)
     got_sentinel: trio.Event = field(default_factory=trio.Event)
 
     async def run(self) -> None:
@@ -77,6 +79,7 @@ class Collector:
             while True:
                 event = json.loads(await self.ws.get_message())
                 self.events.append(event)
+                self.got_first.set()
                 if event.get("sentinel"):
                     self.got_sentinel.set()
         except ConnectionClosed as closed:
@@ -183,15 +186,17 @@ DROPS = [
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("primed", [False, True], ids=["got-nothing-yet", "got-one-event"])
 @pytest.mark.parametrize("drop", DROPS)
-async def test_live_clients_that_got_nothing_yet_lose_nothing_when_the_broker_connection_drops(
-    services: Services, routing_keys: RoutingKeys, amqp_url: str, drop: str
+async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
+    services: Services, routing_keys: RoutingKeys, amqp_url: str, drop: str, primed: bool
 ) -> None:
+    """``got-nothing-yet`` is issue 9.3; ``got-one-event`` resumes after a delivered ordinal."""
     name = f"ess-faults-reconnect-{secrets.token_hex(4)}"
     alone_key, shared_key = routing_keys.new(), routing_keys.new()
     async with trio.open_nursery() as nursery:
         if drop == "missed_heartbeats":
-            proxy = FreezableProxy(5672)
+            proxy = FreezableProxy(urlsplit(amqp_url).port or 5672)
             port = await nursery.start(proxy.run)
             url = f"amqp://guest:guest@127.0.0.1:{port}/?heartbeat={HEARTBEAT}&name={name}"
         else:
@@ -229,6 +234,13 @@ async def test_live_clients_that_got_nothing_yet_lose_nothing_when_the_broker_co
                             return
                         await trio.sleep(PUBLISH_INTERVAL)  # the rate: load, not sync
 
+                if primed:  # every client delivers one event before the drop
+                    await publisher.publish(alone_key, b'{"seq": 0}')
+                    await publisher.publish(shared_key, b'{"seq": 0}')
+                    published = 1
+                    with trio.fail_after(30):
+                        for collector in collectors:
+                            await collector.got_first.wait()
                 drop_started = trio.current_time()
                 if drop == "close_connection":
                     assert await close_service_connections(name) == POOL
@@ -252,7 +264,7 @@ async def test_live_clients_that_got_nothing_yet_lose_nothing_when_the_broker_co
                 readers.cancel_scope.cancel()  # before the websockets close
         nursery.cancel_scope.cancel()
     print(
-        f"[{drop}] {published} events per stream across a drop of {down_for:.1f}s "
+        f"[{drop}, primed={primed}] {published} events per stream across a drop of {down_for:.1f}s "
         f"(publisher retries {publisher.retries}); received "
         + ", ".join(f"{c.name}: {len(c.events)}" for c in collectors)
     )
@@ -262,4 +274,4 @@ async def test_live_clients_that_got_nothing_yet_lose_nothing_when_the_broker_co
             collector.check(published)
         except AssertionError as failure:
             failures.append(str(failure))
-    assert not failures, f"[{drop}] " + "; ".join(failures)
+    assert not failures, f"[{drop}, primed={primed}] " + "; ".join(failures)
