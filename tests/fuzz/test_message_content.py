@@ -458,21 +458,43 @@ async def test_each_kind_of_unusable_field_is_absent_or_its_message_skipped(
     spec = KINDS[kind]
 
     async with connect(bystander_location) as bystander:
-        result = await run_case(
-            location,
-            amqp_url,
-            queue,
-            spec.properties(stamp_ms, property_s).encode(),
-            neighbour_ms,
-        )
-        suspect = check_neighbours(result)
         publisher = await RawPublisher.connect(amqp_url)
+        sent = 0
+        case_done = trio.Event()
+
+        async def bystander_load() -> None:
+            nonlocal sent
+            while not case_done.is_set():
+                body = json.dumps({"bystander": sent}).encode()
+                assert await publisher.publish(bystander_queue, body)
+                sent += 1
+                await trio.sleep(0.05)  # a steady trickle on another stream: load
+
         try:
-            assert await publisher.publish(bystander_queue, b'{"bystander": 1}')
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bystander_load)
+                result = await run_case(
+                    location,
+                    amqp_url,
+                    queue,
+                    spec.properties(stamp_ms, property_s).encode(),
+                    neighbour_ms,
+                )
+                case_done.set()
         finally:
             await publisher.aclose()
-        with trio.fail_after(FRAME_TIMEOUT):
-            assert json.loads(await bystander.get_message())["bystander"] == 1
+        seen: list[int] = []
+        ordinals: list[int] = []
+        with trio.move_on_after(FRAME_TIMEOUT):
+            while len(seen) < sent:
+                event = json.loads(await bystander.get_message())
+                seen.append(event["bystander"])
+                ordinals.append(event["ess_ordinal"])
+        assert seen == list(range(sent)), (
+            f"the bystander on another stream got {len(seen)} of {sent} events: {seen}"
+        )
+        assert ordinals == list(range(1, sent + 1)), f"bystander ordinals {ordinals}"
+    suspect = check_neighbours(result)
 
     print(f"{kind}: stored={result.stored} delivered={suspect is not None}")
     if result.stored and suspect is None:
