@@ -15,6 +15,7 @@ Only what the tests need: PLAIN login, one channel in confirm mode,
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -107,6 +108,7 @@ class RawPublisher:
         self._published = 0
         self._confirmed = 0
         self._nacked: set[int] = set()
+        self._ended = False  # the broker closed the connection (or the socket ended)
 
     @classmethod
     async def connect(cls, amqp_url: str, name: str = "ess-test-raw-publisher") -> RawPublisher:
@@ -153,6 +155,13 @@ class RawPublisher:
         await self._expect_method(85, 11)
 
     async def aclose(self) -> None:
+        """``connection.close`` and a short wait for its ``close-ok`` (the broker then logs no
+        "unexpectedly closed" warning), unless the broker already ended the connection."""
+        if not self._ended:
+            with trio.move_on_after(2), contextlib.suppress(Refused, trio.BrokenResourceError):
+                close = struct.pack(">H", 200) + shortstr(b"done") + struct.pack(">HH", 0, 0)
+                await self._stream.send_all(method(0, 10, 50, close))
+                await self._expect_method(10, 51)
         await trio.aclose_forcefully(self._stream)
 
     # -- publishing ----------------------------------------------------------
@@ -215,6 +224,7 @@ class RawPublisher:
             (code,) = struct.unpack(">H", frame.payload[4:6])
             text = frame.payload[7 : 7 + frame.payload[6]].decode(errors="replace")
             what = "channel" if class_id == 20 else "connection"
+            self._ended = True  # either way this publisher is done (one channel)
             raise Refused(what, code, text)
         # connection.blocked/unblocked and anything else: not ours to act on.
 
@@ -244,5 +254,6 @@ class RawPublisher:
             except trio.BrokenResourceError:
                 chunk = b""
             if not chunk:
+                self._ended = True
                 raise Refused("socket", 0, "the broker ended the TCP connection")
             self._buffer += chunk
