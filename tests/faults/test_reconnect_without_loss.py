@@ -137,7 +137,7 @@ async def wait_all_connected(name: str) -> dict[str, str]:
     async def all_up() -> bool:
         nonlocal found
         found = await service_connections(name)
-        return len(found) == POOL
+        return len(found) >= POOL
 
     await poll_until(all_up, 30, f"{POOL} broker connections named {name}#*", 0.2)
     return found
@@ -148,7 +148,7 @@ async def wait_reconnected(name: str, old: dict[str, str]) -> None:
 
     async def replaced() -> bool:
         now = await service_connections(name)
-        return len(now) == POOL and not set(now.values()) & set(old.values())
+        return len(now) >= len(old) and not set(now.values()) & set(old.values())
 
     await poll_until(replaced, RECONNECT_TIMEOUT, f"the service reconnected ({name})", 0.2)
 
@@ -244,9 +244,9 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
                             await collector.got_first.wait()
                 drop_started = trio.current_time()
                 if drop == "close_connection":
-                    assert await close_service_connections(name) == POOL
+                    assert await close_service_connections(name) >= POOL
                 elif drop == "missed_heartbeats":
-                    assert proxy.freeze() == POOL  # no FIN, no RST: heartbeats just stop
+                    assert proxy.freeze() >= POOL  # no FIN, no RST: heartbeats just stop
                 async with trio.open_nursery() as window:
                     window.start_soon(publish_across_the_drop)
                     if drop == "broker_restart":
