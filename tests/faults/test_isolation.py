@@ -72,7 +72,8 @@ CHUNKED = Backlog(20_000, 300, pipelined=True)
 #: events are 4 KB so that the backlog (8 MB) is more than the kernel buffers
 #: of a stalled socket can absorb (4 MB send buffer at most, on loopback).
 SINGLE = Backlog(2_000, 4096, pipelined=False)
-#: A live stream: bursts of this many 2 KB events, pipelined, 10 MB in all.
+#: A live stream: 10 bursts of 1,000 x 2 KB events, pipelined (20 MB), then 4 more
+#: while the probes run (28 MB in all).
 BURST, BURSTS, BURST_SIZE = 1000, 10, 2048
 
 #: The service's unacked window per consumer. RabbitMQ 3.10 here writes these
@@ -90,11 +91,12 @@ LATENCY_CEILING = 1.0
 #: API calls and a new stream's websocket handshake, meanwhile.
 API_BOUND = HANDSHAKE_BOUND = 2.0
 #: RSS growth while the stalled client holds a whole backlog unread. The
-#: service may hold a bounded window per consumer (prefetch events, plus one
-#: broker chunk of overshoot) in a few forms (AMQP frames, message, text
-#: frame): a few MB for these backlogs. Buffering the whole backlog would
-#: cost its size several times over (Python objects per event).
-RSS_GROWTH_BOUND = 100 * MB
+#: service may hold a bounded window per consumer: PREFETCH events plus one
+#: broker chunk of overshoot (chunks here are at most a few hundred events,
+#: under 1 MB), in a few forms (AMQP frames, message, text frame): a few MB.
+#: Buffering the live backlog instead (28 MB of bodies, more as Python
+#: objects) would pass this bound; the rest is allocator and fixed overhead.
+RSS_GROWTH_BOUND = 40 * MB
 
 #: The slow reader: one frame every 10 ms for this many frames, then as fast as it can.
 SLOW_FRAMES, SLOW_PAUSE = 500, 0.01
