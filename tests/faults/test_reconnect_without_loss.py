@@ -86,21 +86,34 @@ class Collector:
             self.closed = describe_close(closed)
             self.got_sentinel.set()  # nothing more will come: let the test report it
 
-    def check(self, published: int) -> None:
-        """Exactly events 0..published-1 and the sentinel, in order, ordinals 1.. consecutive."""
+    def check(self, stored: list[object]) -> None:
+        """Exactly what the stream stored (seqs, then the sentinel), in order, ordinals 1..N."""
         assert self.closed is None, f"{self.name}: websocket closed ({self.closed})"
         seqs = [event.get("seq", "sentinel") for event in self.events]
-        expected: list[object] = [*range(published), "sentinel"]
-        if seqs != expected:
-            missing = sorted(set(range(published)) - {s for s in seqs if isinstance(s, int)})
+        if seqs != stored:
+            missing = [s for s in stored if s not in seqs]
             twice = len(seqs) - len(set(seqs))
             raise AssertionError(
-                f"{self.name}: received {len(seqs)} events, expected {len(expected)}; "
+                f"{self.name}: received {len(seqs)} events, the stream holds {len(stored)}; "
                 f"missing {len(missing)} (first: {missing[:10]}), duplicates {twice}, "
                 f"first received {seqs[:5]}"
             )
         ordinals = [event["ess_ordinal"] for event in self.events]
-        assert ordinals == list(range(1, len(expected) + 1)), f"{self.name}: ordinals {ordinals}"
+        assert ordinals == list(range(1, len(stored) + 1)), f"{self.name}: ordinals {ordinals}"
+
+
+async def stored_seqs(amqp_url: str, queue: str) -> list[object]:
+    """The seqs the stream queue holds, up to the sentinel, read straight from the broker.
+
+    A publisher that retried after a lost confirm may have stored an event
+    twice: a client must then receive it twice too (two ordinals).
+    """
+    reader = await RawPublisher.connect(amqp_url, name="ess-test-stream-reader")
+    try:
+        bodies = await reader.read_stream(queue, lambda body: b"sentinel" in body)
+    finally:
+        await reader.aclose()
+    return [json.loads(body).get("seq", "sentinel") for body in bodies]
 
 
 @dataclass
@@ -264,15 +277,19 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
                         await collector.got_sentinel.wait()
                 readers.cancel_scope.cancel()  # before the websockets close
         nursery.cancel_scope.cancel()
+    stored = {key: await stored_seqs(amqp_url, key) for key in (alone_key, shared_key)}
+    for key, seqs in stored.items():  # the harness: every confirmed publish is in the stream
+        assert set(range(published)) <= set(seqs), f"{key}: the stream lacks confirmed events"
     print(
         f"[{drop}, primed={primed}] {published} events per stream across a drop of {down_for:.1f}s "
-        f"(publisher retries {publisher.retries}); received "
+        f"(publisher retries {publisher.retries}, stored {len(stored[alone_key])} and "
+        f"{len(stored[shared_key])} with the sentinels); received "
         + ", ".join(f"{c.name}: {len(c.events)}" for c in collectors)
     )
     failures = []
-    for collector in collectors:
+    for collector, key in zip(collectors, (alone_key, shared_key, shared_key), strict=True):
         try:
-            collector.check(published)
+            collector.check(stored[key])
         except AssertionError as failure:
             failures.append(str(failure))
     assert not failures, f"[{drop}, primed={primed}] " + "; ".join(failures)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -227,6 +228,50 @@ class RawPublisher:
             self._ended = True  # either way this publisher is done (one channel)
             raise Refused(what, code, text)
         # connection.blocked/unblocked and anything else: not ours to act on.
+
+    # -- consuming -----------------------------------------------------------
+
+    async def read_stream(
+        self, queue: str, stop: Callable[[bytes], bool], timeout: float = 60.0
+    ) -> list[bytes]:
+        """Every body in stream ``queue`` from its first offset up to the one ``stop`` accepts.
+
+        The ground truth of what the broker stored: a publisher that retries
+        after a lost confirm may have stored an event twice. Use a publisher of
+        its own (this puts the channel in consuming mode).
+        """
+        args = struct.pack(">IHB", 0, 1000, 0)  # basic.qos: prefetch 1000 on this channel
+        await self._stream.send_all(method(self.CHANNEL, 60, 10, args))
+        await self._expect_method(60, 11)
+        offset = b"x-stream-offset" + b"S" + longstr(b"first")
+        consume = (
+            b"\x00\x00"
+            + shortstr(queue.encode())
+            + shortstr(b"ess-test-reader")
+            + b"\x00"  # no-local, no-ack=0 (manual acks), exclusive, nowait: all clear
+            + longstr(bytes([len(b"x-stream-offset")]) + offset)
+        )
+        await self._stream.send_all(method(self.CHANNEL, 60, 20, consume))
+        await self._expect_method(60, 21)
+        bodies: list[bytes] = []
+        with trio.fail_after(timeout):
+            while True:
+                deliver = await self._expect_method(60, 60)  # basic.deliver
+                tag_at = 5 + deliver[4]  # after class, method, consumer tag
+                (tag,) = struct.unpack(">Q", deliver[tag_at : tag_at + 8])
+                header = await self._read_frame()
+                assert header.kind == FRAME_HEADER, header
+                (size,) = struct.unpack(">Q", header.payload[4:12])
+                body = b""
+                while len(body) < size:
+                    frame = await self._read_frame()
+                    assert frame.kind == FRAME_BODY, frame
+                    body += frame.payload
+                bodies.append(body)
+                ack = struct.pack(">QB", tag, 0)
+                await self._stream.send_all(method(self.CHANNEL, 60, 80, ack))
+                if stop(body):
+                    return bodies
 
     # -- reading -------------------------------------------------------------
 
