@@ -110,8 +110,13 @@ def padded(seq: int, size: int) -> bytes:
 
 
 async def fill(amqp_url: str, queue: str, backlog: Backlog) -> None:
+    """Declare ``queue`` as the Account Server would (a plain stream queue) and publish."""
     async with amqp.connect(amqp_url) as connection, connection.channel() as channel:
         await channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "stream"})
+    await publish_backlog(amqp_url, queue, backlog)
+
+
+async def publish_backlog(amqp_url: str, queue: str, backlog: Backlog) -> None:
     publisher = await RawPublisher.connect(amqp_url)
     try:
         bodies = [padded(seq, backlog.size) for seq in range(backlog.events)]
@@ -298,10 +303,17 @@ def assert_payloads_in_order(events: list[dict[str, object]], total: int, who: s
 # The stalled client must delay nobody
 
 
-#: ``replay-chunked-prefetch-default`` is the same stall with the service's own
-#: default window (the configuration of issue 9's report); today it fails only
-#: when a chunk happens to exceed that window.
-STALLS = ["replay-chunked", "replay-single", "live-bursts", "replay-chunked-prefetch-default"]
+#: ``live-single``: a live client stalls while :data:`SINGLE` is published one
+#: confirmed event at a time. ``replay-chunked-prefetch-default`` is the
+#: chunked stall with the service's own default window (the configuration of
+#: issue 9's report); today it fails only when a chunk happens to exceed it.
+STALLS = [
+    "replay-chunked",
+    "replay-single",
+    "live-bursts",
+    "live-single",
+    "replay-chunked-prefetch-default",
+]
 POOLS = {"pool-1": {"ESS_AMQP_POOL_SIZE": "1"}, "pool-default": {}}
 
 
@@ -352,7 +364,7 @@ async def test_stalled_client_delays_no_other_stream_and_no_api_call(
     )
     pid = service_pid(service)
     live_key, probe_keys = routing_keys.new(), [routing_keys.new(), routing_keys.new()]
-    stalled_key = live_key if stall == "live-bursts" else backlogs[stall.split("-")[1]]
+    stalled_key = live_key if stall.startswith("live") else backlogs[stall.split("-")[1]]
     async with api_client(service) as api:
         stalled_stream = await create_stream(api, stalled_key)
         probe_streams = [await create_stream(api, key) for key in probe_keys]
@@ -375,6 +387,10 @@ async def test_stalled_client_delays_no_other_stream_and_no_api_call(
                     raw = await RawWebSocket.connect(stalled_stream["location"])
                     next_seq = await publish_bursts(amqp_url, live_key, 0, BURSTS, 0.05)
                     stalled_total = next_seq
+                elif stall == "live-single":
+                    raw = await RawWebSocket.connect(stalled_stream["location"])
+                    await publish_backlog(amqp_url, live_key, SINGLE)
+                    stalled_total = SINGLE.events
                 else:
                     raw = await RawWebSocket.connect(
                         with_query(stalled_stream["location"], "stream_from_ordinal=0")
