@@ -364,53 +364,64 @@ class RawWebSocket:
 class FreezableProxy:
     """A TCP proxy that can stop forwarding both ways without closing anything.
 
-    After :meth:`freeze` the service's socket stays open and the kernel
-    keeps acknowledging what fits in the buffers: to the service, the
-    client has vanished silently (no FIN, no RST), as when a NAT or a
-    laptop lid drops a connection.
+    After :meth:`freeze` the connections open at that moment stay open and
+    the kernel keeps acknowledging what fits in the buffers: to either end,
+    the other has vanished silently (no FIN, no RST), as when a NAT or a
+    laptop lid drops a connection. Connections opened afterwards are
+    forwarded normally, so a peer that reconnects gets through.
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
-        self._frozen = False
-        self._streams: list[trio.SocketStream] = []
-        self._nursery: trio.Nursery | None = None
+        self._links: list[_Link] = []
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started(self.port)
-            await trio.serve_listeners(self._handle, listeners)
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
         upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        self._streams += [client, upstream]
+        link = _Link(client, upstream)
+        self._links.append(link)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, upstream)
-            nursery.start_soon(self._pump, upstream, client)
+            nursery.start_soon(link.pump, client, upstream)
+            nursery.start_soon(link.pump, upstream, client)
 
-    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+    def freeze(self) -> int:
+        """Freeze every connection open now; returns how many."""
+        for link in self._links:
+            link.frozen = True
+        return len(self._links)
+
+    async def close_all(self) -> None:
+        for link in self._links:
+            await trio.aclose_forcefully(link.client)
+            await trio.aclose_forcefully(link.upstream)
+
+
+class _Link:
+    """One proxied connection; once frozen it swallows what it reads and never reads again."""
+
+    def __init__(self, client: trio.SocketStream, upstream: trio.SocketStream) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.frozen = False
+
+    async def pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
         try:
             while True:
                 data = await source.receive_some(65536)
-                if self._frozen:
-                    await trio.sleep_forever()  # swallow it and never read again
+                if self.frozen:
+                    await trio.sleep_forever()
                 if not data:
                     await sink.send_eof()
                     return
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-    def freeze(self) -> None:
-        self._frozen = True
-
-    async def close_all(self) -> None:
-        for stream in self._streams:
-            await trio.aclose_forcefully(stream)
 
 
 def raise_fd_limit(wanted: int) -> None:
