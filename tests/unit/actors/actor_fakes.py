@@ -370,6 +370,16 @@ def crash_hub_at(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
     monkeypatch.setattr(LiveTailHub, "_fan_out", fan_out)
 
 
+async def wait_queue_deleted(
+    broker: MemoryBroker, registry: MemoryRegistry, routing_key: str = "rk"
+) -> None:
+    """Wait for the queue's deletion, let the service finish, and check nothing is pending."""
+    with trio.fail_after(WAIT):
+        await broker.wait_deleted(routing_key)
+    await settle()
+    assert await registry.pending_queue_deletions() == []
+
+
 async def settle() -> None:
     """Let every runnable task run until all are blocked (autojump clock: no time passes)."""
     await trio.testing.wait_all_tasks_blocked()
