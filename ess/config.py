@@ -420,41 +420,46 @@ def _token(text: str) -> str:
 _port = _int_in(1, 65535, "port", "an integer 1-65535")
 _positive_int = _int_in(1, None, "positive integer", "an integer greater than 0")
 
-#: How to parse each field. Its variable is ``ESS_`` + the upper-case field name
-#: (see :data:`_VARIABLES` for the exceptions).
-_PARSERS: dict[str, Callable[[str], object]] = {
-    "amqp_urls": _amqp_urls,
-    "ingress_location": _ingress_location,
-    "ingress_secure": _bool,
-    "database": _database,
-    "exchange": _exchange,
-    "stream_max_age": _max_age,
-    "stream_max_length_bytes": _positive_int,
-    "message_stats_interval": _positive_int,
-    "internal_token": _token,
-    "public_port": _port,
-    "internal_port": _port,
-    "host": _host,
-    "log_level": _log_level,
-    "log_format": _log_format,
-    "max_connections_per_stream": _int_in(
-        0, None, "connection limit", "an integer >= 0 (0 = unlimited)"
+#: How to read each field: its variable(s), its parser, whether it is secret.
+_SPEC: dict[str, tuple[tuple[str, ...], Callable[[str], object], bool]] = {
+    "amqp_urls": (("ESS_AMQP_URL", "ESS_AMPQ_URL"), _amqp_urls, False),
+    "ingress_location": (("ESS_INGRESS_LOCATION",), _ingress_location, False),
+    "ingress_secure": (("ESS_INGRESS_SECURE",), _bool, False),
+    "database": (("ESS_DATABASE",), _database, False),
+    "exchange": (("ESS_EXCHANGE",), _exchange, False),
+    "stream_max_age": (("ESS_STREAM_MAX_AGE",), _max_age, False),
+    "stream_max_length_bytes": (("ESS_STREAM_MAX_LENGTH_BYTES",), _positive_int, False),
+    "message_stats_interval": (("ESS_MESSAGE_STATS_INTERVAL",), _positive_int, False),
+    "internal_token": (("ESS_INTERNAL_TOKEN",), _token, True),
+    "public_port": (("ESS_PUBLIC_PORT",), _port, False),
+    "internal_port": (("ESS_INTERNAL_PORT",), _port, False),
+    "host": (("ESS_HOST",), _host, False),
+    "log_level": (("ESS_LOG_LEVEL",), _log_level, False),
+    "log_format": (("ESS_LOG_FORMAT",), _log_format, False),
+    "max_connections_per_stream": (
+        ("ESS_MAX_CONNECTIONS_PER_STREAM",),
+        _int_in(0, None, "connection limit", "an integer >= 0 (0 = unlimited)"),
+        False,
     ),
-    "prefetch": _int_in(1, 65535, "prefetch count", "an integer 1-65535"),
-    "send_timeout": _positive_seconds,
-    "ping_interval": _positive_seconds,
-    "ping_timeout": _positive_seconds,
-    "close_timeout": _positive_seconds,
-    "shutdown_grace": _positive_seconds,
-    "amqp_pool_size": _int_in(1, 1000, "pool size", "an integer 1-1000"),
-    "request_timeout": _positive_seconds,
-    "keepalive_timeout": _positive_seconds,
-    "replica_name": _replica_name,
+    "prefetch": (
+        ("ESS_PREFETCH",),
+        _int_in(1, 65535, "prefetch count", "an integer 1-65535"),
+        False,
+    ),
+    "send_timeout": (("ESS_SEND_TIMEOUT",), _positive_seconds, False),
+    "ping_interval": (("ESS_PING_INTERVAL",), _positive_seconds, False),
+    "ping_timeout": (("ESS_PING_TIMEOUT",), _positive_seconds, False),
+    "close_timeout": (("ESS_CLOSE_TIMEOUT",), _positive_seconds, False),
+    "shutdown_grace": (("ESS_SHUTDOWN_GRACE",), _positive_seconds, False),
+    "amqp_pool_size": (
+        ("ESS_AMQP_POOL_SIZE",),
+        _int_in(1, 1000, "pool size", "an integer 1-1000"),
+        False,
+    ),
+    "request_timeout": (("ESS_REQUEST_TIMEOUT",), _positive_seconds, False),
+    "keepalive_timeout": (("ESS_KEEPALIVE_TIMEOUT",), _positive_seconds, False),
+    "replica_name": (("ESS_REPLICA_NAME",), _replica_name, False),
 }
-#: Fields read from other variables than ``ESS_`` + the upper-case name, first found wins.
-_VARIABLES: dict[str, tuple[str, ...]] = {"amqp_urls": ("ESS_AMQP_URL", "ESS_AMPQ_URL")}
-#: Fields whose value an error message must not show.
-_SECRETS = frozenset({"internal_token"})
 #: Flags whose name is not ``--`` + the field name.
 _FLAGS = {"amqp_urls": "--amqp-url"}
 
@@ -468,11 +473,13 @@ def _shown(name: str, text: str, secret: bool) -> str:
 
 
 def _parse(field_name: str, source: str, text: str) -> object:
+    _, parser, secret = _SPEC[field_name]
     try:
-        return _PARSERS[field_name](text)
+        return parser(text)
     except _Invalid as exc:
-        shown = _shown(field_name, text, field_name in _SECRETS)
-        raise ConfigError(f"{source}={shown} {exc.reason} (expected {exc.expected})") from None
+        raise ConfigError(
+            f"{source}={_shown(field_name, text, secret)} {exc.reason} (expected {exc.expected})"
+        ) from None
 
 
 def _from_environ(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
@@ -496,12 +503,12 @@ def load_config(
     ``ESS_PUBLIC_PORT=0`` would.
     """
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(_PARSERS))
+    unknown = sorted(set(overrides) - set(_SPEC))
     if unknown:
         raise TypeError(f"unknown configuration field(s): {', '.join(unknown)}")
 
     values: dict[str, object] = {}
-    for field_name in _PARSERS:
+    for field_name, (names, _, _) in _SPEC.items():
         override = overrides.get(field_name)
         if override is not None:
             source = _FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
@@ -513,7 +520,6 @@ def load_config(
             else:
                 values[field_name] = None
             continue
-        names = _VARIABLES.get(field_name, ("ESS_" + field_name.upper(),))
         found = _from_environ(environ, names)
         if found is not None:
             values[field_name] = _parse(field_name, *found)
