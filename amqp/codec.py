@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from pamqp import encode as _pamqp_encode
@@ -90,6 +90,11 @@ def method_frame(channel: int, class_id: int, method_id: int, *fields: bytes) ->
 
 
 _NO_TICKET: Final = b"\x00\x00"
+
+
+def _ticketed(*names: str) -> bytes:
+    """The reserved ticket, then short-string names: how exchange, queue and basic methods begin."""
+    return _NO_TICKET + b"".join(shortstr(name) for name in names)
 
 
 # --------------------------------------------------------------------------- connection
@@ -181,9 +186,7 @@ def exchange_declare(
         channel,
         40,
         10,
-        _NO_TICKET,
-        shortstr(exchange),
-        shortstr(exchange_type),
+        _ticketed(exchange, exchange_type),
         bits(passive, durable, auto_delete, internal, False),
         table(arguments),
     )
@@ -191,7 +194,7 @@ def exchange_declare(
 
 def exchange_delete(channel: int, exchange: str, *, if_unused: bool = False) -> bytes:
     """``exchange.delete``."""
-    return method_frame(channel, 40, 20, _NO_TICKET, shortstr(exchange), bits(if_unused, False))
+    return method_frame(channel, 40, 20, _ticketed(exchange), bits(if_unused, False))
 
 
 # --------------------------------------------------------------------------- queue
@@ -212,8 +215,7 @@ def queue_declare(
         channel,
         50,
         10,
-        _NO_TICKET,
-        shortstr(queue),
+        _ticketed(queue),
         bits(passive, durable, exclusive, auto_delete, False),
         table(arguments),
     )
@@ -231,10 +233,7 @@ def queue_bind(
         channel,
         50,
         20,
-        _NO_TICKET,
-        shortstr(queue),
-        shortstr(exchange),
-        shortstr(routing_key),
+        _ticketed(queue, exchange, routing_key),
         bits(False),
         table(arguments),
     )
@@ -252,26 +251,21 @@ def queue_unbind(
         channel,
         50,
         50,
-        _NO_TICKET,
-        shortstr(queue),
-        shortstr(exchange),
-        shortstr(routing_key),
+        _ticketed(queue, exchange, routing_key),
         table(arguments),
     )
 
 
 def queue_purge(channel: int, queue: str) -> bytes:
     """``queue.purge``."""
-    return method_frame(channel, 50, 30, _NO_TICKET, shortstr(queue), bits(False))
+    return method_frame(channel, 50, 30, _ticketed(queue), bits(False))
 
 
 def queue_delete(
     channel: int, queue: str, *, if_unused: bool = False, if_empty: bool = False
 ) -> bytes:
     """``queue.delete``."""
-    return method_frame(
-        channel, 50, 40, _NO_TICKET, shortstr(queue), bits(if_unused, if_empty, False)
-    )
+    return method_frame(channel, 50, 40, _ticketed(queue), bits(if_unused, if_empty, False))
 
 
 # --------------------------------------------------------------------------- basic
@@ -301,9 +295,7 @@ def basic_consume(
         channel,
         60,
         20,
-        _NO_TICKET,
-        shortstr(queue),
-        shortstr(consumer_tag),
+        _ticketed(queue, consumer_tag),
         bits(no_local, no_ack, exclusive, False),
         table(arguments),
     )
@@ -349,12 +341,36 @@ def confirm_select(channel: int) -> bytes:
 # --------------------------------------------------------------------------- content
 
 
-def _timestamp_seconds(value: int | datetime.datetime) -> int:
+def _octet(value: int) -> bytes:
+    return bytes((value,))
+
+
+def _timestamp(value: int | datetime.datetime) -> bytes:
+    """Seconds since the epoch; a naive datetime means UTC."""
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
-        return int(value.timestamp())
-    return int(value)
+        return _LONGLONG.pack(int(value.timestamp()))
+    return _LONGLONG.pack(int(value))
+
+
+#: The ``basic`` properties in wire order with their encoders; the first
+#: has flag bit 15, each next one the bit below (AMQP 0-9-1 section 4.2.6.1).
+_PROPERTY_ENCODERS: Final[tuple[tuple[str, Callable[[Any], bytes]], ...]] = (
+    ("content_type", shortstr),
+    ("content_encoding", shortstr),
+    ("headers", table),
+    ("delivery_mode", _octet),
+    ("priority", _octet),
+    ("correlation_id", shortstr),
+    ("reply_to", shortstr),
+    ("expiration", shortstr),
+    ("message_id", shortstr),
+    ("timestamp", _timestamp),
+    ("type", shortstr),
+    ("user_id", shortstr),
+    ("app_id", shortstr),
+)
 
 
 def encode_properties(props: Properties | None) -> bytes:
@@ -363,45 +379,11 @@ def encode_properties(props: Properties | None) -> bytes:
         return b"\x00\x00"
     flags = 0
     parts: list[bytes] = []
-    if props.content_type is not None:
-        flags |= 0x8000
-        parts.append(shortstr(props.content_type))
-    if props.content_encoding is not None:
-        flags |= 0x4000
-        parts.append(shortstr(props.content_encoding))
-    if props.headers is not None:
-        flags |= 0x2000
-        parts.append(table(props.headers))
-    if props.delivery_mode is not None:
-        flags |= 0x1000
-        parts.append(bytes((props.delivery_mode,)))
-    if props.priority is not None:
-        flags |= 0x0800
-        parts.append(bytes((props.priority,)))
-    if props.correlation_id is not None:
-        flags |= 0x0400
-        parts.append(shortstr(props.correlation_id))
-    if props.reply_to is not None:
-        flags |= 0x0200
-        parts.append(shortstr(props.reply_to))
-    if props.expiration is not None:
-        flags |= 0x0100
-        parts.append(shortstr(props.expiration))
-    if props.message_id is not None:
-        flags |= 0x0080
-        parts.append(shortstr(props.message_id))
-    if props.timestamp is not None:
-        flags |= 0x0040
-        parts.append(_LONGLONG.pack(_timestamp_seconds(props.timestamp)))
-    if props.type is not None:
-        flags |= 0x0020
-        parts.append(shortstr(props.type))
-    if props.user_id is not None:
-        flags |= 0x0010
-        parts.append(shortstr(props.user_id))
-    if props.app_id is not None:
-        flags |= 0x0008
-        parts.append(shortstr(props.app_id))
+    for bit, (name, encode) in enumerate(_PROPERTY_ENCODERS):
+        value = getattr(props, name)
+        if value is not None:
+            flags |= 0x8000 >> bit
+            parts.append(encode(value))
     return _SHORT.pack(flags) + b"".join(parts)
 
 
@@ -420,9 +402,7 @@ def basic_publish(
         channel,
         60,
         40,
-        _NO_TICKET,
-        shortstr(exchange),
-        shortstr(routing_key),
+        _ticketed(exchange, routing_key),
         bits(mandatory, False),
     )
     size = len(body)

@@ -9,7 +9,7 @@ the wire); :attr:`Properties.timestamp_datetime` converts on demand.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: A decoded AMQP field table (headers). A ``bytes`` key is a field name that
@@ -56,12 +56,19 @@ class Properties:
 EMPTY_PROPERTIES = Properties()
 
 
+def _no_properties() -> Properties:
+    """The default of a message's ``properties`` (a dataclass default must be immutable)."""
+    return EMPTY_PROPERTIES
+
+
+@dataclass(slots=True, eq=False, repr=False)
 class DeliveredMessage:
     """One message pushed by the broker to a consumer (``basic.deliver``).
 
     The frame decoder creates it from the method frame and completes it with
     the content header (``properties``) and body frames, so a message costs
-    one object on the hot path.
+    one object on the hot path. Compared by identity (``eq=False``): two
+    deliveries are never the same message.
 
     ``properties_error`` describes what of the content header could not be
     decoded (``None`` when all of it could): those fields are absent, kept as
@@ -69,35 +76,14 @@ class DeliveredMessage:
     there to be logged; the message itself is delivered like any other.
     """
 
-    __slots__ = (
-        "body",
-        "consumer_tag",
-        "delivery_tag",
-        "exchange",
-        "properties",
-        "properties_error",
-        "redelivered",
-        "routing_key",
-    )
-
-    def __init__(
-        self,
-        consumer_tag: str,
-        delivery_tag: int,
-        redelivered: bool,
-        exchange: str,
-        routing_key: str,
-        properties: Properties = EMPTY_PROPERTIES,
-        body: bytes = b"",
-    ) -> None:
-        self.consumer_tag = consumer_tag
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.properties = properties
-        self.body = body
-        self.properties_error: str | None = None
+    consumer_tag: str
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    properties: Properties = field(default_factory=_no_properties)
+    body: bytes = b""
+    properties_error: str | None = field(default=None, init=False)
 
     @property
     def headers(self) -> FieldTable:
@@ -113,12 +99,10 @@ class DeliveredMessage:
         )
 
 
+@dataclass(slots=True, eq=False)
 class ReturnedMessage:
     """A message the broker handed back (``basic.return``) or fetched (``basic.get-ok``)."""
 
-    __slots__ = ("body", "method", "properties")
-
-    def __init__(self, method: Any, properties: Properties = EMPTY_PROPERTIES, body: bytes = b""):
-        self.method = method
-        self.properties = properties
-        self.body = body
+    method: Any
+    properties: Properties = field(default_factory=_no_properties)
+    body: bytes = b""

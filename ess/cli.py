@@ -223,19 +223,19 @@ def _add_streams(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing = actions.add_parser(
         "list", parents=[client], help="list every event stream (id, routing key, location)"
     )
-    listing.set_defaults(handler=_streams_list)
+    listing.set_defaults(handler=_streams)
     create = actions.add_parser(
         "create", parents=[client], help="create an event stream; prints its id and location"
     )
     create.add_argument(
         "routing_key", metavar="ROUTING_KEY", help="the key the Account Server publishes with"
     )
-    create.set_defaults(handler=_streams_create)
+    create.set_defaults(handler=_streams)
     delete = actions.add_parser(
         "delete", parents=[client], help="delete an event stream, closing its websockets"
     )
     delete.add_argument("id", type=int, metavar="ID", help="the event stream's id")
-    delete.set_defaults(handler=_streams_delete)
+    delete.set_defaults(handler=_streams)
     streams.set_defaults(handler=lambda args, environ: _usage(streams))
 
 
@@ -367,34 +367,21 @@ def _api_and_token(args: argparse.Namespace, environ: Mapping[str, str]) -> tupl
     return api.rstrip("/"), token
 
 
-def _streams_list(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+def _streams(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """``ess streams ACTION``: resolve the API and token once, then call the action."""
     from ess import tools
 
     try:
         api, token = _api_and_token(args, environ)
     except ConfigError as exc:
         return _config_error(exc)
-    return tools.streams_list(api, token)
-
-
-def _streams_create(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from ess import tools
-
-    try:
-        api, token = _api_and_token(args, environ)
-    except ConfigError as exc:
-        return _config_error(exc)
-    return tools.streams_create(api, token, args.routing_key)
-
-
-def _streams_delete(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from ess import tools
-
-    try:
-        api, token = _api_and_token(args, environ)
-    except ConfigError as exc:
-        return _config_error(exc)
-    return tools.streams_delete(api, token, args.id)
+    match args.action:
+        case "create":
+            return tools.streams_create(api, token, args.routing_key)
+        case "delete":
+            return tools.streams_delete(api, token, args.id)
+        case _:
+            return tools.streams_list(api, token)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

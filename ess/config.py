@@ -419,6 +419,9 @@ def _token(text: str) -> str:
 
 _port = _int_in(1, 65535, "port", "an integer 1-65535")
 _positive_int = _int_in(1, None, "positive integer", "an integer greater than 0")
+_connection_limit = _int_in(0, None, "connection limit", "an integer >= 0 (0 = unlimited)")
+_prefetch = _int_in(1, 65535, "prefetch count", "an integer 1-65535")
+_pool_size = _int_in(1, 1000, "pool size", "an integer 1-1000")
 
 #: How to read each field: its variable(s), its parser, whether it is secret.
 _SPEC: dict[str, tuple[tuple[str, ...], Callable[[str], object], bool]] = {
@@ -436,26 +439,14 @@ _SPEC: dict[str, tuple[tuple[str, ...], Callable[[str], object], bool]] = {
     "host": (("ESS_HOST",), _host, False),
     "log_level": (("ESS_LOG_LEVEL",), _log_level, False),
     "log_format": (("ESS_LOG_FORMAT",), _log_format, False),
-    "max_connections_per_stream": (
-        ("ESS_MAX_CONNECTIONS_PER_STREAM",),
-        _int_in(0, None, "connection limit", "an integer >= 0 (0 = unlimited)"),
-        False,
-    ),
-    "prefetch": (
-        ("ESS_PREFETCH",),
-        _int_in(1, 65535, "prefetch count", "an integer 1-65535"),
-        False,
-    ),
+    "max_connections_per_stream": (("ESS_MAX_CONNECTIONS_PER_STREAM",), _connection_limit, False),
+    "prefetch": (("ESS_PREFETCH",), _prefetch, False),
     "send_timeout": (("ESS_SEND_TIMEOUT",), _positive_seconds, False),
     "ping_interval": (("ESS_PING_INTERVAL",), _positive_seconds, False),
     "ping_timeout": (("ESS_PING_TIMEOUT",), _positive_seconds, False),
     "close_timeout": (("ESS_CLOSE_TIMEOUT",), _positive_seconds, False),
     "shutdown_grace": (("ESS_SHUTDOWN_GRACE",), _positive_seconds, False),
-    "amqp_pool_size": (
-        ("ESS_AMQP_POOL_SIZE",),
-        _int_in(1, 1000, "pool size", "an integer 1-1000"),
-        False,
-    ),
+    "amqp_pool_size": (("ESS_AMQP_POOL_SIZE",), _pool_size, False),
     "request_timeout": (("ESS_REQUEST_TIMEOUT",), _positive_seconds, False),
     "keepalive_timeout": (("ESS_KEEPALIVE_TIMEOUT",), _positive_seconds, False),
     "replica_name": (("ESS_REPLICA_NAME",), _replica_name, False),

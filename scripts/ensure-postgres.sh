@@ -6,6 +6,8 @@
 # pg_hba.conf and creates the database only when they are missing. Exits
 # non-zero with one clear line otherwise.
 set -euo pipefail
+# shellcheck source=scripts/debian-install.sh
+. "$(dirname "$0")/debian-install.sh"
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 
@@ -23,13 +25,7 @@ cluster_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
 
 if ! port_open; then
     if [ -z "$(cluster_version)" ]; then
-        if [ "$(id -u)" -ne 0 ]; then
-            echo "ensure-postgres: postgresql is not installed and we are not root to install it" >&2
-            exit 1
-        fi
-        echo "ensure-postgres: installing postgresql from Debian's packages" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        debian_install ensure-postgres postgresql postgresql
     fi
     version="$(cluster_version)"
     echo "ensure-postgres: starting the PostgreSQL $version cluster" >&2

@@ -7,19 +7,14 @@
 # (Debian's package may start its own service where systemd runs; nothing of
 # ours depends on it).
 set -euo pipefail
+# shellcheck source=scripts/debian-install.sh
+. "$(dirname "$0")/debian-install.sh"
 
 if command -v promtool >/dev/null 2>&1; then
     exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "ensure-promtool: promtool is not installed and we are not root to install it (apt-get install prometheus)" >&2
-    exit 1
-fi
-
-echo "ensure-promtool: installing Debian's prometheus package (for promtool)" >&2
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+debian_install ensure-promtool promtool prometheus --no-install-recommends
 
 if ! command -v promtool >/dev/null 2>&1; then
     echo "ensure-promtool: the prometheus package is installed but promtool is not on the PATH" >&2

@@ -3,6 +3,8 @@
 # Starts a locally installed one, or installs Debian's rabbitmq-server when
 # it is absent and we are root. Exits non-zero with one clear line otherwise.
 set -euo pipefail
+# shellcheck source=scripts/debian-install.sh
+. "$(dirname "$0")/debian-install.sh"
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
@@ -21,13 +23,7 @@ if port_open; then
 fi
 
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "ensure-rabbitmq: rabbitmq-server is not installed and we are not root to install it" >&2
-        exit 1
-    fi
-    echo "ensure-rabbitmq: installing rabbitmq-server from Debian's packages" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+    debian_install ensure-rabbitmq rabbitmq-server rabbitmq-server
 fi
 
 echo "ensure-rabbitmq: starting rabbitmq-server" >&2

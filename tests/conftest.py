@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
+from tests.support.net import reachable
+
 AMQP_URL = os.environ.get("ESS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def _broker_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +18,7 @@ def amqp_url() -> str:
     A missing broker is an error, not a skip: `make test` starts one, and a
     suite that silently skips its real-broker tests proves nothing.
     """
-    if not _broker_reachable():
+    if not reachable(5672):
         pytest.fail(
             "RabbitMQ is not reachable on 127.0.0.1:5672 (run `make test`, which starts it)"
         )

@@ -10,6 +10,7 @@ scheme and the 401 answers, so it always describes the running service.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from web.validation import MAX_ROUTING_KEY_BYTES
@@ -35,6 +36,11 @@ def _retry_later(description: str) -> dict[str, Any]:
 
 #: A registry that cannot be read or written (disk full, database down).
 _REGISTRY_DOWN = "The registry cannot be read or written now; nothing was changed"
+
+
+def _plain_body(description: str, media_type: str, schema_type: str) -> dict[str, Any]:
+    """A response whose body is not one of our JSON schemas (text, HTML, this document)."""
+    return {"description": description, "content": {media_type: {"schema": {"type": schema_type}}}}
 
 
 def _operation(
@@ -150,8 +156,6 @@ def _schemas() -> dict[str, Any]:
 
 def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
     """The OpenAPI document; ``secured`` when a bearer token is configured."""
-    api = ["event streams"]
-    ops = ["operations"]
     stream_id = {
         "name": "stream_id",
         "in": "path",
@@ -159,18 +163,18 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
         "description": "The event stream's id; a non-integer id is answered 404",
         "schema": {"type": "integer", "minimum": 1},
     }
+    api_operation = functools.partial(_operation, tags=["event streams"], secured=secured)
+    ops_operation = functools.partial(_operation, tags=["operations"], secured=secured)
     paths: dict[str, Any] = {
         "/event-stream/version/": {
-            "get": _operation(
+            "get": api_operation(
                 "The service's protocol, name and version",
                 {"200": _json_body("Version", "The version")},
-                tags=api,
-                secured=secured,
                 operationId="getVersion",
             )
         },
         "/event-stream/": {
-            "post": _operation(
+            "post": api_operation(
                 "Create an event stream for a routing key",
                 {
                     "201": _json_body("CreatedEventStream", "Created"),
@@ -185,8 +189,6 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
                         "nothing was recorded"
                     ),
                 },
-                tags=api,
-                secured=secured,
                 operationId="createEventStream",
                 requestBody={
                     "required": True,
@@ -194,100 +196,73 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
                     "content": {JSON: {"schema": _ref("schemas", "CreateEventStream")}},
                 },
             ),
-            "get": _operation(
+            "get": api_operation(
                 "List the event streams, ordered by id",
                 {
                     "200": _json_body("EventStreamList", "The event streams"),
                     "503": _retry_later("The registry cannot be read now"),
                 },
-                tags=api,
-                secured=secured,
                 operationId="listEventStreams",
             ),
         },
         "/event-stream/{stream_id}": {
-            "delete": _operation(
+            "delete": api_operation(
                 "Delete an event stream; answers once its websockets are closed",
                 {
                     "204": {"description": "Deleted"},
                     "404": _error("No such event stream"),
                     "503": _retry_later(_REGISTRY_DOWN),
                 },
-                tags=api,
-                secured=secured,
                 operationId="deleteEventStream",
                 parameters=[stream_id],
             )
         },
         "/health/live": {
-            "get": _operation(
+            "get": ops_operation(
                 "Liveness: the process answers",
                 {"200": _json_body("Live", "Alive")},
-                tags=ops,
-                secured=secured,
                 protected=False,
                 operationId="getLive",
             )
         },
         "/health/ready": {
-            "get": _operation(
+            "get": ops_operation(
                 "Readiness: the registry can be used and the broker connection is up",
                 {"200": _json_body("Ready", "Ready"), "503": _json_body("NotReady", "Not ready")},
-                tags=ops,
-                secured=secured,
                 protected=False,
                 operationId="getReady",
             )
         },
         "/metrics": {
-            "get": _operation(
+            "get": ops_operation(
                 "Prometheus metrics",
                 {
-                    "200": {
-                        "description": "Prometheus text exposition format 0.0.4",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    "200": _plain_body(
+                        "Prometheus text exposition format 0.0.4", "text/plain", "string"
+                    )
                 },
-                tags=ops,
-                secured=secured,
                 operationId="getMetrics",
             )
         },
         "/debug/actors": {
-            "get": _operation(
+            "get": ops_operation(
                 "The actor tree",
                 {"200": _json_body("ActorTree", "The tree")},
-                tags=ops,
-                secured=secured,
                 operationId="getActorTree",
             )
         },
         "/debug/": {
-            "get": _operation(
+            "get": ops_operation(
                 "A web page showing the actor tree (it asks for the token itself)",
-                {
-                    "200": {
-                        "description": "HTML",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    }
-                },
-                tags=ops,
-                secured=secured,
+                {"200": _plain_body("HTML", "text/html", "string")},
                 protected=False,
                 operationId="getDebugPage",
             )
         },
         "/openapi.json": {
-            "get": _operation(
+            "get": ops_operation(
                 "This document",
-                {
-                    "200": {
-                        "description": "OpenAPI 3.0",
-                        "content": {JSON: {"schema": {"type": "object"}}},
-                    }
-                },
-                tags=ops,
-                secured=secured,
+                {"200": _plain_body("OpenAPI 3.0", JSON, "object")},
                 operationId="getOpenApi",
             )
         },

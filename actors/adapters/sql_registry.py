@@ -253,6 +253,20 @@ class SQLRegistry(abc.ABC):
             self._available = True
         return result
 
+    async def _locked(self, routing_key: str, fn: Callable[[Session, str], _T]) -> _T:
+        """Run ``fn(session, routing_key)`` in one transaction holding the key's lock.
+
+        Every change to a key's streams or pending deletion takes that lock,
+        so replicas sharing the database serialise their decisions per key.
+        """
+
+        def run(session: Session) -> _T:
+            with session.transaction():
+                session.lock(routing_key)
+                return fn(session, routing_key)
+
+        return await self._run(run)
+
     # -- the Registry port ------------------------------------------------
 
     async def create(self, routing_key: str, *, owns_queue: bool) -> StreamRecord:
@@ -260,18 +274,16 @@ class SQLRegistry(abc.ABC):
         stream_uuid = new_stream_uuid()
         created_at = time.time()
 
-        def insert(session: Session) -> StreamRecord:
-            with session.transaction():
-                session.lock(routing_key)
-                owns = _remove_pending(session, routing_key) or owns_queue
-                rows = session.execute(
-                    "INSERT INTO streams (uuid, routing_key, owns_queue, created_at)"
-                    " VALUES (?, ?, ?, ?) RETURNING " + _COLUMNS,
-                    (stream_uuid, routing_key, owns, created_at),
-                )
+        def insert(session: Session, routing_key: str) -> StreamRecord:
+            owns = _remove_pending(session, routing_key) or owns_queue
+            rows = session.execute(
+                "INSERT INTO streams (uuid, routing_key, owns_queue, created_at)"
+                " VALUES (?, ?, ?, ?) RETURNING " + _COLUMNS,
+                (stream_uuid, routing_key, owns, created_at),
+            )
             return _record(rows[0])
 
-        return await self._run(insert)
+        return await self._locked(routing_key, insert)
 
     async def get(self, stream_id: int) -> StreamRecord | None:
         """The record with this id, or ``None``."""
@@ -307,13 +319,7 @@ class SQLRegistry(abc.ABC):
 
     async def add_pending_queue_deletion(self, routing_key: str) -> None:
         """Record that the queue of ``routing_key`` is the service's to delete."""
-
-        def insert(session: Session) -> None:
-            with session.transaction():
-                session.lock(routing_key)
-                _add_pending(session, routing_key)
-
-        await self._run(insert)
+        await self._locked(routing_key, _add_pending)
 
     async def pending_queue_deletions(self) -> builtins.list[str]:
         """Routing keys whose queues still await deletion, oldest first."""
@@ -327,44 +333,34 @@ class SQLRegistry(abc.ABC):
     async def decide_pending_deletion(self, routing_key: str) -> QueueFate:
         """Keep the queue for a stream of the key, or confirm its deletion."""
 
-        def decide(session: Session) -> QueueFate:
-            with session.transaction():
-                session.lock(routing_key)
-                rows = session.execute(
-                    "SELECT 1 FROM pending_queue_deletions WHERE routing_key = ?", (routing_key,)
-                )
-                if not rows:
-                    return QueueFate()
-                fate = _release(session, routing_key)
-                if fate.heir is not None:
-                    _remove_pending(session, routing_key)
-                return fate
+        def decide(session: Session, routing_key: str) -> QueueFate:
+            rows = session.execute(
+                "SELECT 1 FROM pending_queue_deletions WHERE routing_key = ?", (routing_key,)
+            )
+            if not rows:
+                return QueueFate()
+            fate = _release(session, routing_key)
+            if fate.heir is not None:
+                _remove_pending(session, routing_key)
+            return fate
 
-        return await self._run(decide)
+        return await self._locked(routing_key, decide)
 
     async def complete_pending_deletion(self, routing_key: str) -> bool:
         """Forget the pending deletion; whether a stream of the key was recorded meanwhile."""
 
-        def complete(session: Session) -> bool:
-            with session.transaction():
-                session.lock(routing_key)
-                _remove_pending(session, routing_key)
-                rows = session.execute(
-                    "SELECT 1 FROM streams WHERE routing_key = ? LIMIT 1", (routing_key,)
-                )
+        def complete(session: Session, routing_key: str) -> bool:
+            _remove_pending(session, routing_key)
+            rows = session.execute(
+                "SELECT 1 FROM streams WHERE routing_key = ? LIMIT 1", (routing_key,)
+            )
             return bool(rows)
 
-        return await self._run(complete)
+        return await self._locked(routing_key, complete)
 
     async def remove_pending_queue_deletion(self, routing_key: str) -> None:
         """Forget a pending deletion (the queue was never ours)."""
-
-        def delete(session: Session) -> None:
-            with session.transaction():
-                session.lock(routing_key)
-                _remove_pending(session, routing_key)
-
-        await self._run(delete)
+        await self._locked(routing_key, _remove_pending)
 
     async def list(self) -> builtins.list[StreamRecord]:
         """Every event stream, ordered by id."""

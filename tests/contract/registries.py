@@ -11,7 +11,6 @@ storage (a restart) and can be taken away and given back (:meth:`go_away`,
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -27,6 +26,7 @@ from actors.adapters.postgres_registry import PostgresRegistry
 from actors.adapters.sqlite_registry import SQLiteRegistry
 from actors.backoff import BackoffPolicy
 from actors.ports.registry import Registry, RegistryUnavailable, StreamRecord
+from tests.support.net import reachable
 
 POSTGRES_ADMIN = os.environ.get(
     "ESS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -34,14 +34,6 @@ POSTGRES_ADMIN = os.environ.get(
 #: Quick reconnection, so the tests that take PostgreSQL away do not wait long.
 FAST_RECONNECT = BackoffPolicy(initial=0.05, maximum=0.5)
 WAIT = 60.0
-
-
-def _postgres_reachable(host: str = "127.0.0.1", port: int = 5432) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def admin() -> psycopg.Connection[tuple[object, ...]]:
@@ -52,7 +44,7 @@ def admin() -> psycopg.Connection[tuple[object, ...]]:
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A database of our own for this session (dropped at the end); its name."""
-    if not _postgres_reachable():
+    if not reachable(5432):
         pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 (run `make test`)")
     name = f"ess_contract_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin() as conn:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -319,14 +320,23 @@ async def make_stream(channel: amqp.Channel, queue: str, count: int) -> None:
         await channel.basic_publish(b"%d" % i, routing_key=queue)
 
 
+@asynccontextmanager
+async def stream_consumer(
+    connection: amqp.Connection, queue: str, offset: object, *, prefetch: int = 10
+) -> AsyncIterator[tuple[amqp.Channel, amqp.Consumer]]:
+    """A consumer of the stream ``queue`` from ``offset`` on a channel of its own."""
+    async with connection.channel() as ch:
+        await ch.basic_qos(prefetch)
+        async with ch.basic_consume(queue, arguments={"x-stream-offset": offset}) as consumer:
+            yield ch, consumer
+
+
 async def offsets_from(
     connection: amqp.Connection, queue: str, offset: object, count: int
 ) -> list[int]:
-    async with connection.channel() as ch:
-        await ch.basic_qos(100)
-        async with ch.basic_consume(queue, arguments={"x-stream-offset": offset}) as consumer:
-            messages = await receive(consumer, count)
-            await ch.basic_ack(messages[-1].delivery_tag, multiple=True)
+    async with stream_consumer(connection, queue, offset, prefetch=100) as (ch, consumer):
+        messages = await receive(consumer, count)
+        await ch.basic_ack(messages[-1].delivery_tag, multiple=True)
     return [m.headers["x-stream-offset"] for m in messages]
 
 
@@ -347,11 +357,9 @@ async def test_stream_offset_next_only_gets_new_messages(
 ) -> None:
     queue = queue_names()
     await make_stream(channel, queue, 5)
-    async with connection.channel() as ch:
-        await ch.basic_qos(10)
-        async with ch.basic_consume(queue, arguments={"x-stream-offset": "next"}) as consumer:
-            await channel.basic_publish(b"new", routing_key=queue)
-            [message] = await receive(consumer, 1)
+    async with stream_consumer(connection, queue, "next") as (_, consumer):
+        await channel.basic_publish(b"new", routing_key=queue)
+        [message] = await receive(consumer, 1)
     assert (message.body, message.headers["x-stream-offset"]) == (b"new", 5)
 
 
@@ -380,11 +388,9 @@ async def test_stream_offset_timestamp(
 
     # A timestamp in the future behaves like "next".
     future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
-    async with connection.channel() as ch:
-        await ch.basic_qos(10)
-        async with ch.basic_consume(queue, arguments={"x-stream-offset": future}) as consumer:
-            await channel.basic_publish(b"later", routing_key=queue)
-            [message] = await receive(consumer, 1)
+    async with stream_consumer(connection, queue, future) as (_, consumer):
+        await channel.basic_publish(b"later", routing_key=queue)
+        [message] = await receive(consumer, 1)
     assert message.body == b"later"
 
 
@@ -393,16 +399,14 @@ async def test_prefetch_bounds_unacked_deliveries(
 ) -> None:
     queue = queue_names()
     await make_stream(channel, queue, 20)
-    async with connection.channel() as ch:
-        await ch.basic_qos(5)
-        async with ch.basic_consume(queue, arguments={"x-stream-offset": "first"}) as consumer:
-            first = await receive(consumer, 5)
-            # Nothing more arrives until we ack (give the broker time to misbehave).
-            with trio.move_on_after(0.5):
-                await consumer.__anext__()
-                pytest.fail("a sixth delivery arrived without an ack")
-            await ch.basic_ack(first[-1].delivery_tag, multiple=True)
-            more = await receive(consumer, 5)
+    async with stream_consumer(connection, queue, "first", prefetch=5) as (ch, consumer):
+        first = await receive(consumer, 5)
+        # Nothing more arrives until we ack (give the broker time to misbehave).
+        with trio.move_on_after(0.5):
+            await consumer.__anext__()
+            pytest.fail("a sixth delivery arrived without an ack")
+        await ch.basic_ack(first[-1].delivery_tag, multiple=True)
+        more = await receive(consumer, 5)
     assert [m.headers["x-stream-offset"] for m in first + more] == list(range(10))
 
 

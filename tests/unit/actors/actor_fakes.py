@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 
 import pytest
 import trio
@@ -47,6 +47,7 @@ def wall_clock() -> float:
     return EPOCH + trio.current_time()
 
 
+@dataclass(eq=False, repr=False)
 class FakeWebSocket:
     """Both a :class:`PendingWebSocket` and the :class:`WebSocket` it accepts as.
 
@@ -60,45 +61,36 @@ class FakeWebSocket:
     ``accept_delay`` makes the handshake slow.
     """
 
-    def __init__(
-        self,
-        peer: str = "192.0.2.7:50000",
-        *,
-        reading: bool = True,
-        answers_pings: bool = True,
-        close_blocks: bool = False,
-        close_delay: float = 0.0,
-        fail_send: Exception | None = None,
-        on_accept: Callable[[], None] | None = None,
-        read_budget: int | None = None,
-        accept_delay: float = 0.0,
-    ) -> None:
-        self.accept_delay = accept_delay
-        self.peer = peer
-        self.read_budget = read_budget
-        self.reading = reading
-        self.answers_pings = answers_pings
-        self.close_blocks = close_blocks
-        self.close_delay = close_delay
-        self.fail_send = fail_send
-        self.on_accept = on_accept
-        self.sent: list[str] = []
-        #: Sizes of the batches given to send_texts, in order.
-        self.batches: list[int] = []
-        self.accepted = trio.Event()
-        #: Set when the websocket is over: closed, aborted or left by the client.
-        self.closed = trio.Event()
-        #: Set when ``serve`` returned (set by :meth:`Harness.connect`).
-        self.served = trio.Event()
-        self.close_calls: list[tuple[int, str]] = []
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
-        self.close_time: float | None = None
-        self.aborted = False
-        self.pings = 0
-        self.sends_started = 0
-        self._gone = False
-        self._changed = trio.Event()
+    peer: str = "192.0.2.7:50000"
+    _: KW_ONLY
+    reading: bool = True
+    answers_pings: bool = True
+    close_blocks: bool = False
+    close_delay: float = 0.0
+    fail_send: Exception | None = None
+    on_accept: Callable[[], None] | None = None
+    read_budget: int | None = None
+    accept_delay: float = 0.0
+    # What the server did, for the tests to check.
+    sent: list[str] = field(default_factory=list, init=False)
+    #: Sizes of the batches given to send_texts, in order.
+    batches: list[int] = field(default_factory=list, init=False)
+    accepted: trio.Event = field(default_factory=trio.Event, init=False)
+    #: Set when the websocket is over: closed, aborted or left by the client.
+    closed: trio.Event = field(default_factory=trio.Event, init=False)
+    #: Set when ``serve`` returned (set by :meth:`Harness.connect`).
+    served: trio.Event = field(default_factory=trio.Event, init=False)
+    close_calls: list[tuple[int, str]] = field(default_factory=list, init=False)
+    close_code: int | None = field(default=None, init=False)
+    close_reason: str | None = field(default=None, init=False)
+    close_time: float | None = field(default=None, init=False)
+    aborted: bool = field(default=False, init=False)
+    pings: int = field(default=0, init=False)
+    sends_started: int = field(default=0, init=False)
+    _gone: bool = field(default=False, init=False)
+    _changed: trio.Event = field(default_factory=trio.Event, init=False)
+
+    def __post_init__(self) -> None:
         self._to_server, self._from_client = trio.open_memory_channel[str](0)
 
     # -- PendingWebSocket / WebSocket ---------------------------------
@@ -368,6 +360,16 @@ def crash_hub_at(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
         return original(self, event)
 
     monkeypatch.setattr(LiveTailHub, "_fan_out", fan_out)
+
+
+async def wait_queue_deleted(
+    broker: MemoryBroker, registry: MemoryRegistry, routing_key: str = "rk"
+) -> None:
+    """Wait for the queue's deletion, let the service finish, and check nothing is pending."""
+    with trio.fail_after(WAIT):
+        await broker.wait_deleted(routing_key)
+    await settle()
+    assert await registry.pending_queue_deletions() == []
 
 
 async def settle() -> None:

@@ -17,7 +17,15 @@ from actors.ports.broker import BrokerUnavailable
 from actors.start import AfterOrdinal
 from actors.stream import StreamActor
 
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, running, settle, wall_clock
+from .actor_fakes import (
+    SETTINGS,
+    WAIT,
+    FakeWebSocket,
+    running,
+    settle,
+    wait_queue_deleted,
+    wall_clock,
+)
 
 TAKEOVER = (4001, "Replaced by a newer connection to this event stream")
 DELETED = (1000, "The stream has been deleted")
@@ -188,10 +196,7 @@ async def test_pending_queue_deletion_runs_when_the_broker_returns(
         await trio.sleep(120)  # still down: nothing happens, nothing breaks
         assert h.broker.has_stream("rk")
         h.broker.set_available(True)
-        with trio.fail_after(WAIT):
-            await h.broker.wait_deleted("rk")
-        await settle()
-        assert await h.registry.pending_queue_deletions() == []
+        await wait_queue_deleted(h.broker, h.registry)
 
 
 async def test_pending_deletion_is_cancelled_by_a_new_stream_of_the_key(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import NamedTuple
 
 import pytest
 import trio
@@ -11,6 +12,7 @@ from trio.testing import MockClock
 
 from actors.connection_actor import ConnectionActor
 from actors.hub import DEMOTE_GRACE
+from actors.ports.registry import StreamRecord
 from actors.start import AfterOrdinal
 
 from .actor_fakes import (
@@ -18,6 +20,7 @@ from .actor_fakes import (
     SETTINGS,
     WAIT,
     FakeWebSocket,
+    Harness,
     crash_hub_at,
     hub_of,
     running,
@@ -155,15 +158,29 @@ async def test_slow_member_is_demoted_then_catches_up_on_its_own_consumer(
         assert all(s.max_in_flight <= settings.prefetch for s in h.broker.subscriptions)
 
 
+class StuckBurst(NamedTuple):
+    record: StreamRecord
+    fast: FakeWebSocket
+    stuck: list[FakeWebSocket]
+    #: When the burst was published.
+    start: float
+
+
+async def burst_past_stuck_members(h: Harness, stuck: int) -> StuckBurst:
+    """A stream with one reading member and ``stuck`` that never read, then e1-e20 published."""
+    record = await h.stream()
+    fast = await h.open(record)
+    members = [await h.open(record, websocket=FakeWebSocket(reading=False)) for _ in range(stuck)]
+    start = trio.current_time()
+    await h.publish("rk", *[f"e{n}" for n in range(1, 21)])
+    return StuckBurst(record, fast, members, start)
+
+
 async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(
     autojump_clock: MockClock,
 ) -> None:
     async with running(MANY) as h:
-        record = await h.stream()
-        fast = await h.open(record)
-        stuck = await h.open(record, websocket=FakeWebSocket(reading=False))
-        start = trio.current_time()
-        await h.publish("rk", *[f"e{n}" for n in range(1, 21)])
+        record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
         await fast.wait_frames(20)
         await stuck.wait_closed()
         assert stuck.close_code == 1008
@@ -181,11 +198,7 @@ async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(
     autojump_clock: MockClock,
 ) -> None:
     async with running(MANY) as h:
-        record = await h.stream()
-        fast = await h.open(record)
-        stuck = [await h.open(record, websocket=FakeWebSocket(reading=False)) for _ in range(5)]
-        start = trio.current_time()
-        await h.publish("rk", *[f"e{n}" for n in range(1, 21)])
+        record, fast, stuck, start = await burst_past_stuck_members(h, 5)
         await fast.wait_frames(20)
         assert trio.current_time() - start <= DEMOTE_GRACE + 0.01
         assert fast.ordinals() == list(range(1, 21))
@@ -201,11 +214,7 @@ async def test_a_full_member_that_leaves_releases_the_hub_at_once(
     autojump_clock: MockClock,
 ) -> None:
     async with running(MANY) as h:
-        record = await h.stream()
-        fast = await h.open(record)
-        stuck = await h.open(record, websocket=FakeWebSocket(reading=False))
-        start = trio.current_time()
-        await h.publish("rk", *[f"e{n}" for n in range(1, 21)])
+        record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
         await settle()  # the hub waits for the stuck member's buffer to have room
         assert trio.current_time() == start
         assert len(fast.sent) < 20

@@ -20,7 +20,7 @@ from actors.adapters.memory_registry import MemoryRegistry
 from actors.ports.broker import BrokerUnavailable
 from actors.ports.registry import RegistryUnavailable, StreamRecord
 
-from .actor_fakes import WAIT, running, settle, wall_clock
+from .actor_fakes import WAIT, running, settle, wait_queue_deleted, wall_clock
 
 OnDeclare = Callable[[], Awaitable[None]] | None
 
@@ -106,10 +106,7 @@ async def test_crash_after_the_declare_is_cleaned_up_by_the_next_start(
         assert await registry.pending_queue_deletions() == ["rk"]
         broker.stall_bind = False
         async with running(broker=broker, registry=registry):
-            with trio.fail_after(WAIT):
-                await broker.wait_deleted("rk")
-            await settle()
-            assert await registry.pending_queue_deletions() == []
+            await wait_queue_deleted(broker, registry)
         crashed.nursery.cancel_scope.cancel()
 
 
@@ -142,10 +139,7 @@ async def test_delete_records_the_pending_deletion_before_asking_the_broker(
         assert await registry.pending_queue_deletions() == ["rk"]
         broker.stall_delete = False
         async with running(broker=broker, registry=registry):
-            with trio.fail_after(WAIT):
-                await broker.wait_deleted("rk")
-            await settle()
-            assert await registry.pending_queue_deletions() == []
+            await wait_queue_deleted(broker, registry)
         broker.delete_released.set()
         crashed.nursery.cancel_scope.cancel()
 
@@ -202,10 +196,7 @@ async def test_pending_deletion_waits_for_the_registry(autojump_clock: MockClock
         await trio.sleep(30)  # the retry backs off; nothing breaks
         assert h.broker.has_stream("rk")
         h.registry.set_available(True)
-        with trio.fail_after(WAIT):
-            await h.broker.wait_deleted("rk")
-        await settle()
-        assert await h.registry.pending_queue_deletions() == []
+        await wait_queue_deleted(h.broker, h.registry)
 
 
 async def test_streams_are_restored_once_the_registry_is_reachable(

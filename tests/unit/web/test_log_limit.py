@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -17,16 +18,19 @@ class Clock:
         return self.now
 
 
+def _limiter(caplog: pytest.LogCaptureFixture, capture: int, **options: Any) -> RateLimitedLog:
+    """A limiter on a logger whose records at ``capture`` and above ``caplog`` keeps."""
+    caplog.set_level(capture, logger="limit-test")
+    return RateLimitedLog(logging.getLogger("limit-test"), **options)
+
+
 def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level]
 
 
 def test_burst_then_debug_then_one_summary(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="limit-test")
     clock = Clock()
-    limited = RateLimitedLog(
-        logging.getLogger("limit-test"), what="refusals", burst=3, interval=10.0, clock=clock
-    )
+    limited = _limiter(caplog, logging.DEBUG, what="refusals", burst=3, interval=10.0, clock=clock)
     for n in range(1000):
         limited.log("line %d", n)
     assert _lines(caplog, logging.INFO) == ["line 0", "line 1", "line 2"]
@@ -42,11 +46,8 @@ def test_burst_then_debug_then_one_summary(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_no_summary_when_nothing_was_held_back(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="limit-test")
     clock = Clock()
-    limited = RateLimitedLog(
-        logging.getLogger("limit-test"), what="x", burst=2, interval=1.0, clock=clock
-    )
+    limited = _limiter(caplog, logging.INFO, what="x", burst=2, interval=1.0, clock=clock)
     for step in range(5):
         clock.now = float(step)
         limited.log("tick")
@@ -54,9 +55,8 @@ def test_no_summary_when_nothing_was_held_back(caplog: pytest.LogCaptureFixture)
 
 
 def test_level_is_configurable(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="limit-test")
-    limited = RateLimitedLog(
-        logging.getLogger("limit-test"), what="x", burst=1, level=logging.WARNING, clock=Clock()
+    limited = _limiter(
+        caplog, logging.DEBUG, what="x", burst=1, level=logging.WARNING, clock=Clock()
     )
     limited.log("a")
     limited.log("b")

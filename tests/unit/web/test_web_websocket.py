@@ -42,6 +42,15 @@ async def read_until_closed(ws: WebSocketConnection) -> tuple[list[str | bytes],
                 return frames, closed.reason
 
 
+async def read_once(directory: FakeDirectory, path: str) -> tuple[list[str | bytes], Any]:
+    """Serve ``directory``, open one websocket at ``path`` and read it until it closes."""
+    async with (
+        running_websockets(directory) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}{path}") as ws,
+    ):
+        return await read_until_closed(ws)
+
+
 @pytest.mark.parametrize(
     ("suffix", "start"),
     [
@@ -55,11 +64,7 @@ async def read_until_closed(ws: WebSocketConnection) -> tuple[list[str | bytes],
 async def test_frames_arrive_and_start_is_passed(suffix: str, start: ClientStart) -> None:
     directory = FakeDirectory()
     uuid = await make_stream(directory)
-    async with (
-        running_websockets(directory) as port,
-        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}{suffix}") as ws,
-    ):
-        frames, reason = await read_until_closed(ws)
+    frames, reason = await read_once(directory, f"/event-stream/{uuid}{suffix}")
     assert frames == [f"first {start!r}", "second from rk"]
     assert (reason.code, reason.reason) == (1000, "done")
     actor = directory.actors[1]
@@ -87,11 +92,7 @@ async def test_frames_arrive_and_start_is_passed(suffix: str, start: ClientStart
 async def test_bad_parameters_close_with_1002(query: str, parameter: str) -> None:
     directory = FakeDirectory()
     uuid = await make_stream(directory)
-    async with (
-        running_websockets(directory) as port,
-        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}?{query}") as ws,
-    ):
-        frames, reason = await read_until_closed(ws)
+    frames, reason = await read_once(directory, f"/event-stream/{uuid}?{query}")
     assert frames == []
     assert reason.code == 1002
     assert parameter in reason.reason
@@ -101,11 +102,7 @@ async def test_bad_parameters_close_with_1002(query: str, parameter: str) -> Non
 async def test_unknown_stream_closes_with_1000() -> None:
     directory = FakeDirectory()
     await make_stream(directory)
-    async with (
-        running_websockets(directory) as port,
-        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/not-a-stream") as ws,
-    ):
-        frames, reason = await read_until_closed(ws)
+    frames, reason = await read_once(directory, "/event-stream/not-a-stream")
     assert frames == []
     assert (reason.code, reason.reason) == (1000, "Unknown event stream")
 
@@ -150,11 +147,7 @@ async def test_actor_that_returns_without_closing_gets_a_normal_close() -> None:
 
     directory.behaviour = forgetful
     uuid = await make_stream(directory)
-    async with (
-        running_websockets(directory) as port,
-        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
-    ):
-        frames, reason = await read_until_closed(ws)
+    frames, reason = await read_once(directory, f"/event-stream/{uuid}")
     assert frames == ["only"] and reason.code == 1000
 
 
