@@ -325,7 +325,7 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if config.workers > 1 and not args.as_worker:
         from ess import workers
 
-        command = workers.WorkerCommand(_worker_argv(args), environ, config.replica_name)
+        command = workers.WorkerCommand(_worker_argv(args), environ)
         return workers.run_parent(config, command)
 
     # Imported here: it pulls in the whole service (Quart, Hypercorn, the actors),

@@ -265,16 +265,14 @@ async def _stop_when_parent_goes() -> None:
 
 @dataclass(frozen=True, slots=True)
 class WorkerCommand:
-    """How to start worker ``index``: its argv and environment."""
+    """How to start a worker: the same argv for all, the environment with its own name."""
 
     argv: Sequence[str]
     environ: Mapping[str, str]
-    replica_name: str
 
-    def for_worker(self, index: int) -> tuple[list[str], dict[str, str]]:
-        env = dict(self.environ)
-        env["ESS_REPLICA_NAME"] = worker_name(self.replica_name, index)
-        return list(self.argv), env
+    def for_worker(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of the worker whose replica name is ``name``."""
+        return list(self.argv), {**self.environ, "ESS_REPLICA_NAME": name}
 
 
 def run_parent(config: Config, command: WorkerCommand, *, stderr: TextIO | None = None) -> int:
@@ -347,7 +345,7 @@ class _Parent:
         name = worker_name(self._config.replica_name, index)
         slot = WorkerSlot(index, name)
         while not self._stopping.is_set():
-            argv, env = self._command.for_worker(index)
+            argv, env = self._command.for_worker(name)
             process = await trio.lowlevel.open_process(argv, env=env, stdin=subprocess.PIPE)
             self._processes[index] = process
             started = trio.current_time()

@@ -25,7 +25,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from .client import connect, wait_closed
-from .service import STARTUP_TIMEOUT, ServiceProcess
+from .service import STARTUP_TIMEOUT, ServiceProcess, free_port
 
 NAME = "e2e"
 WORKERS = {f"{NAME}-w1", f"{NAME}-w2"}
@@ -240,10 +240,110 @@ def test_workers_stop_when_the_parent_is_killed(workers_service: ServiceProcess)
     assert len(worker_pids) == 2
 
     workers_service.kill()  # SIGKILL the parent: no chance to forward anything
-    wait_for(
-        lambda: not any(alive(pid) for pid in worker_pids),
-        "the orphaned workers to stop",
-        timeout=GRACE + 20,
-    )
+    try:
+        wait_for(
+            lambda: not any(alive(pid) for pid in worker_pids),
+            "the orphaned workers to stop",
+            timeout=GRACE + 20,
+        )
+    finally:  # never leave orphans serving on the test's ports
+        for pid in filter(alive, worker_pids):
+            os.kill(pid, signal.SIGKILL)
     with socket.socket() as probe:  # and they let go of the port
         probe.bind(("127.0.0.1", workers_service.public_port))
+
+
+# --------------------------------------------------------------------------- #
+# The parent with stand-in workers (a line of Python each): its I/O half.
+
+_PARENT = """
+import os, sys
+from ess.config import load_config
+from ess.workers import WorkerCommand, run_parent
+config = load_config()
+command = WorkerCommand([sys.executable, "-c", sys.argv[1]], dict(os.environ))
+sys.exit(run_parent(config, command))
+"""
+
+
+def start_parent(worker_code: str, tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    """``run_parent`` with two workers that each run ``worker_code``."""
+    environ = dict(os.environ)
+    environ.update(
+        {
+            "ESS_WORKERS": "2",
+            "ESS_HOST": "127.0.0.1",
+            "ESS_PUBLIC_PORT": str(free_port()),
+            "ESS_INTERNAL_PORT": str(free_port()),
+            "ESS_DATABASE": str(tmp_path / "unused.db"),
+            "ESS_SHUTDOWN_GRACE": "0.5",
+            "ESS_REPLICA_NAME": "t",
+            **env,
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", _PARENT, worker_code],
+        env=environ,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ess_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("ess:")]
+
+
+def test_a_worker_with_a_configuration_error_stops_the_parent_with_status_2(
+    tmp_path: Path,
+) -> None:
+    parent = start_parent("import sys; sys.exit(2)", tmp_path)
+    _, stderr = parent.communicate(timeout=60)
+    assert parent.returncode == 2, stderr
+    [line] = ess_lines(stderr)
+    assert re.fullmatch(
+        r"ess: worker t-w\d exited with status 2 \(a configuration error\): stopping", line
+    ), stderr
+
+
+def test_a_worker_that_cannot_start_is_retried_with_backoff_then_given_up(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    parent = start_parent("import sys; sys.exit(1)", tmp_path)
+    _, stderr = parent.communicate(timeout=120)
+    assert parent.returncode == 1, stderr
+    [line] = ess_lines(stderr)
+    assert re.fullmatch(
+        r"ess: worker t-w\d failed 5 times in a row, each within 30s of starting "
+        r"\(last: status 1\): stopping",
+        line,
+    ), stderr
+    # Four pauses of the backoff (0.5, 1, 2, 4 s, each at least half that): not a spin.
+    assert time.monotonic() - started >= 3.75
+    assert len(re.findall(r"ended with status 1: restarting it in", stderr)) >= 4
+
+
+def test_the_parent_forwards_sigterm_and_kills_a_worker_that_ignores_it(
+    tmp_path: Path,
+) -> None:
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    # One worker stops on SIGTERM (status 0), the other ignores it.
+    worker = (
+        "import os, signal, sys, time, pathlib\n"
+        "stubborn = os.environ['ESS_REPLICA_NAME'] == 't-w2'\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN if stubborn else lambda *_: sys.exit(0))\n"
+        f"pathlib.Path({str(ready)!r}, str(os.getpid())).touch()\n"
+        "while True: time.sleep(1)\n"
+    )
+    parent = start_parent(worker, tmp_path)
+    wait_for(lambda: len(list(ready.iterdir())) == 2, "both workers to start")
+    workers = {int(path.name) for path in ready.iterdir()}
+    stop_sent = time.monotonic()
+    parent.send_signal(signal.SIGTERM)
+    _, stderr = parent.communicate(timeout=60)
+    took = time.monotonic() - stop_sent
+    assert parent.returncode == 1, stderr  # a worker had to be killed
+    assert "worker t-w2 did not stop within 5.5s: killing it" in stderr
+    assert 5.5 <= took < 30, took
+    assert not any(alive(pid) for pid in workers)

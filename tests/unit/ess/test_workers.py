@@ -106,11 +106,10 @@ def test_the_exit_status_after_a_stop(statuses: list[int | None], expected: int)
 
 
 def test_each_worker_gets_its_own_replica_name() -> None:
-    command = WorkerCommand(["ess", "serve"], {"ESS_X": "1"}, "pod-7")
-    argv, env = command.for_worker(2)
+    command = WorkerCommand(["ess", "serve"], {"ESS_X": "1", "ESS_REPLICA_NAME": "pod-7"})
+    argv, env = command.for_worker(worker_name("pod-7", 2))
     assert argv == ["ess", "serve"]
     assert env == {"ESS_X": "1", "ESS_REPLICA_NAME": "pod-7-w2"}
-    assert worker_name("pod-7", 1) == "pod-7-w1"
 
 
 def test_a_worker_runs_serve_with_the_same_flags_as_a_worker() -> None:
