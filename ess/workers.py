@@ -44,7 +44,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TextIO
 
 import trio
 
@@ -275,9 +274,13 @@ class WorkerCommand:
         return list(self.argv), {**self.environ, "ESS_REPLICA_NAME": name}
 
 
-def run_parent(config: Config, command: WorkerCommand, *, stderr: TextIO | None = None) -> int:
-    """Hold the ports, run ``config.workers`` workers until SIGTERM/SIGINT; the exit status."""
-    out = sys.stderr if stderr is None else stderr
+def run_parent(config: Config, command: WorkerCommand) -> int:
+    """Hold the ports, run ``config.workers`` workers until SIGTERM/SIGINT; the exit status.
+
+    Failures that stop it print one ``ess: ...`` line on stderr, as a single
+    process does: a port taken (status 1, before any worker starts), a
+    worker's configuration error (2), a worker that cannot start (1).
+    """
     try:
         guards = [
             sock
@@ -285,7 +288,7 @@ def run_parent(config: Config, command: WorkerCommand, *, stderr: TextIO | None 
             for sock in reuse_port_sockets(config.host, port)
         ]
     except StartupError as error:
-        print(f"ess: cannot start: {error}", file=out)
+        print(f"ess: cannot start: {error}", file=sys.stderr)
         return 1
     try:
         parent = _Parent(config, command)
@@ -294,7 +297,7 @@ def run_parent(config: Config, command: WorkerCommand, *, stderr: TextIO | None 
         for sock in guards:
             sock.close()
     if parent.gave_up is not None:
-        print(f"ess: {parent.gave_up.reason}", file=out)
+        print(f"ess: {parent.gave_up.reason}", file=sys.stderr)
     return code
 
 
