@@ -290,9 +290,11 @@ def run_parent(config: Config, command: WorkerCommand) -> int:
     except StartupError as error:
         print(f"ess: cannot start: {error}", file=sys.stderr)
         return 1
+    parent = _Parent(config, command)
     try:
-        parent = _Parent(config, command)
         code = trio.run(parent.run)
+    except KeyboardInterrupt:  # ^C before the parent's own handler was installed
+        return 130
     finally:
         for sock in guards:
             sock.close()
@@ -345,18 +347,12 @@ class _Parent:
             _send(process, signum)
 
     async def _supervise(self, index: int) -> None:
+        """Run worker ``index`` again and again, as its :class:`WorkerSlot` decides."""
         name = worker_name(self._config.replica_name, index)
         slot = WorkerSlot(index, name)
         while not self._stopping.is_set():
-            argv, env = self._command.for_worker(name)
-            process = await trio.lowlevel.open_process(argv, env=env, stdin=subprocess.PIPE)
-            self._processes[index] = process
             started = trio.current_time()
-            log.info("worker %s started (pid %d)", name, process.pid)
-            if self._stopping.is_set():  # the signal came while it was being spawned
-                _send(process, self._signum)
-            status = await self._wait(process, name)
-            del self._processes[index]
+            status = await self._run_once(index, name)
             self._final[index] = status
             decision = slot.exited(
                 status if status is not None else -signal.SIGKILL,
@@ -372,14 +368,30 @@ class _Parent:
                 self._stop(signal.SIGTERM)
                 return
             log.warning(
-                "worker %s (pid %d) ended with %s: restarting it in %.1fs",
+                "worker %s ended with %s: restarting it in %.1fs",
                 name,
-                process.pid,
                 _describe(status),
                 decision.delay,
             )
             with trio.move_on_after(decision.delay):
                 await self._stopping.wait()
+
+    async def _run_once(self, index: int, name: str) -> int | None:
+        """Start the worker and wait for its end: its status (see :meth:`_wait`)."""
+        argv, env = self._command.for_worker(name)
+        try:
+            process = await trio.lowlevel.open_process(argv, env=env, stdin=subprocess.PIPE)
+        except OSError as error:  # out of processes or memory: a failed start like any other
+            log.error("cannot start worker %s: %s", name, error)
+            return 1
+        self._processes[index] = process
+        log.info("worker %s started (pid %d)", name, process.pid)
+        if self._stopping.is_set():  # the signal came while it was being spawned
+            _send(process, self._signum)
+        try:
+            return await self._wait(process, name)
+        finally:
+            del self._processes[index]
 
     async def _wait(self, process: trio.Process, name: str) -> int | None:
         """The worker's exit status; ``None`` if it had to be killed after a stop."""
