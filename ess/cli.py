@@ -57,6 +57,7 @@ environment variables (flags above override them):
                                    websocket handshake; then 408 or closed (30)
   ESS_KEEPALIVE_TIMEOUT            idle keep-alive HTTP connections are closed after N s (5)
   ESS_REPLICA_NAME                 this replica's name in /health, /metrics (<host>-<pid>)
+  ESS_WORKERS                      worker processes sharing both ports (1: one process)
 
 exit status: 0 after a clean shutdown, 1 if start-up fails, 2 for a bad
 configuration value (reported on one line naming the variable)."""
@@ -99,6 +100,14 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
     serve.add_argument("--log-format", metavar="FORMAT", help="text or json (ESS_LOG_FORMAT)")
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="N worker processes sharing both ports, under a parent that restarts them "
+        "(ESS_WORKERS; default 1: one process, no parent)",
+    )
+    # Set by the parent of --workers N on the processes it starts (ess.workers).
+    serve.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
 
 
@@ -282,31 +291,52 @@ def _find_startup_error(exc: BaseException) -> StartupError | None:
     return None
 
 
+#: ``serve``'s flags as (Config field, argparse dest); the dest is the flag's name.
+_SERVE_FLAGS = (
+    ("host", "host"),
+    ("public_port", "public_port"),
+    ("internal_port", "internal_port"),
+    ("database", "database"),
+    ("amqp_urls", "amqp_url"),
+    ("log_level", "log_level"),
+    ("log_format", "log_format"),
+    ("workers", "workers"),
+)
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of a worker: this ``serve`` with the same flags, as a worker."""
+    argv = [sys.executable, "-m", "ess", "serve"]
+    for _, dest in _SERVE_FLAGS:
+        value = getattr(args, dest)
+        if value is not None:
+            argv += ["--" + dest.replace("_", "-"), value]
+    return [*argv, "--as-worker"]
+
+
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    overrides = {
-        field: getattr(args, flag)
-        for field, flag in (
-            ("host", "host"),
-            ("public_port", "public_port"),
-            ("internal_port", "internal_port"),
-            ("database", "database"),
-            ("amqp_urls", "amqp_url"),
-            ("log_level", "log_level"),
-            ("log_format", "log_format"),
-        )
-    }
+    overrides = {field: getattr(args, dest) for field, dest in _SERVE_FLAGS}
     try:
         config = load_config(environ, overrides)
     except ConfigError as exc:
         return _config_error(exc)
     configure_logging(config.log_level, config.log_format)
 
+    if config.workers > 1 and not args.as_worker:
+        from ess import workers
+
+        command = workers.WorkerCommand(_worker_argv(args), environ)
+        return workers.run_parent(config, command)
+
     # Imported here: it pulls in the whole service (Quart, Hypercorn, the actors),
     # which the tools and --help do not need.
-    from ess import service
+    from ess import service, workers
 
     try:
-        code = trio.run(service.serve, config)
+        if args.as_worker:
+            code = trio.run(workers.serve_as_worker, config)
+        else:
+            code = trio.run(service.serve, config)
     except KeyboardInterrupt:  # the service handles SIGINT itself; belt and braces
         return 130
     except BaseException as exc:

@@ -50,6 +50,8 @@ variable                              default  meaning
                                                (head and body) or websocket handshake
 ``ESS_KEEPALIVE_TIMEOUT``             ``5``    seconds an idle keep-alive HTTP connection is kept
 ``ESS_REPLICA_NAME``                  [#r]_    how this replica names itself (health, metrics)
+``ESS_WORKERS``                       ``1``    worker processes sharing both ports (1-64); 1 is
+                                               today's single process, no parent (SPEC section 7)
 ====================================  =======  ====================================================
 
 .. [#r] Default: the host name and the process id, ``<host>-<pid>``.
@@ -99,6 +101,8 @@ AMQP_URL_OPTIONS = frozenset(
     {"heartbeat", "connection_timeout", "frame_max", "channel_max", "name", "connection_name"}
 )
 DATABASE_URL_SCHEMES = ("postgresql", "postgres")
+#: More worker processes than this on one host is a typo, not a deployment.
+MAX_WORKERS = 64
 
 _T = TypeVar("_T")
 
@@ -139,6 +143,8 @@ class Config:
     request_timeout: float = 30.0
     keepalive_timeout: float = 5.0
     replica_name: str = field(default_factory=lambda: default_replica_name())
+    #: Processes serving both ports (:mod:`ess.workers`); 1 = one process, no parent.
+    workers: int = 1
 
     def __repr__(self) -> str:
         # The default repr would print the token and the broker password into
@@ -450,6 +456,11 @@ _SPEC: dict[str, tuple[tuple[str, ...], Callable[[str], object], bool]] = {
     "request_timeout": (("ESS_REQUEST_TIMEOUT",), _positive_seconds, False),
     "keepalive_timeout": (("ESS_KEEPALIVE_TIMEOUT",), _positive_seconds, False),
     "replica_name": (("ESS_REPLICA_NAME",), _replica_name, False),
+    "workers": (
+        ("ESS_WORKERS",),
+        _int_in(1, MAX_WORKERS, "worker count", f"an integer 1-{MAX_WORKERS}"),
+        False,
+    ),
 }
 #: Flags whose name is not ``--`` + the field name.
 _FLAGS = {"amqp_urls": "--amqp-url"}

@@ -31,6 +31,7 @@ from .config import Config
 from .errors import StartupError
 from .metrics_bridge import MetricsObserver
 from .registry_factory import open_registry
+from .workers import reuse_port_sockets
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ async def _serve_with_registry(config: Config, registry: Registry) -> int:
                 request_timeout=config.request_timeout,
                 keepalive_timeout=config.keepalive_timeout,
             )
-            await nursery.start(_serve_internal_api, shield_sends(app), http_config, http_stopped)
+            await nursery.start(
+                _serve_internal_api, shield_sends(app), http_config, http_stopped, config
+            )
 
             websockets = trio.CancelScope()
             await nursery.start(_serve_websockets, supervisor, config, metrics, websockets)
@@ -143,9 +146,19 @@ async def _serve_internal_api(
     app: ASGIFramework,
     http_config: HypercornConfig,
     stopped: trio.Event,
+    config: Config,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve the internal API until ``stopped``; a worker of several shares the port.
+
+    Hypercorn sets ``SO_REUSEPORT`` only in its own multi-process mode, so
+    a worker binds the sockets itself and hands them over as ``fd://`` binds
+    (Hypercorn's documented way to serve inherited sockets).
+    """
+    if config.workers > 1:
+        sockets = reuse_port_sockets(config.host, config.internal_port)
+        http_config.bind = [f"fd://{sock.detach()}" for sock in sockets]
     await serve_http(app, http_config, shutdown_trigger=stopped.wait, task_status=task_status)
 
 
@@ -157,12 +170,20 @@ async def _serve_websockets(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen for websockets until ``scope`` is cancelled (shutdown stops accepting first)."""
+    """Listen for websockets until ``scope`` is cancelled (shutdown stops accepting first).
+
+    A worker of several binds with ``SO_REUSEPORT`` (trio cannot) so that
+    the kernel spreads connections over the workers (:mod:`ess.workers`).
+    """
+    sockets = None
+    if config.workers > 1:
+        sockets = reuse_port_sockets(config.host, config.public_port)
     with scope:
         await serve_public_websockets(
             supervisor,
             host=config.host,
             port=config.public_port,
+            sockets=sockets,
             metrics=metrics,
             handshake_timeout=config.request_timeout,
             close_timeout=config.close_timeout,

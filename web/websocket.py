@@ -28,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -73,6 +74,7 @@ async def serve_public_websockets(
     close_timeout: float = 2.0,
     max_message_size: int = 64 * 1024,
     ssl_context: ssl.SSLContext | None = None,
+    sockets: Sequence[socket.socket] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``ws://host:port/event-stream/<uuid>`` until cancelled.
@@ -80,11 +82,20 @@ async def serve_public_websockets(
     With ``nursery.start`` this returns the bound port once listening (use
     ``port=0`` in tests). With a host that resolves to several addresses
     and ``port=0``, each listener may get its own port; the first is
-    reported.
+    reported. ``sockets``, if given, are bound sockets to listen on instead
+    of binding ``host:port`` (a worker of ``ess serve --workers N`` binds
+    them with ``SO_REUSEPORT``, which trio's own listeners cannot set).
     """
     edge = _Edge(streams, metrics, handshake_timeout, close_timeout)
     listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]]
-    if ssl_context is None:
+    if sockets is not None:
+        plain = [_listen_on(sock) for sock in sockets]
+        listeners = (
+            plain
+            if ssl_context is None
+            else [trio.SSLListener(lst, ssl_context, https_compatible=True) for lst in plain]
+        )
+    elif ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:
         listeners = await trio.open_ssl_over_tcp_listeners(
@@ -102,6 +113,11 @@ async def serve_public_websockets(
         bound = [listener.port for listener in server.listeners if not isinstance(listener, str)]
         log.info("Public websockets listening on %s", ", ".join(map(str, server.listeners)))
         task_status.started(bound[0])
+
+
+def _listen_on(sock: socket.socket) -> trio.SocketListener:
+    sock.listen(socket.SOMAXCONN)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 class _IsolatingWebSocketServer(WebSocketServer):
