@@ -1,7 +1,11 @@
 """The control port on RabbitMQ: a fanout exchange, one exclusive queue per replica.
 
-The exchange ``<ESS_EXCHANGE>.control`` is durable and of type fanout, so
-every replica's queue gets every message. Each session declares its own
+The exchange ``<ESS_EXCHANGE>.control`` is a durable fanout, so every
+replica's queue gets every message. It is also auto-delete: the broker
+removes it once the last replica's queue is gone, so test runs and renamed
+deployments leave nothing behind (a session declares it again each time;
+publishing is only done while a session, hence a binding, exists: a publish
+to a missing exchange would close the shared publisher channel). Each session declares its own
 queue, named after the replica id plus a session number, exclusive and
 auto-delete: the broker deletes it when the session's connection goes (a
 ``kill -9`` included), so nothing is left behind and nobody reads another's
@@ -62,7 +66,9 @@ class RabbitMQControl:
                 trio.fail_after(self._pool.operation_timeout),
             ):
                 channel = await self._pool.pick().connection.channel()
-                await channel.exchange_declare(self.exchange, "fanout", durable=True)
+                await channel.exchange_declare(
+                    self.exchange, "fanout", durable=True, auto_delete=True
+                )
                 await channel.queue_declare(queue, exclusive=True, auto_delete=True)
                 await channel.queue_bind(queue, self.exchange)
                 consumer = channel.basic_consume(queue, no_ack=True, exclusive=True)

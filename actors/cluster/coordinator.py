@@ -154,6 +154,7 @@ class Coordinator:
         self.synced = False
         #: Control sessions opened so far (each one re-read the registry).
         self.sessions = 0
+        self._session_open = False
 
     def attach(self, local: LocalReplica) -> None:
         self._local = local
@@ -184,6 +185,7 @@ class Coordinator:
             await self._control.wait_available()
             try:
                 async with self._control.session() as messages:
+                    self._session_open = True
                     await self._resync()
                     self.synced = True
                     self.sessions += 1
@@ -195,7 +197,7 @@ class Coordinator:
             except BrokerUnavailable as error:
                 log.warning("control session lost (%s): reconnecting", error)
             finally:
-                self.synced = False
+                self.synced = self._session_open = False
             await backoff.sleep()
 
     async def _resync(self) -> None:
@@ -224,6 +226,10 @@ class Coordinator:
             await self._publish(message)
 
     async def _publish(self, message: Message) -> bool:
+        """Publish while a session is open (see :mod:`actors.adapters.rabbitmq_control`)."""
+        if not self._session_open:
+            log.debug("control message not sent (no session): %r", message)
+            return False
         try:
             await self._control.publish(encode(message))
         except BrokerUnavailable as error:
