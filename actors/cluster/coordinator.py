@@ -155,6 +155,8 @@ class Coordinator:
         #: Control sessions opened so far (each one re-read the registry).
         self.sessions = 0
         self._session_open = False
+        #: Takeover announcements dropped since the outbox last had room.
+        self.dropped_takeovers = 0
 
     def attach(self, local: LocalReplica) -> None:
         self._local = local
@@ -306,12 +308,26 @@ class Coordinator:
             del self._waiting[request]
 
     def connection_admitted(self, stream_id: int, started_at: float, connection: str) -> None:
-        """Announce a new websocket of the stream (fire and forget; never blocks)."""
+        """Announce a new websocket of the stream (fire and forget; never blocks).
+
+        Not announced while no other replica is live (a single process sends
+        nothing per websocket). Under a burst beyond the outbox, the excess is
+        dropped: those older connections elsewhere stay until the next
+        takeover of their stream (one warning per burst).
+        """
+        if not any(m.id != self.replica_id for m in self.membership.live(trio.current_time())):
+            return
         key = ConnectionKey(started_at, self.replica_id, connection)
         try:
             self._outbox_send.send_nowait(TakenOver(self.replica_id, stream_id, key))
         except trio.WouldBlock:
-            log.warning("stream=%d takeover not announced: the control outbox is full", stream_id)
+            if self.dropped_takeovers == 0:
+                log.warning(
+                    "stream=%d takeover not announced: the control outbox is full", stream_id
+                )
+            self.dropped_takeovers += 1
+        else:
+            self.dropped_takeovers = 0
 
     async def leave(self) -> None:
         """Say goodbye (bounded), so that no replica waits for this one."""
