@@ -9,6 +9,7 @@ does not hold a DELETE on another for more than the 5 s confirm bound.
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from actors.adapters.rabbitmq import RabbitMQBroker
+from tests.integration.amqp_client.conftest import close_connection_named
 
 from .client import connect, receive, wait_closed
 from .service import ServiceProcess
@@ -28,15 +30,20 @@ from .service import ServiceProcess
 MEMBERSHIP_TIMEOUT = 20.0
 
 
-def start_replicas(workdir: Path, amqp_url: str, count: int) -> list[ServiceProcess]:
-    """``count`` replicas on one registry file and one exchange, each ready."""
+def start_replicas(
+    workdir: Path, amqp_url: str, count: int, *, last_url: str | None = None
+) -> list[ServiceProcess]:
+    """``count`` replicas on one registry file and one exchange, each ready.
+
+    ``last_url``: the broker URL of the last replica (to name its connections).
+    """
     first = ServiceProcess(workdir=workdir / "replica-1", amqp_url=amqp_url)
     replicas = [first]
     for n in range(2, count + 1):
         replicas.append(
             ServiceProcess(
                 workdir=workdir / f"replica-{n}",
-                amqp_url=amqp_url,
+                amqp_url=last_url if last_url is not None and n == count else amqp_url,
                 exchange=first.exchange,
                 extra_env={"ESS_DATABASE": str(first.database)},
             )
@@ -86,10 +93,16 @@ def cluster(
         clean_up(replicas)
 
 
+#: The name the second replica of :func:`pair` gives its broker connections.
+PAIR_CONNECTION = f"ess-e2e-replica-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def pair(tmp_path: Path, amqp_url: str) -> Iterator[list[ServiceProcess]]:
-    """Two replicas of the test's own (one of them gets killed)."""
-    replicas = start_replicas(tmp_path, amqp_url, 2)
+    """Two replicas of the test's own (the second gets killed or cut off)."""
+    separator = "&" if "?" in amqp_url else "?"
+    named = f"{amqp_url}{separator}connection_name={PAIR_CONNECTION}"
+    replicas = start_replicas(tmp_path, amqp_url, 2, last_url=named)
     try:
         wait_until_all_listed(replicas)
         yield replicas
@@ -204,3 +217,27 @@ async def test_delete_answers_within_the_bound_when_a_replica_was_killed(
     elapsed = time.monotonic() - started
     assert response.status_code == 204
     assert elapsed < 5.0 + 3.0, f"DELETE took {elapsed:.1f}s"
+
+
+async def test_a_replica_cut_off_during_a_delete_closes_the_stream_when_it_is_back(
+    pair: list[ServiceProcess], routing_key: str
+) -> None:
+    survivor, cut_off = pair
+    stream_id, stream_uuid = await create(survivor, routing_key)
+    await create(survivor, routing_key)  # keeps the queue: only the re-read can close
+    async with connect(on(cut_off, stream_uuid)) as ws:
+        assert cut_off.process is not None
+        # Frozen, and its broker connections (so its control queue) closed by the broker.
+        cut_off.process.send_signal(signal.SIGSTOP)
+        try:
+            await close_connection_named(PAIR_CONNECTION)
+            started = time.monotonic()
+            async with httpx.AsyncClient(timeout=30.0) as api:
+                response = await api.delete(f"{survivor.api}/event-stream/{stream_id}")
+            assert response.status_code == 204
+            assert time.monotonic() - started < 5.0 + 3.0
+        finally:
+            cut_off.process.send_signal(signal.SIGCONT)
+        # Back: it reconnects, re-reads the registry and closes the deleted stream.
+        closed = await wait_closed(ws, timeout=30.0)
+        assert (closed.code, closed.reason) == (1000, "The stream has been deleted")
