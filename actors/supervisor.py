@@ -348,17 +348,19 @@ class Supervisor:
             if known is not None:
                 return known  # cut off from both: serve what we know, as before
             return REGISTRY_UNAVAILABLE
-        async with self._lock:
-            if record is None:
-                if known is not None and self._streams.get(known.record.id) is known:
-                    self._forget(known.record.id)
-                    known.log.info("closed: the registry no longer has this stream")
-                    known.begin_close(DELETED)
-                return UNKNOWN_STREAM
-            if record.id in self._tombstones:
-                return UNKNOWN_STREAM
-            actor = self._streams.get(record.id)
-            return actor if actor is not None else self._add(record)
+        # No lock (it may be held across broker calls): from here on nothing
+        # awaits, so a deletion lands wholly before (tombstone) or after (it
+        # closes the actor added here).
+        if record is None:
+            if known is not None and self._streams.get(known.record.id) is known:
+                self._forget(known.record.id)
+                known.log.info("closed: the registry no longer has this stream")
+                known.begin_close(DELETED)
+            return UNKNOWN_STREAM
+        if record.id in self._tombstones:
+            return UNKNOWN_STREAM
+        actor = self._streams.get(record.id)
+        return actor if actor is not None else self._add(record)
 
     # -- replicas ----------------------------------------------------------
 
@@ -377,8 +379,7 @@ class Supervisor:
 
     async def close_deleted(self, stream_id: int) -> None:
         """Another replica deleted the stream: close its websockets here (idempotent)."""
-        async with self._lock:
-            actor = self._forget(stream_id)
+        actor = self._forget(stream_id)  # no lock: the answer must not wait for a POST
         if actor is not None:
             actor.log.info("deleted on another replica: closing")
             actor.begin_close(DELETED)
