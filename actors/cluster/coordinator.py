@@ -24,7 +24,8 @@ the supervisor (:class:`LocalReplica`). It
   closes its older connections of that stream with 4001.
 
 Messages from this replica come back to it (the exchange is a fanout) and
-are ignored, except its own alive beats, which prove the session works.
+are ignored; the table never lists this replica (:meth:`Coordinator.replicas`
+adds it first).
 """
 
 from __future__ import annotations
