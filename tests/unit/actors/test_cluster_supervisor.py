@@ -22,7 +22,7 @@ from actors.cluster.coordinator import CONFIRM_TIMEOUT, Coordinator
 from actors.cluster.messages import Closed, StreamDeleted, decode
 from actors.ports.registry import StreamRecord
 from actors.start import LiveTail
-from actors.supervisor import UNKNOWN_STREAM, Supervisor
+from actors.supervisor import REGISTRY_UNAVAILABLE, UNKNOWN_STREAM, Supervisor
 
 from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, wall_clock
 
@@ -198,3 +198,26 @@ async def test_a_duplicated_deletion_is_answered_again_and_harms_nothing(
         )
         assert not on_b.closed.is_set()
         assert b.supervisor.find_stream(kept.uuid) is not None
+
+
+async def test_cut_off_from_broker_and_registry_serves_what_it_knows_and_refuses_the_rest(
+    autojump_clock: MockClock,
+) -> None:
+    async with cluster(2) as c:
+        a, b = c.replicas
+        known = await a.supervisor.create_stream("known")
+        elsewhere = await a.supervisor.create_stream("elsewhere")
+        first = await b.open(known)  # B now knows this stream
+        first.disconnect()
+        with trio.fail_after(WAIT):
+            await first.served.wait()
+        b.control.cut()
+        await until(lambda: not b.coordinator.synced)
+        c.registry.set_available(False)
+        served = await b.open(known)
+        assert not served.closed.is_set()
+        refused = b.connect(elsewhere.uuid)
+        await refused.wait_closed()
+        assert code(refused) == REGISTRY_UNAVAILABLE
+        # Not a uuid at all: refused at the edge, the registry is not asked.
+        assert b.supervisor.find_stream("not-a-uuid") is None
