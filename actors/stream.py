@@ -25,6 +25,11 @@ with 1011 and the actor restarts after a pause from the shared
 :class:`~actors.backoff.Backoff` (the settings' restart policy, reset by a
 run that ends without a crash); websockets that arrive meanwhile wait for
 the restart. Every line it logs carries ``stream=`` (its log context).
+
+Across replicas (SPEC section 7) every admitted connection is reported to
+``on_admit`` (the supervisor announces it to the other replicas), and
+:meth:`StreamActor.take_over` closes the connections older than one
+admitted on another replica with 4001.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import trio
 
 from actors.backoff import Backoff
 from actors.close import INTERNAL_ERROR, SHUTDOWN, TAKEOVER, CloseReason
+from actors.cluster.messages import ConnectionKey
 from actors.connection_actor import ConnectionActor
 from actors.context import ActorContext
 from actors.hub import LiveTailHub
@@ -53,6 +59,9 @@ log = logging.getLogger(__name__)
 #: ``task_status.started`` (``Nursery.start``); raises ``RuntimeError`` once
 #: the supervisor has stopped.
 Spawner = Callable[[Callable[..., Awaitable[object]]], Awaitable[trio.Nursery]]
+
+#: Told of every admitted connection: (stream id, the connection's start time, its id).
+AdmitListener = Callable[[int, float, str], None]
 
 #: Extra time, beyond the close timeout, allowed for a connection to finish.
 CLOSE_MARGIN = 1.0
@@ -77,6 +86,7 @@ class StreamActor:
         "_connections",
         "_context",
         "_nursery",
+        "_on_admit",
         "_restart_backoff",
         "_restarting",
         "_run",
@@ -89,8 +99,16 @@ class StreamActor:
         "started_at",
     )
 
-    def __init__(self, record: StreamRecord, context: ActorContext, spawn: Spawner) -> None:
+    def __init__(
+        self,
+        record: StreamRecord,
+        context: ActorContext,
+        spawn: Spawner,
+        *,
+        on_admit: AdmitListener | None = None,
+    ) -> None:
         self.record = record
+        self._on_admit = on_admit
         self.started_at = context.clock()
         #: Times the actor's task crashed and was restarted.
         self.restarts = 0
@@ -198,6 +216,8 @@ class StreamActor:
     def _admit(self, connection: ConnectionActor) -> None:
         """Add a connection; the oldest ones beyond the policy are replaced (4001)."""
         self._connections.append(connection)
+        if self._on_admit is not None:
+            self._on_admit(self.record.id, connection.started_at, connection.id)
         limit = self._context.settings.max_connections_per_stream
         if limit <= 0:
             return
@@ -205,6 +225,20 @@ class StreamActor:
         for old in live[:-limit]:
             old.log.info("replaced by conn=%s", connection.id)
             old.cancel(TAKEOVER)
+
+    def take_over(self, newer: ConnectionKey, replica: str) -> None:
+        """A connection was admitted on another replica: close the older ones here (4001).
+
+        Only with the default policy of one connection per stream: a larger
+        limit is enforced per replica (replicas do not count each other's
+        connections). ``replica`` is this replica's id, for the comparison.
+        """
+        if self._context.settings.max_connections_per_stream != 1:
+            return
+        for old in self._connections:
+            if not old.ending and ConnectionKey(old.started_at, replica, old.id) < newer:
+                old.log.info("replaced by conn=%s on replica %s", newer.connection, newer.replica)
+                old.cancel(TAKEOVER)
 
     def _subscribe(
         self, position: StartPosition, prefetch: int

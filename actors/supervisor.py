@@ -16,31 +16,58 @@ pending-deletion retry asks the registry again before the broker deletes the
 queue. Within this process, creation and queue deletion are also serialised
 by one lock, so a queue is never deleted under a stream being created here
 for the same routing key.
+
+Replicas (SPEC section 7): after :meth:`Supervisor.join`, the supervisor
+works with a :class:`~actors.cluster.coordinator.Coordinator`. A DELETE
+here returns only once every live replica closed the stream's websockets
+(or the confirm bound passed), also for a stream this replica never served;
+a deletion announced by another replica closes the stream here
+(:meth:`close_deleted`); a websocket admitted here is announced, and one
+admitted elsewhere closes the older ones here with 4001 (:meth:`take_over`).
+A websocket for a uuid this replica does not know is looked up in the
+registry (the stream may have been created on another replica); while the
+control session is not synced (cut off from the broker, or not yet
+re-read), every websocket is checked in the registry before it is served,
+and a stream the registry no longer has is closed then. Deleted ids are
+remembered for a while (tombstones), so that a lookup that raced with a
+deletion cannot bring the stream back.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid as uuid_module
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import trio
 
 from actors.backoff import Backoff, BackoffPolicy
-from actors.close import DELETED, SHUTDOWN
+from actors.close import DELETED, SHUTDOWN, CloseReason
+from actors.cluster.coordinator import Coordinator
+from actors.cluster.messages import ConnectionKey
 from actors.context import ActorContext
 from actors.ports.broker import Broker, BrokerError, NotAStreamQueue
 from actors.ports.observer import ActorObserver, NullObserver
 from actors.ports.registry import QueueFate, Registry, RegistryUnavailable, StreamRecord
+from actors.ports.websocket import PendingWebSocket
 from actors.settings import ActorSettings
 from actors.snapshot import Snapshot, WallClock, node
-from actors.stream import CLOSE_MARGIN, StreamActor
+from actors.start import ClientStart
+from actors.stream import CLOSE_MARGIN, StreamActor, refuse
 
 log = logging.getLogger(__name__)
 
 #: Bound on deleting again a queue whose POST failed; the retry does the rest.
 _UNDO_TIMEOUT = 5.0
+#: Deleted stream ids remembered, so that a racing registry lookup cannot revive one.
+_TOMBSTONES = 10_000
+#: The close of a websocket this replica cannot check in the registry now.
+REGISTRY_UNAVAILABLE = CloseReason(1013, "The registry is unavailable, try again later")
+#: The close of a websocket for a uuid no stream has (as the websocket edge answers it).
+UNKNOWN_STREAM = CloseReason(1000, "Unknown event stream")
 
 
 class Supervisor:
@@ -69,6 +96,8 @@ class Supervisor:
         self._shutting_down = False
         self._state = "starting"
         self._started_at = clock()
+        self._peers: Coordinator | None = None
+        self._tombstones: OrderedDict[int, None] = OrderedDict()
 
     # -- running ---------------------------------------------------------
 
@@ -107,7 +136,7 @@ class Supervisor:
                 async with self._lock:
                     records = await self._registry.list()
                     for record in records:
-                        if record.id not in self._streams:
+                        if record.id not in self._streams and record.id not in self._tombstones:
                             self._add(record)
             except RegistryUnavailable as error:
                 if backoff.attempts == 0:
@@ -128,7 +157,7 @@ class Supervisor:
         return nursery
 
     def _add(self, record: StreamRecord) -> StreamActor:
-        actor = StreamActor(record, self._context, self._spawn)
+        actor = StreamActor(record, self._context, self._spawn, on_admit=self._announce)
         self._streams[record.id] = actor
         self._by_uuid[record.uuid] = actor
         if self._shutting_down:
@@ -212,9 +241,10 @@ class Supervisor:
             self._pending_wakeup.set()
 
     async def delete_stream(self, stream_id: int) -> bool:
-        """Close the stream's websockets (1000), then remove it; ``False`` if unknown.
+        """Close the stream's websockets (1000) on every replica, then remove it.
 
-        Raises ``RegistryUnavailable`` (nothing changed then). Shielded: once
+        ``False`` if no such stream is recorded (nor served here). Raises
+        ``RegistryUnavailable`` (nothing changed then). Shielded: once
         started, a deletion completes even if the caller goes away.
         """
         in_progress = self._deleting.get(stream_id)
@@ -223,43 +253,61 @@ class Supervisor:
             if stream_id not in self._streams:
                 return True
             # That deletion failed (registry unavailable): try ourselves.
-        actor = self._streams.get(stream_id)
-        if actor is None:
+        if stream_id not in self._streams and self._peers is None:
             return False
         done = self._deleting[stream_id] = trio.Event()
+        deleted = False
         try:
             with trio.CancelScope(shield=True):
-                await self._delete(actor)
+                deleted = await self._delete(stream_id)
         finally:
             del self._deleting[stream_id]
             done.set()
-        return True
+        return deleted
 
-    async def _delete(self, actor: StreamActor) -> None:
+    async def _delete(self, stream_id: int) -> bool:
         """Remove the record (one transaction settles the queue), close, then delete the queue.
 
         The registry first: if it cannot be written, nothing has changed and
         the caller gets ``RegistryUnavailable``. A queue left without a
         stream is recorded as a pending deletion in that same transaction, so
-        its deletion survives a crash at any later point.
+        its deletion survives a crash at any later point. The websockets
+        here and on the other replicas are closed concurrently.
         """
-        record = actor.record
         async with self._lock:
-            deletion = await self._registry.delete(record.id)
-            self._streams.pop(record.id, None)
-            # New websockets now find no stream; the existing ones are closed.
-            self._by_uuid.pop(record.uuid, None)
+            deletion = await self._registry.delete(stream_id)
+            actor = self._forget(stream_id)
+            if actor is None and deletion is None:
+                return False
             if deletion is not None:
                 self._adopt(deletion.queue)
-        actor.begin_close(DELETED)
+        async with trio.open_nursery() as nursery:
+            if actor is not None:
+                actor.begin_close(DELETED)
+                nursery.start_soon(self._wait_closed, actor)
+            if self._peers is not None:
+                nursery.start_soon(self._peers.stream_deleted, stream_id)
+        if deletion is not None and deletion.queue.delete:
+            async with self._lock:
+                await self._release_queue(deletion.record.routing_key)
+        log.info("stream=%d deleted", stream_id)
+        return True
+
+    def _forget(self, stream_id: int) -> StreamActor | None:
+        """Drop the stream's actor from the tables: new websockets no longer find it."""
+        self._tombstones[stream_id] = None
+        if len(self._tombstones) > _TOMBSTONES:
+            self._tombstones.popitem(last=False)
+        actor = self._streams.pop(stream_id, None)
+        if actor is not None:
+            self._by_uuid.pop(actor.record.uuid, None)
+        return actor
+
+    async def _wait_closed(self, actor: StreamActor) -> None:
         with trio.move_on_after(self._settings.close_timeout * 2 + CLOSE_MARGIN) as waiting:
             await actor.wait_closed()
         if waiting.cancelled_caught:
-            log.warning("stream=%d some connections did not close in time", record.id)
-        if deletion is not None and deletion.queue.delete:
-            async with self._lock:
-                await self._release_queue(record.routing_key)
-        log.info("stream=%d deleted", record.id)
+            log.warning("stream=%d some connections did not close in time", actor.record.id)
 
     async def _release_queue(self, routing_key: str) -> None:
         """Delete the queue whose last stream went, or leave it to the retry (lock held)."""
@@ -278,8 +326,104 @@ class Supervisor:
     async def list_streams(self) -> list[StreamRecord]:
         return await self._registry.list()
 
-    def find_stream(self, uuid: str) -> StreamActor | None:
-        return self._by_uuid.get(uuid)
+    def find_stream(self, uuid: str) -> StreamActor | RegistryLookup | None:
+        """The actor for a websocket uuid, or a lookup in the registry first (replicas).
+
+        Without replicas: the actor, or ``None``. With them, a uuid this
+        replica does not know, or any uuid while the control session is not
+        synced, is checked in the registry when the websocket is served.
+        """
+        actor = self._by_uuid.get(uuid)
+        if self._peers is None or (actor is not None and self._peers.synced):
+            return actor
+        if actor is None and not _is_uuid(uuid):
+            return None  # never a stream's: spare the registry the question
+        return RegistryLookup(self, uuid, actor)
+
+    async def _look_up(self, uuid: str, known: StreamActor | None) -> StreamActor | CloseReason:
+        """The stream's actor after asking the registry, or why the websocket is refused."""
+        try:
+            record = await self._registry.find(uuid)
+        except RegistryUnavailable:
+            if known is not None:
+                return known  # cut off from both: serve what we know, as before
+            return REGISTRY_UNAVAILABLE
+        # No lock (it may be held across broker calls): from here on nothing
+        # awaits, so a deletion lands wholly before (tombstone) or after (it
+        # closes the actor added here).
+        if record is None:
+            if known is not None and self._streams.get(known.record.id) is known:
+                self._forget(known.record.id)
+                known.log.info("closed: the registry no longer has this stream")
+                known.begin_close(DELETED)
+            return UNKNOWN_STREAM
+        if record.id in self._tombstones:
+            return UNKNOWN_STREAM
+        actor = self._streams.get(record.id)
+        return actor if actor is not None else self._add(record)
+
+    # -- replicas ----------------------------------------------------------
+
+    def join(self, peers: Coordinator) -> None:
+        """Work with the other replicas through ``peers`` (before :meth:`run`)."""
+        self._peers = peers
+        peers.attach(self)
+
+    @property
+    def websocket_count(self) -> int:
+        return sum(len(actor.connections) for actor in self._streams.values())
+
+    def _announce(self, stream_id: int, started_at: float, connection: str) -> None:
+        if self._peers is not None:
+            self._peers.connection_admitted(stream_id, started_at, connection)
+
+    async def close_deleted(self, stream_id: int) -> None:
+        """Another replica deleted the stream: close its websockets here (idempotent)."""
+        actor = self._forget(stream_id)  # no lock: the answer must not wait for a POST
+        if actor is not None:
+            actor.log.info("deleted on another replica: closing")
+            actor.begin_close(DELETED)
+            await self._wait_closed(actor)
+
+    def take_over(self, stream_id: int, newer: ConnectionKey) -> None:
+        """A websocket was admitted on another replica: replace the older ones here."""
+        actor = self._streams.get(stream_id)
+        if actor is not None and self._peers is not None:
+            actor.take_over(newer, self._peers.replica_id)
+
+    async def resync(self) -> None:
+        """Re-read the registry: close the streams it no longer has, add the new ones."""
+        closing: list[StreamActor] = []
+        async with self._lock:
+            records = await self._registry.list()
+            present = {record.id for record in records}
+            for stream_id in list(self._streams):
+                if stream_id not in present and stream_id not in self._deleting:
+                    actor = self._forget(stream_id)
+                    if actor is not None:
+                        closing.append(actor)
+            for record in records:
+                if record.id not in self._streams and record.id not in self._tombstones:
+                    self._add(record)
+        for actor in closing:
+            actor.log.info("deleted while this replica was cut off: closing")
+            actor.begin_close(DELETED)
+        for actor in closing:
+            await self._wait_closed(actor)
+
+    def replicas(self) -> list[dict[str, object]]:
+        """The live replicas, this one first (``GET /debug/replicas``)."""
+        if self._peers is None:
+            return [
+                {
+                    "id": "",
+                    "name": "",
+                    "started_at": self._started_at,
+                    "websockets": self.websocket_count,
+                    "this": True,
+                }
+            ]
+        return [replica.as_json() for replica in self._peers.replicas()]
 
     # -- pending queue deletions -----------------------------------------
 
@@ -387,3 +531,36 @@ class Supervisor:
             },
             children,
         )
+
+
+class RegistryLookup:
+    """A websocket for a stream this replica must check in the registry before serving."""
+
+    __slots__ = ("_known", "_supervisor", "_uuid")
+
+    def __init__(self, supervisor: Supervisor, uuid: str, known: StreamActor | None) -> None:
+        self._supervisor = supervisor
+        self._uuid = uuid
+        self._known = known
+
+    @property
+    def record(self) -> StreamRecord:
+        """The record of the stream this replica knows (only the websocket edge uses this)."""
+        if self._known is None:
+            raise LookupError("not looked up yet")
+        return self._known.record
+
+    async def serve(self, websocket: PendingWebSocket, start: ClientStart) -> None:
+        found = await self._supervisor._look_up(self._uuid, self._known)
+        if isinstance(found, CloseReason):
+            await refuse(websocket, found, self._supervisor._settings.close_timeout)
+            return
+        await found.serve(websocket, start)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid_module.UUID(text)
+    except ValueError:
+        return False
+    return True

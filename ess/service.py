@@ -5,11 +5,16 @@ reverse: the registry outlives the broker connection manager, which outlives
 the supervisor, which outlives the two listeners. A SIGTERM or SIGINT closes
 every websocket with 1001, drains within the configured grace time and
 returns exit status 0.
+
+Every process is a replica (SPEC section 7): it joins the others through the
+broker's control exchange (:mod:`actors.cluster.coordinator`), which costs a
+single process one exclusive queue and an alive message every few seconds.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 from importlib.metadata import PackageNotFoundError, version
 
@@ -19,6 +24,8 @@ from hypercorn.trio import serve as serve_http
 from hypercorn.typing import ASGIFramework
 
 from actors.adapters.rabbitmq import RabbitMQBroker
+from actors.adapters.rabbitmq_control import RabbitMQControl
+from actors.cluster.coordinator import Coordinator
 from actors.ports.broker import BrokerError
 from actors.ports.registry import Registry
 from actors.supervisor import Supervisor
@@ -70,6 +77,11 @@ async def _serve_with_registry(config: Config, registry: Registry) -> int:
     supervisor = Supervisor(
         broker, registry, config.actor_settings(), observer=MetricsObserver(metrics)
     )
+    replica_id = f"{config.replica_name}.{secrets.token_hex(3)}"
+    coordinator = Coordinator(
+        RabbitMQControl(broker.pool, replica_id), replica_id, config.replica_name
+    )
+    supervisor.join(coordinator)
 
     def readiness() -> str | None:
         if not registry.available:
@@ -98,6 +110,7 @@ async def _serve_with_registry(config: Config, registry: Registry) -> int:
             except BrokerError as error:
                 raise StartupError(str(error)) from error
             await nursery.start(supervisor.run)
+            await nursery.start(coordinator.run)
 
             http_stopped = trio.Event()
             http_config = hypercorn_config(
@@ -129,6 +142,7 @@ async def _serve_with_registry(config: Config, registry: Registry) -> int:
                 # same), then stop listening: cancelling trio-websocket's
                 # handlers first would drop sockets without our close code.
                 await supervisor.shutdown()
+                await coordinator.leave()
             websockets.cancel()
             if grace.cancelled_caught:
                 log.warning("shutdown grace of %.1fs ran out", config.shutdown_grace)

@@ -25,6 +25,7 @@ from web.metrics import ServiceMetrics
 from web.openapi import build_openapi
 from web.operations import install_operator_routes
 from web.ports import StreamDirectory
+from web.replicas import install_replica_routes
 from web.responses import error_response, json_response
 from web.validation import InvalidRequest, parse_create_body
 
@@ -127,6 +128,7 @@ def create_app(
         replica=replica,
     )
     install_debug_routes(app, streams, replica=replica)
+    install_replica_routes(app, streams, replica=replica)
     return app
 
 

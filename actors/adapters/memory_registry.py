@@ -78,6 +78,10 @@ class MemoryRegistry:
         await self._call(writes=False)
         return self._records.get(stream_id)
 
+    async def find(self, stream_uuid: str) -> StreamRecord | None:
+        await self._call(writes=False)
+        return next((r for r in self._records.values() if r.uuid == stream_uuid), None)
+
     async def list(self) -> builtins.list[StreamRecord]:
         await self._call(writes=False)
         return [self._records[key] for key in sorted(self._records)]

@@ -294,6 +294,15 @@ class SQLRegistry(abc.ABC):
 
         return await self._run(select, writes=False)
 
+    async def find(self, stream_uuid: str) -> StreamRecord | None:
+        """The record with this websocket uuid, or ``None``."""
+
+        def select(session: Session) -> StreamRecord | None:
+            rows = session.execute(_SELECT + " WHERE uuid = ?", (stream_uuid,))
+            return _record(rows[0]) if rows else None
+
+        return await self._run(select, writes=False)
+
     async def delete(self, stream_id: int) -> Deletion | None:
         """Remove the record and settle its queue in one transaction."""
 

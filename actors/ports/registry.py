@@ -110,6 +110,14 @@ class Registry(Protocol):
 
     async def get(self, stream_id: int) -> StreamRecord | None: ...
 
+    async def find(self, stream_uuid: str) -> StreamRecord | None:
+        """The record whose websocket uuid is ``stream_uuid``, or ``None``.
+
+        A replica asks this for a websocket of a stream it does not know
+        (created on another replica), or while it may have missed deletions.
+        """
+        ...
+
     async def list(self) -> builtins.list[StreamRecord]:
         """Every event stream, ordered by id."""
         ...

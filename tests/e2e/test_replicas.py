@@ -1,0 +1,243 @@
+"""SPEC section 7 over real sockets: several ``ess serve`` replicas, one registry, one broker.
+
+Three real processes on their own ports share one SQLite registry file and
+one exchange. Each proves one bullet: a DELETE on any replica closes the
+websockets on every replica before its 204; the 4001 takeover holds across
+replicas; ``/debug/replicas`` lists them all; a replica killed with SIGKILL
+does not hold a DELETE on another for more than the 5 s confirm bound.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from trio_websocket import WebSocketConnection
+
+from actors.adapters.rabbitmq import RabbitMQBroker
+from tests.integration.amqp_client.conftest import close_connection_named
+
+from .client import connect, receive, wait_closed
+from .service import ServiceProcess
+
+#: How long the replicas may take to hear of each other (alive every 2 s).
+MEMBERSHIP_TIMEOUT = 20.0
+
+
+def start_replicas(
+    workdir: Path, amqp_url: str, count: int, *, last_url: str | None = None
+) -> list[ServiceProcess]:
+    """``count`` replicas on one registry file and one exchange, each ready.
+
+    ``last_url``: the broker URL of the last replica (to name its connections).
+    """
+    first = ServiceProcess(workdir=workdir / "replica-1", amqp_url=amqp_url)
+    replicas = [first]
+    for n in range(2, count + 1):
+        replicas.append(
+            ServiceProcess(
+                workdir=workdir / f"replica-{n}",
+                amqp_url=last_url if last_url is not None and n == count else amqp_url,
+                exchange=first.exchange,
+                extra_env={"ESS_DATABASE": str(first.database)},
+            )
+        )
+    for n, replica in enumerate(replicas, start=1):
+        replica.extra_env["ESS_REPLICA_NAME"] = f"replica-{n}"
+        replica.start()
+    return replicas
+
+
+def wait_until_all_listed(replicas: list[ServiceProcess]) -> None:
+    """Return once every running replica lists every running replica as live."""
+    expected = sorted(
+        r.extra_env["ESS_REPLICA_NAME"]
+        for r in replicas
+        if r.process is not None and r.process.poll() is None
+    )
+    deadline = time.monotonic() + MEMBERSHIP_TIMEOUT
+    listed: list[str] = []
+    with httpx.Client(timeout=5.0) as client:
+        for replica in replicas:
+            if replica.process is None or replica.process.poll() is not None:
+                continue
+            while True:
+                body = client.get(f"{replica.api}/debug/replicas").json()
+                listed = sorted(entry["name"] for entry in body["replicas"])
+                if listed == expected:
+                    break
+                assert time.monotonic() < deadline, f"{replica.api} lists {listed}"
+                time.sleep(0.1)  # polling the membership, the event we wait on
+
+
+def clean_up(replicas: list[ServiceProcess]) -> None:
+    for replica in replicas:
+        replica.clean_up()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, amqp_url: str
+) -> Iterator[list[ServiceProcess]]:
+    replicas = start_replicas(tmp_path_factory.mktemp("replicas"), amqp_url, 3)
+    try:
+        wait_until_all_listed(replicas)
+        yield replicas
+    finally:
+        clean_up(replicas)
+
+
+#: The name the second replica of :func:`pair` gives its broker connections.
+PAIR_CONNECTION = f"ess-e2e-replica-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def pair(tmp_path: Path, amqp_url: str) -> Iterator[list[ServiceProcess]]:
+    """Two replicas of the test's own (the second gets killed or cut off)."""
+    separator = "&" if "?" in amqp_url else "?"
+    named = f"{amqp_url}{separator}connection_name={PAIR_CONNECTION}"
+    replicas = start_replicas(tmp_path, amqp_url, 2, last_url=named)
+    try:
+        wait_until_all_listed(replicas)
+        yield replicas
+    finally:
+        clean_up(replicas)
+
+
+@pytest.fixture
+async def broker(cluster: list[ServiceProcess], amqp_url: str) -> AsyncIterator[RabbitMQBroker]:
+    async with trio.open_nursery() as nursery:
+        test_broker = RabbitMQBroker(amqp_url, cluster[0].exchange)
+        await nursery.start(test_broker.run)
+        await test_broker.wait_available()
+        yield test_broker
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def routing_key() -> str:
+    return f"ess.e2e.replicas.{uuid.uuid4().hex[:12]}"
+
+
+async def create(replica: ServiceProcess, routing_key: str) -> tuple[int, str]:
+    """POST on ``replica``; returns the id and the websocket uuid."""
+    async with httpx.AsyncClient(base_url=replica.api, timeout=10.0) as api:
+        response = await api.post("/event-stream/", json={"routing_key": routing_key})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["id"], body["location"].rsplit("/", 1)[-1]
+
+
+def on(replica: ServiceProcess, stream_uuid: str) -> str:
+    """The websocket URL of the stream on ``replica``."""
+    return f"{replica.ws_base}/event-stream/{stream_uuid}"
+
+
+async def delete_and_watch(
+    deleter: ServiceProcess, stream_id: int, ws: WebSocketConnection
+) -> list[str]:
+    order: list[str] = []
+
+    async def watch() -> None:
+        closed = await wait_closed(ws)
+        order.append(f"closed {closed.code} {closed.reason}")
+
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30.0) as api:
+        nursery.start_soon(watch)
+        response = await api.delete(f"{deleter.api}/event-stream/{stream_id}")
+        order.append(f"http {response.status_code}")
+    return order
+
+
+async def test_debug_replicas_lists_every_replica(cluster: list[ServiceProcess]) -> None:
+    async with httpx.AsyncClient(timeout=10.0) as api:
+        for replica in cluster:
+            body = (await api.get(f"{replica.api}/debug/replicas")).json()
+            names = [entry["name"] for entry in body["replicas"]]
+            assert sorted(names) == ["replica-1", "replica-2", "replica-3"]
+            this = [entry for entry in body["replicas"] if entry["this"]]
+            assert [entry["name"] for entry in this] == [replica.extra_env["ESS_REPLICA_NAME"]]
+            for entry in body["replicas"]:
+                assert isinstance(entry["started_at"], float)
+                assert entry["websockets"] >= 0
+
+
+async def test_delete_on_one_replica_closes_the_websocket_on_another_before_the_204(
+    cluster: list[ServiceProcess], broker: RabbitMQBroker, routing_key: str
+) -> None:
+    first, second, third = cluster
+    stream_id, stream_uuid = await create(first, routing_key)
+    async with connect(on(second, stream_uuid)) as ws:
+        # The stream was created on replica 1; replica 2 serves it all the same.
+        await broker.publish(routing_key, b"served by replica 2")
+        assert (await receive(ws)).startswith("served by replica 2|")
+        order = await delete_and_watch(third, stream_id, ws)
+    assert order == ["closed 1000 The stream has been deleted", "http 204"]
+    async with httpx.AsyncClient(timeout=10.0) as api:
+        listed = (await api.get(f"{second.api}/event-stream/")).json()["event_streams"]
+    assert stream_id not in [entry["id"] for entry in listed]
+    # A websocket for the deleted stream is not served by any replica.
+    for replica in cluster:
+        async with connect(on(replica, stream_uuid)) as late:
+            closed = await wait_closed(late)
+            assert (closed.code, closed.reason) == (1000, "Unknown event stream")
+
+
+async def test_a_newer_connection_on_another_replica_takes_over_with_4001(
+    cluster: list[ServiceProcess], broker: RabbitMQBroker, routing_key: str
+) -> None:
+    first, second, third = cluster
+    _, stream_uuid = await create(third, routing_key)
+    async with connect(on(first, stream_uuid)) as old:
+        await broker.publish(routing_key, b"before")
+        assert (await receive(old)).startswith("before|")
+        async with connect(on(second, stream_uuid)) as new:
+            closed = await wait_closed(old)
+            assert closed.code == 4001
+            await broker.publish(routing_key, b"to the newest")
+            assert (await receive(new)).startswith("to the newest|")
+
+
+async def test_delete_answers_within_the_bound_when_a_replica_was_killed(
+    pair: list[ServiceProcess], routing_key: str
+) -> None:
+    survivor, victim = pair
+    stream_id, stream_uuid = await create(survivor, routing_key)
+    async with connect(on(victim, stream_uuid)):
+        victim.kill()
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=30.0) as api:
+        response = await api.delete(f"{survivor.api}/event-stream/{stream_id}")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 204
+    assert elapsed < 5.0 + 3.0, f"DELETE took {elapsed:.1f}s"
+
+
+async def test_a_replica_cut_off_during_a_delete_closes_the_stream_when_it_is_back(
+    pair: list[ServiceProcess], routing_key: str
+) -> None:
+    survivor, cut_off = pair
+    stream_id, stream_uuid = await create(survivor, routing_key)
+    await create(survivor, routing_key)  # keeps the queue: only the re-read can close
+    async with connect(on(cut_off, stream_uuid)) as ws:
+        assert cut_off.process is not None
+        # Frozen, and its broker connections (so its control queue) closed by the broker.
+        cut_off.process.send_signal(signal.SIGSTOP)
+        try:
+            await close_connection_named(PAIR_CONNECTION)
+            started = time.monotonic()
+            async with httpx.AsyncClient(timeout=30.0) as api:
+                response = await api.delete(f"{survivor.api}/event-stream/{stream_id}")
+            assert response.status_code == 204
+            assert time.monotonic() - started < 5.0 + 3.0
+        finally:
+            cut_off.process.send_signal(signal.SIGCONT)
+        # Back: it reconnects, re-reads the registry and closes the deleted stream.
+        closed = await wait_closed(ws, timeout=30.0)
+        assert (closed.code, closed.reason) == (1000, "The stream has been deleted")
