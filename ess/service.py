@@ -66,7 +66,7 @@ async def serve(config: Config) -> int:
 
 async def _serve_with_registry(config: Config, registry: Registry) -> int:
     broker = RabbitMQBroker(
-        config.amqp_url,
+        config.amqp_urls,
         config.exchange,
         max_age=config.stream_max_age,
         max_length_bytes=config.stream_max_length_bytes,

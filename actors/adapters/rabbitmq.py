@@ -19,7 +19,7 @@ This module holds the port's operations, each a few broker calls inside
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
 
@@ -56,7 +56,7 @@ class RabbitMQBroker:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         exchange: str,
         *,
         max_age: str = "7D",
@@ -70,7 +70,7 @@ class RabbitMQBroker:
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("backoff must satisfy 0 < backoff_initial <= backoff_max")
         self.pool = ConnectionPool(
-            amqp.parse_url(url),  # ValueError names what is wrong
+            [amqp.parse_url(one) for one in ([url] if isinstance(url, str) else url)],
             exchange,
             pool_size=pool_size,
             backoff=BackoffPolicy(backoff_initial, backoff_max, jitter=0.5),

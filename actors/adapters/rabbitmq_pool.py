@@ -14,6 +14,11 @@ with the service's one :class:`~actors.backoff.Backoff` (``backoff_initial``
 doubling to ``backoff_max``, half jittered; never a busy loop).
 ``available`` is true while at least one pooled connection is up.
 
+Several broker URLs (``ESS_AMQP_URL`` may list the nodes of a cluster): slot
+``i`` starts with URL ``i`` (so the slots spread over the nodes) and moves to
+the next URL after every lost connection or failed attempt, so a node that
+went away is left at once and the next reconnect tries another.
+
 Start-up policy: :meth:`~ConnectionPool.run` reports *started* as soon as
 the first connection is up -- or as soon as the first attempt found the
 broker unreachable, so the service starts and reports not-ready while the
@@ -32,8 +37,9 @@ for a connection (:meth:`ConnectionPool.pick`), a bounded management channel
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -79,7 +85,7 @@ class ConnectionPool:
 
     def __init__(
         self,
-        parameters: amqp.ConnectionParameters,
+        endpoints: Sequence[amqp.ConnectionParameters],
         exchange: str,
         *,
         pool_size: int,
@@ -89,12 +95,14 @@ class ConnectionPool:
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
-        self._parameters = parameters
+        if not endpoints:
+            raise ValueError("at least one broker URL is needed")
+        self._endpoints = tuple(endpoints)
         self.exchange = exchange
         self.pool_size = pool_size
         self.operation_timeout = operation_timeout
         self._backoff = backoff
-        self._connection_name = parameters.connection_name or connection_name
+        self._connection_name = self._endpoints[0].connection_name or connection_name
         #: Connection attempts made (successful or not), for metrics and tests.
         self.connection_attempts = 0
         #: Successful connections after a pooled connection had been lost.
@@ -156,10 +164,12 @@ class ConnectionPool:
             raise self._fatal
 
     async def _slot(self, slot: int, first_outcome: trio.Event | None) -> None:
-        parameters = replace(self._parameters, connection_name=self.connection_names()[slot])
+        name = self.connection_names()[slot]
+        endpoints = self._endpoints
         backoff = Backoff(self._backoff)
         was_connected = False
-        while True:
+        for attempt in itertools.count(slot):
+            parameters = replace(endpoints[attempt % len(endpoints)], connection_name=name)
             self.connection_attempts += 1
             try:
                 async with amqp.connect(parameters) as connection:
@@ -184,7 +194,11 @@ class ConnectionPool:
                 amqp.AccessRefused,
                 BrokerConfigurationError,
             ) as exc:
-                error = exc if isinstance(exc, BrokerError) else self._configuration_error(exc)
+                error = (
+                    exc
+                    if isinstance(exc, BrokerError)
+                    else self._configuration_error(exc, parameters)
+                )
                 if not self._ever_connected:
                     self._fatal = error
                     log.error("broker configuration error: %s", error)
@@ -219,8 +233,9 @@ class ConnectionPool:
             await pooled.publisher()
         return pooled
 
-    def _configuration_error(self, exc: BaseException) -> BrokerConfigurationError:
-        p = self._parameters
+    def _configuration_error(
+        self, exc: BaseException, p: amqp.ConnectionParameters
+    ) -> BrokerConfigurationError:
         where = f"{p.username}@{p.host}:{p.port} vhost {p.vhost!r}"
         if isinstance(exc, amqp.AuthenticationError):
             return BrokerConfigurationError(f"RabbitMQ refused the credentials of {where}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol
 
@@ -81,7 +81,7 @@ async def take(
 
 
 def make_rabbitmq_broker(
-    url: str = AMQP_URL, exchange: str | None = None, **kwargs: Any
+    url: str | Sequence[str] = AMQP_URL, exchange: str | None = None, **kwargs: Any
 ) -> RabbitMQBroker:
     """A RabbitMQ adapter with a unique exchange and connection name, quick to retry."""
     return RabbitMQBroker(

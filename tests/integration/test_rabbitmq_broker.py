@@ -55,6 +55,16 @@ async def test_start_declares_a_durable_direct_exchange(broker: RabbitMQBroker) 
                 await ch.exchange_declare(broker.exchange, "direct", durable=False)
 
 
+async def test_a_node_that_does_not_answer_is_left_for_the_next_url() -> None:
+    with socket.socket() as closed:  # a port with nobody listening: connections refused
+        closed.bind(("127.0.0.1", 0))
+        dead = f"amqp://guest:guest@127.0.0.1:{closed.getsockname()[1]}/"
+    async with running(make_rabbitmq_broker([dead, AMQP_URL])) as broker:
+        # Slot 0 began with the dead node and moved on; slot 1 began with the live one.
+        assert broker.available
+        assert broker.connection_attempts == 3
+
+
 async def test_exchange_of_another_type_fails_start_clearly() -> None:
     exchange = f"test-ess-exchange-{uuid.uuid4()}"
     async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:
