@@ -151,6 +151,28 @@ def _schemas() -> dict[str, Any]:
             ),
             "additionalProperties": True,
         },
+        "Replicas": {
+            "type": "object",
+            "required": ["replica", "replicas"],
+            "properties": {
+                "replica": replica,
+                "replicas": {
+                    "type": "array",
+                    "description": "The replicas alive now, the answering one first",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "name", "websockets", "this"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "name": {"type": "string"},
+                            "started_at": {"type": "number"},
+                            "websockets": {"type": "integer", "minimum": 0},
+                            "this": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
     }
 
 
@@ -249,6 +271,13 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
                 "The actor tree",
                 {"200": _json_body("ActorTree", "The tree")},
                 operationId="getActorTree",
+            )
+        },
+        "/debug/replicas": {
+            "get": ops_operation(
+                "The replicas alive now (SPEC section 7)",
+                {"200": _json_body("Replicas", "The replicas")},
+                operationId="getReplicas",
             )
         },
         "/debug/": {
