@@ -320,7 +320,11 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         config = load_config(environ, overrides)
     except ConfigError as exc:
         return _config_error(exc)
-    configure_logging(config.log_level, config.log_format)
+    # JSON lines always name the replica; text lines when several share a log.
+    shared = config.log_format == "json" or config.workers > 1 or args.as_worker
+    configure_logging(
+        config.log_level, config.log_format, replica=config.replica_name if shared else None
+    )
 
     if config.workers > 1 and not args.as_worker:
         from ess import workers

@@ -95,16 +95,31 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _ReplicaField(logging.Filter):
+    """Puts ``replica=<name>`` on every record: several replicas may share one log."""
+
+    def __init__(self, replica: str) -> None:
+        super().__init__()
+        self._replica = replica
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.replica = self._replica
+        return True
+
+
 def configure_logging(
     level: str,
     fmt: Literal["text", "json"],
     *,
     stream: IO[str] | None = None,
+    replica: str | None = None,
 ) -> None:
     """Send every logger's records to ``stream`` (stderr) in format ``fmt``.
 
     Idempotent: calling it again replaces the handler it installed before.
     ``level`` is a name such as ``INFO`` (already validated by ess.config).
+    With ``replica``, every line names the replica (SPEC section 7): the
+    workers of ``ess serve --workers N`` share one stderr.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -112,6 +127,8 @@ def configure_logging(
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if replica is not None:
+        handler.addFilter(_ReplicaField(replica))
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

@@ -139,7 +139,7 @@ def _fake_service(monkeypatch: pytest.MonkeyPatch, serve: object) -> None:
     monkeypatch.setitem(sys.modules, "ess.service", fake)
     monkeypatch.setattr(ess, "service", fake, raising=False)
     # Keep the root logger as pytest set it up: no handler on a captured stream.
-    monkeypatch.setattr("ess.cli.configure_logging", lambda level, fmt: None)
+    monkeypatch.setattr("ess.cli.configure_logging", lambda level, fmt, **kwargs: None)
 
 
 def test_serve_runs_the_service_with_the_config(

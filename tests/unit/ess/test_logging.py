@@ -75,6 +75,16 @@ def test_text_is_compact_with_extras() -> None:
     assert line[:4].isdigit() and line.split(" ", 1)[0].endswith("Z")
 
 
+def test_every_line_names_the_replica_when_asked() -> None:
+    json_out, text_out = io.StringIO(), io.StringIO()
+    configure_logging("INFO", "json", stream=json_out, replica="ess-a-w2")
+    logging.getLogger("ess.test").info("one", extra={"stream": 3})
+    assert json.loads(json_out.getvalue())["replica"] == "ess-a-w2"
+    configure_logging("INFO", "text", stream=text_out, replica="ess-a-w2")
+    logging.getLogger("ess.test").info("two")
+    assert text_out.getvalue().splitlines()[0].endswith(" INFO ess.test: two replica=ess-a-w2")
+
+
 def test_reconfiguring_replaces_the_handler() -> None:
     first, second = io.StringIO(), io.StringIO()
     configure_logging("INFO", "text", stream=first)
