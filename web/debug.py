@@ -24,14 +24,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import trio
 import trio.lowlevel
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from actors.ports.registry import StreamRecord
 from actors.snapshot import short_uuid
 from web.debug_query import (
     FULL_TREE_LIMIT,
@@ -46,7 +45,7 @@ from web.debug_query import (
     parse_query,
     stream_row,
 )
-from web.ports import StreamDirectory
+from web.ports import StreamDirectory, StreamView
 from web.responses import error_response, json_response
 
 #: Endpoints reachable without the bearer token (besides ``/health/*``).
@@ -57,31 +56,11 @@ INDEX_TTL = 1.0
 BATCH = 500
 
 
-class StreamActorView(Protocol):
-    """One stream actor, as the debug view reads it (``actors.stream.StreamActor``).
-
-    ``state`` is ``idle`` exactly when the stream has no connections (and is
-    not closing or restarting): an idle stream's row needs no snapshot.
-    """
-
-    @property
-    def record(self) -> StreamRecord: ...
-
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def restarts(self) -> int: ...
-
-    def snapshot(self) -> Json: ...
-
-
-@runtime_checkable
 class ActorTree(Protocol):
     """The supervisor, as the debug view reads it: its streams by id, and the whole tree."""
 
     @property
-    def streams(self) -> Sequence[StreamActorView]: ...
+    def streams(self) -> Sequence[StreamView]: ...
 
     def snapshot(self) -> Json: ...
 
@@ -105,9 +84,9 @@ class DebugView:
         self._building = trio.Lock()
         #: The supervisor's list of stream actors (a fresh, sorted copy per call, so
         #: costly at 50,000) and when it was taken; the index is built from it.
-        self._listed: Sequence[StreamActorView] = ()
+        self._listed: Sequence[StreamView] = ()
         self._listed_at = -INDEX_TTL
-        self._indexed: Sequence[StreamActorView] | None = None
+        self._indexed: Sequence[StreamView] | None = None
         #: The idle rows of the last index by stream id, reused while unchanged:
         #: 50,000 fresh objects a second would survive into the oldest garbage
         #: collector generation and bring on full collections (~100 ms pauses).
@@ -152,7 +131,7 @@ class DebugView:
         self._meter.keep_only(sampled)  # every stream is here: forget the ones gone
         return tree
 
-    def stream(self, streams: Sequence[StreamActorView], stream_id: int) -> Json | None:
+    def stream(self, streams: Sequence[StreamView], stream_id: int) -> Json | None:
         """One stream's node and its connections, with rates and lag; ``None`` if unknown."""
         actor = _find(streams, stream_id)
         if actor is None:
@@ -164,7 +143,7 @@ class DebugView:
             counters["created_at"] = actor.record.created_at
         return snapshot
 
-    async def index(self, streams: Sequence[StreamActorView]) -> StreamIndex:
+    async def index(self, streams: Sequence[StreamView]) -> StreamIndex:
         """The index of ``streams``, rebuilt if older than :data:`INDEX_TTL`."""
         async with self._building:  # one rebuild at a time; waiters reuse its result
             index = self._index
@@ -173,7 +152,7 @@ class DebugView:
                 self._indexed = streams
         return index
 
-    def _actors(self, *, fresh: bool) -> Sequence[StreamActorView]:
+    def _actors(self, *, fresh: bool) -> Sequence[StreamView]:
         """The stream actors by id: taken at most once per :data:`INDEX_TTL` unless ``fresh``.
 
         A search scans every row anyway and must find a stream created a
@@ -185,11 +164,11 @@ class DebugView:
             self._listed, self._listed_at = self._tree.streams, now
         return self._listed
 
-    def _stale(self, index: StreamIndex, streams: Sequence[StreamActorView]) -> bool:
+    def _stale(self, index: StreamIndex, streams: Sequence[StreamView]) -> bool:
         """Older than :data:`INDEX_TTL`, or built from another list of the streams."""
         return self._clock() - index.taken_at >= INDEX_TTL or streams is not self._indexed
 
-    async def _build_index(self, streams: Sequence[StreamActorView]) -> StreamIndex:
+    async def _build_index(self, streams: Sequence[StreamView]) -> StreamIndex:
         now = self._clock()
         rows: list[StreamRow] = []
         active: list[StreamRow] = []
@@ -211,7 +190,7 @@ class DebugView:
 
     def _row(
         self,
-        actor: StreamActorView,
+        actor: StreamView,
         now: float,
         sampled: list[object],
         idle: Mapping[int, StreamRow],
@@ -232,9 +211,7 @@ class DebugView:
         sampled.extend(measures.meter_keys)
         return stream_row(snapshot, record.created_at, measures)
 
-    async def _page(
-        self, index: StreamIndex, query: Query, streams: Sequence[StreamActorView]
-    ) -> Json:
+    async def _page(self, index: StreamIndex, query: Query, streams: Sequence[StreamView]) -> Json:
         """A page in the index's order, its rows read afresh from their actors."""
         matches = order = index.order(query.sort)
         if query.routing_key is not None or query.state is not None or query.search is not None:
@@ -255,12 +232,10 @@ class DebugView:
 def install_debug_routes(app: QuartTrio, streams: StreamDirectory, *, replica: str) -> None:
     """``GET /debug/actors`` (JSON, the root names the replica) and ``GET /debug/`` (HTML)."""
     page_html = resources.files("web").joinpath("static", "debug.html").read_text(encoding="utf-8")
-    view = DebugView(streams) if isinstance(streams, ActorTree) else None
+    view = DebugView(streams)
 
     @app.get("/debug/actors")
     async def debug_actors() -> Response:
-        if view is None:  # a directory without per-stream access: only the whole tree
-            return json_response({**streams.snapshot(), "replica": replica})
         try:
             query = parse_query(_single_values(request.args))
         except QueryError as error:
@@ -280,7 +255,7 @@ def install_debug_routes(app: QuartTrio, streams: StreamDirectory, *, replica: s
         )
 
 
-def _find(streams: Sequence[StreamActorView], stream_id: int) -> StreamActorView | None:
+def _find(streams: Sequence[StreamView], stream_id: int) -> StreamView | None:
     """The actor of ``stream_id`` in ``streams`` (ordered by id), by bisection."""
     at = bisect.bisect_left(streams, stream_id, key=lambda actor: actor.record.id)
     return streams[at] if at < len(streams) and streams[at].record.id == stream_id else None

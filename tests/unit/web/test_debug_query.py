@@ -21,6 +21,7 @@ from web.debug_query import (
     RateMeter,
     StreamIndex,
     StreamRow,
+    connection_lags,
     measure,
     page,
     parse_query,
@@ -141,6 +142,19 @@ def test_a_connections_own_consumer_reporting_its_last_offset_counts() -> None:
     assert measure(stream(1, replaying), RateMeter(), 0.0).lag == 40
 
 
+def test_connection_lags_are_the_lags_measure_gives_without_touching_the_snapshot() -> None:
+    snapshot = stream(
+        1,
+        connection("fast", 10, 10, 100),
+        connection("slow", 4, 4, 60),
+        connection("new", 0, 0, None),
+        hub_offset=119,
+    )
+    assert connection_lags(snapshot) == [20, 60]
+    assert "lag" not in snapshot["counters"]  # type: ignore[operator]
+    assert connection_lags(stream(2)) == []
+
+
 def test_rates_of_a_stream_and_its_connections() -> None:
     meter = RateMeter()
     measure(stream(1, connection("a", 0, 0, None), connection("b", 0, 0, None)), meter, 0.0)
@@ -179,6 +193,15 @@ def test_summary_counts_states_totals_and_tops() -> None:
     assert [r["id"] for r in top["rate"]] == [7, 500]  # ties broken by id
     assert [r["id"] for r in top["connections"]] == [7, 900]
     assert [r["id"] for r in top["lag"]] == [900, 500]
+    assert summary["lag_max"] == {"stream": 900, "lag": 40}  # what the gauge is about
+
+
+def test_the_worst_lag_is_none_until_a_connection_has_sent_something() -> None:
+    rows = idle_rows(3)
+    rows[1].state, rows[1].connections = "active", 1
+    assert StreamIndex(rows, 0.0, [rows[1]]).summary()["lag_max"] is None
+    rows[1].lag = 0
+    assert StreamIndex(rows, 0.0, [rows[1]]).summary()["lag_max"] == {"stream": 2, "lag": 0}
 
 
 def test_pages_by_id_follow_the_cursor_to_the_end() -> None:
