@@ -10,8 +10,12 @@ Bearer``.
 ``/debug/actors`` costs what its answer costs (the logic is in
 :mod:`web.debug_query`): a small deployment gets the whole tree, a large one
 a summary, and pages or single streams on request. Only the streams an
-answer needs are snapshotted. The per-stream rows behind summaries and pages
-(an index) are rebuilt at most once per :data:`INDEX_TTL` however many
+answer needs are snapshotted. The summary is built from the busy streams
+only (the supervisor's ``busy_streams``: every stream with connections) and
+the count of streams, at most once per :data:`INDEX_TTL`; a page in id order
+without filters is a slice of the streams after its cursor. Only filters and
+the measure sorts (rate, lag, connections) need the per-stream rows of every
+stream (an index), rebuilt at most once per :data:`INDEX_TTL` however many
 clients poll, by one task at a time, in batches of :data:`BATCH` streams
 with a checkpoint between batches, so no answer holds the event loop for
 long whatever the number of streams.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
@@ -35,15 +40,18 @@ from actors.snapshot import short_uuid
 from web.debug_query import (
     FULL_TREE_LIMIT,
     Json,
+    Page,
     Query,
     QueryError,
     RateMeter,
     StreamIndex,
     StreamRow,
+    decode_cursor,
     measure,
     page,
     parse_query,
     stream_row,
+    summarise,
 )
 from web.ports import StreamDirectory, StreamView
 from web.responses import error_response, json_response
@@ -57,10 +65,16 @@ BATCH = 500
 
 
 class ActorTree(Protocol):
-    """The supervisor, as the debug view reads it: its streams by id, and the whole tree."""
+    """The supervisor, as the debug view reads it (:class:`web.ports.StreamDirectory`)."""
 
     @property
     def streams(self) -> Sequence[StreamView]: ...
+
+    @property
+    def stream_count(self) -> int: ...
+
+    @property
+    def busy_streams(self) -> Sequence[StreamView]: ...
 
     def snapshot(self) -> Json: ...
 
@@ -91,6 +105,8 @@ class DebugView:
         #: 50,000 fresh objects a second would survive into the oldest garbage
         #: collector generation and bring on full collections (~100 ms pauses).
         self._idle: dict[int, StreamRow] = {}
+        #: The last summary and when it was taken (from the busy streams only).
+        self._summary: tuple[Json, float] | None = None
 
     async def answer(self, query: Query) -> tuple[int, Json]:
         """(HTTP status, body) of ``query``."""
@@ -104,20 +120,67 @@ class DebugView:
             if found is None:
                 return 404, {"detail": f"No event stream with id {query.stream}"}
             return 200, found
-        if query.mode == "full" or (query.mode == "auto" and len(streams) <= FULL_TREE_LIMIT):
+        count = self._tree.stream_count
+        if query.mode == "full" or (query.mode == "auto" and count <= FULL_TREE_LIMIT):
             return 200, self.full_tree()
-        index = await self.index(streams)
+        if query.mode == "page" and not filtered and query.sort in ("id", "age"):
+            return 200, self._id_page(streams, query) | self._header(self._clock())
         if query.mode == "page":
-            return 200, (await self._page(index, query, streams)) | self._header(index)
-        return 200, index.summary() | self._header(index)
+            index = await self.index(streams)
+            body = await self._page(index, query, streams)
+            return 200, body | self._header(index.taken_at)
+        summary, taken_at = await self.summary()
+        return 200, summary | self._header(taken_at)
 
-    def _header(self, index: StreamIndex) -> Json:
+    def _header(self, taken_at: float) -> Json:
         now = self._wall_clock()
         return {
             "started_at": self._started_at,
             "uptime": round(now - self._started_at, 3),
-            "sampled_at": round(now - (self._clock() - index.taken_at), 3),
+            "sampled_at": round(now - (self._clock() - taken_at), 3),
         }
+
+    async def summary(self) -> tuple[Json, float]:
+        """The summary and when it was taken, at most :data:`INDEX_TTL` old.
+
+        Built from the busy streams only (those with a running task, so every
+        stream with connections): every other stream is idle, so the count
+        of streams is enough for them. O(busy streams), in batches of
+        :data:`BATCH` with a checkpoint between them.
+        """
+        async with self._building:  # one build at a time; waiters reuse its result
+            cached = self._summary
+            if cached is not None and self._clock() - cached[1] < INDEX_TTL:
+                return cached
+            now = self._clock()
+            rows: list[StreamRow] = []
+            sampled: list[object] = []
+            for at, actor in enumerate(self._tree.busy_streams):
+                if at % BATCH == BATCH - 1:
+                    await trio.lowlevel.checkpoint()
+                    now = self._clock()
+                rows.append(self._row(actor, now, sampled, {}))
+            total = self._tree.stream_count
+            states = Counter(row.state for row in rows)
+            if total > len(rows):
+                states["idle"] += total - len(rows)
+            active = [row for row in rows if row.connections]
+            self._meter.keep_only(sampled)  # every stream with connections was sampled
+            self._summary = summarise(active, states, total), self._clock()
+            return self._summary
+
+    def _id_page(self, streams: Sequence[StreamView], query: Query) -> Json:
+        """A page in id order without filters: the ``limit`` streams after the cursor, no index."""
+        start = 0
+        if query.cursor is not None:
+            _, after = decode_cursor(query.cursor, query.sort)
+            start = bisect.bisect_right(streams, after, key=lambda actor: actor.record.id)
+        chosen = streams[start : start + query.limit]
+        now = self._clock()
+        rows = [self._row(actor, now, [], self._idle) for actor in chosen]
+        more = start + query.limit < len(streams)
+        cursor = str(rows[-1].id) if more and rows else None
+        return Page(rows, cursor, len(streams)).as_json()
 
     def full_tree(self) -> Json:
         """The whole tree, each stream and connection with its rate and lag."""

@@ -94,7 +94,7 @@ def parse_query(args: Mapping[str, str]) -> Query:
         raise QueryError(f"?limit= is at most {MAX_LIMIT}")
     cursor = args.get("cursor") or None
     if cursor is not None:
-        _decode_cursor(cursor, sort)  # reject a malformed cursor now, with a clear reason
+        decode_cursor(cursor, sort)  # reject a malformed cursor now, with a clear reason
     return Query(
         mode="page",
         routing_key=_text(args, "routing_key"),
@@ -362,7 +362,7 @@ def _encode_cursor(sort: Sort, row: StreamRow) -> str:
     return str(stream_id) if sort in ("id", "age") else f"{value!r}:{stream_id}"
 
 
-def _decode_cursor(cursor: str, sort: Sort) -> tuple[float, int]:
+def decode_cursor(cursor: str, sort: Sort) -> tuple[float, int]:
     """The (sort value, id) a cursor points after; :class:`QueryError` if malformed."""
     try:
         if sort in ("id", "age"):
@@ -415,23 +415,32 @@ class StreamIndex:
         return self._summary
 
     def _summarise(self) -> Json:
-        top = self.top_n
         states = Counter(row.state for row in self.rows)
-        active = self.active
-        return {
-            "kind": "summary",
-            "streams": len(self.rows),
-            "states": dict(sorted(states.items())),
-            "connections": sum(row.connections for row in active),
-            "rate_in": round(sum(row.rate_in for row in active), 2),
-            "rate_out": round(sum(row.rate_out for row in active), 2),
-            "lag_max": _worst_lag(active),
-            "top": {
-                "rate": _top(active, top, lambda row: row.rate_in + row.rate_out),
-                "connections": _top(active, top, lambda row: row.connections),
-                "lag": _top(active, top, lambda row: row.lag or 0),
-            },
-        }
+        return summarise(self.active, states, len(self.rows), self.top_n)
+
+
+def summarise(
+    active: Sequence[StreamRow], states: Mapping[str, int], total: int, top: int = TOP_N
+) -> Json:
+    """The summary of ``total`` streams: ``states`` counted, ``active`` those with connections.
+
+    Only the active rows carry rates, connections and lags, so a summary
+    costs what the busy streams cost once their states are counted.
+    """
+    return {
+        "kind": "summary",
+        "streams": total,
+        "states": dict(sorted(states.items())),
+        "connections": sum(row.connections for row in active),
+        "rate_in": round(sum(row.rate_in for row in active), 2),
+        "rate_out": round(sum(row.rate_out for row in active), 2),
+        "lag_max": _worst_lag(active),
+        "top": {
+            "rate": _top(active, top, lambda row: row.rate_in + row.rate_out),
+            "connections": _top(active, top, lambda row: row.connections),
+            "lag": _top(active, top, lambda row: row.lag or 0),
+        },
+    }
 
 
 def _worst_lag(rows: Sequence[StreamRow]) -> Json | None:
@@ -485,7 +494,7 @@ def page(matches: Sequence[StreamRow], query: Query) -> Page:
     """
     start = 0
     if query.cursor is not None:
-        after = _decode_cursor(query.cursor, query.sort)
+        after = decode_cursor(query.cursor, query.sort)
         start = bisect.bisect_right(matches, after, key=_sort_key(query.sort))
     chosen = list(matches[start : start + query.limit])
     more = start + query.limit < len(matches)
