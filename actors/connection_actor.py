@@ -85,7 +85,8 @@ class ConsumerNode:
         #: How many times the consumer has been attached (1 + resubscriptions).
         self.subscriptions = 0
 
-    def snapshot(self, name: str) -> Snapshot:
+    def snapshot(self, name: str, last_offset: int | None) -> Snapshot:
+        """Its node; ``last_offset`` is the highest offset the connection received."""
         return node(
             "consumer",
             name,
@@ -95,6 +96,7 @@ class ConsumerNode:
                 "start": describe_position(self.position),
                 "prefetch": self.prefetch,
                 "subscriptions": self.subscriptions,
+                "last_offset": last_offset,
             },
         )
 
@@ -431,5 +433,5 @@ class ConnectionActor:
                 "last_ordinal": self.last_ordinal,
                 "peer": self.peer,
             },
-            [self._consumer.snapshot(f"{self.id}/consumer")],
+            [self._consumer.snapshot(f"{self.id}/consumer", self._core.newest_offset)],
         )

@@ -114,6 +114,7 @@ class Delivery:
         "cursor",
         "initial",
         "last_ordinal",
+        "newest_offset",
         "not_before_ms",
         "received",
         "since_ms",
@@ -131,6 +132,9 @@ class Delivery:
         self.cursor: int | None = None
         #: Ordinal of the last frame sent.
         self.last_ordinal: int | None = None
+        #: The highest offset handed to :meth:`receive` (filtered events too):
+        #: the newest event of the stream this connection knows of, for lag.
+        self.newest_offset: int | None = None
         #: Events handed to :meth:`receive`, and those skipped.
         self.received = 0
         self.skipped = 0
@@ -186,6 +190,8 @@ class Delivery:
         """Decide what ``event`` (received at wall time ``now_ms``) becomes."""
         self.received += 1
         offset = event.offset
+        if self.newest_offset is None or offset > self.newest_offset:
+            self.newest_offset = offset
         ordinal = offset + 1
         own_ms = event.timestamp_ms
         if offset < self._min_offset:

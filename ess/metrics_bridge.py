@@ -1,7 +1,8 @@
-"""Feeds what the actors report into the Prometheus metrics of ``web/``."""
+"""Feeds what the actors and the broker adapter report into the Prometheus metrics of ``web/``."""
 
 from __future__ import annotations
 
+from actors.adapters.rabbitmq import RabbitMQBroker
 from web.metrics import ServiceMetrics
 
 
@@ -21,3 +22,16 @@ class MetricsObserver:
 
     def consumer_subscribed(self) -> None:
         self._subscriptions.inc()
+
+
+def report_broker(metrics: ServiceMetrics, broker: RabbitMQBroker) -> None:
+    """Export the broker connection pool's state, read at every scrape.
+
+    ``ess_broker_reconnects_total`` and ``ess_broker_connection_attempts_total``
+    from the pool's counters, ``ess_broker_connections`` from the pooled
+    connections up right now (the pool drops a connection from its list the
+    moment it is lost). Reading at scrape time costs nothing between scrapes.
+    """
+    pool = broker.pool
+    metrics.read_broker_counts_from(lambda: (pool.reconnects, pool.connection_attempts))
+    metrics.read_broker_connections_from(lambda: len(pool.connections))

@@ -94,7 +94,7 @@ def parse_query(args: Mapping[str, str]) -> Query:
         raise QueryError(f"?limit= is at most {MAX_LIMIT}")
     cursor = args.get("cursor") or None
     if cursor is not None:
-        _decode_cursor(cursor, sort)  # reject a malformed cursor now, with a clear reason
+        decode_cursor(cursor, sort)  # reject a malformed cursor now, with a clear reason
     return Query(
         mode="page",
         routing_key=_text(args, "routing_key"),
@@ -221,19 +221,7 @@ def measure(snapshot: Json, meter: RateMeter, now: float) -> Measures:
     It is a lower bound: events the broker holds that no consumer of this
     stream has received yet are not known here.
     """
-    children = _children(snapshot)
-    connections = [child for child in children if child.get("kind") == "connection"]
-    newest: int | None = None
-    # The stream's own consumers and its connections' (one level further down).
-    for child in children + [c for conn in connections for c in _children(conn)]:
-        counters = _counters(child)
-        if child.get("kind") == "consumer":
-            offset = _int(counters.get("last_offset"))
-            if offset is not None:
-                newest = offset + 1 if newest is None else max(newest, offset + 1)
-        ordinal = _int(counters.get("last_ordinal"))
-        if ordinal is not None:
-            newest = ordinal if newest is None else max(newest, ordinal)
+    connections, newest = _connections_and_newest(snapshot)
     found = Measures(newest_ordinal=newest)
     for connection in connections:
         values = connection.get("counters")
@@ -243,8 +231,7 @@ def measure(snapshot: Json, meter: RateMeter, now: float) -> Measures:
         sent = _int(values.get("messages_sent")) or 0
         key = ("connection", connection.get("name"))
         rate_in, rate_out = meter.rates(key, now, received, sent)
-        ordinal = _int(values.get("last_ordinal"))
-        lag = None if ordinal is None or newest is None else newest - ordinal
+        lag = _lag(values, newest)
         values.update(rate_in=round(rate_in, 2), rate_out=round(rate_out, 2), lag=lag)
         found.meter_keys.append(key)
         found.received += received
@@ -260,6 +247,41 @@ def measure(snapshot: Json, meter: RateMeter, now: float) -> Measures:
         )
         found.meter_keys.append(key)
     return found
+
+
+def connection_lags(snapshot: Json) -> list[int]:
+    """The lag of each connection of a stream snapshot that has sent something.
+
+    The same lag as :func:`measure` gives (without rates, and without
+    changing the snapshot): what ``ess_connection_lag_events`` samples.
+    """
+    connections, newest = _connections_and_newest(snapshot)
+    lags = (_lag(_counters(connection), newest) for connection in connections)
+    return [lag for lag in lags if lag is not None]
+
+
+def _connections_and_newest(snapshot: Json) -> tuple[list[Json], int | None]:
+    """A stream snapshot's connection nodes, and the newest ordinal the stream knows of."""
+    children = _children(snapshot)
+    connections = [child for child in children if child.get("kind") == "connection"]
+    newest: int | None = None
+    # The stream's own consumers and its connections' (one level further down).
+    for child in children + [c for conn in connections for c in _children(conn)]:
+        counters = _counters(child)
+        if child.get("kind") == "consumer":
+            offset = _int(counters.get("last_offset"))
+            if offset is not None:
+                newest = offset + 1 if newest is None else max(newest, offset + 1)
+        ordinal = _int(counters.get("last_ordinal"))
+        if ordinal is not None:
+            newest = ordinal if newest is None else max(newest, ordinal)
+    return connections, newest
+
+
+def _lag(counters: Mapping[str, object], newest: int | None) -> int | None:
+    """A connection's lag: ``None`` until it has sent something (or nothing is known)."""
+    ordinal = _int(counters.get("last_ordinal"))
+    return None if ordinal is None or newest is None else newest - ordinal
 
 
 @dataclass(slots=True)
@@ -340,7 +362,7 @@ def _encode_cursor(sort: Sort, row: StreamRow) -> str:
     return str(stream_id) if sort in ("id", "age") else f"{value!r}:{stream_id}"
 
 
-def _decode_cursor(cursor: str, sort: Sort) -> tuple[float, int]:
+def decode_cursor(cursor: str, sort: Sort) -> tuple[float, int]:
     """The (sort value, id) a cursor points after; :class:`QueryError` if malformed."""
     try:
         if sort in ("id", "age"):
@@ -393,22 +415,45 @@ class StreamIndex:
         return self._summary
 
     def _summarise(self) -> Json:
-        top = self.top_n
         states = Counter(row.state for row in self.rows)
-        active = self.active
-        return {
-            "kind": "summary",
-            "streams": len(self.rows),
-            "states": dict(sorted(states.items())),
-            "connections": sum(row.connections for row in active),
-            "rate_in": round(sum(row.rate_in for row in active), 2),
-            "rate_out": round(sum(row.rate_out for row in active), 2),
-            "top": {
-                "rate": _top(active, top, lambda row: row.rate_in + row.rate_out),
-                "connections": _top(active, top, lambda row: row.connections),
-                "lag": _top(active, top, lambda row: row.lag or 0),
-            },
-        }
+        return summarise(self.active, states, len(self.rows), self.top_n)
+
+
+def summarise(
+    active: Sequence[StreamRow], states: Mapping[str, int], total: int, top: int = TOP_N
+) -> Json:
+    """The summary of ``total`` streams: ``states`` counted, ``active`` those with connections.
+
+    Only the active rows carry rates, connections and lags, so a summary
+    costs what the busy streams cost once their states are counted.
+    """
+    return {
+        "kind": "summary",
+        "streams": total,
+        "states": dict(sorted(states.items())),
+        "connections": sum(row.connections for row in active),
+        "rate_in": round(sum(row.rate_in for row in active), 2),
+        "rate_out": round(sum(row.rate_out for row in active), 2),
+        "lag_max": _worst_lag(active),
+        "top": {
+            "rate": _top(active, top, lambda row: row.rate_in + row.rate_out),
+            "connections": _top(active, top, lambda row: row.connections),
+            "lag": _top(active, top, lambda row: row.lag or 0),
+        },
+    }
+
+
+def _worst_lag(rows: Sequence[StreamRow]) -> Json | None:
+    """``{"stream": id, "lag": events}`` of the stream furthest behind (lowest id on a tie).
+
+    What ``ess_connection_lag_events_max`` measures, with the stream it is
+    about (a label per stream would be a time series per stream).
+    """
+    lagging = [row for row in rows if row.lag is not None]
+    if not lagging:
+        return None
+    worst = min(lagging, key=lambda row: (-(row.lag or 0), row.id))
+    return {"stream": worst.id, "lag": worst.lag}
 
 
 def _top(
@@ -449,7 +494,7 @@ def page(matches: Sequence[StreamRow], query: Query) -> Page:
     """
     start = 0
     if query.cursor is not None:
-        after = _decode_cursor(query.cursor, query.sort)
+        after = decode_cursor(query.cursor, query.sort)
         start = bisect.bisect_right(matches, after, key=_sort_key(query.sort))
     chosen = list(matches[start : start + query.limit])
     more = start + query.limit < len(matches)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["METRICS_CONTENT_TYPE", "SERVICE_CLOSE_CODES", "ServiceMetrics", "close_code_label"]
@@ -43,6 +43,9 @@ def close_code_label(code: int) -> str:
     return str(code) if code in SERVICE_CLOSE_CODES else OTHER_CLOSE_CODE
 
 
+#: Buckets of ``ess_connection_lag_events``: events behind, by powers of ten.
+LAG_EVENT_BUCKETS = (0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0)
+
 _LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 
 
@@ -52,7 +55,9 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.event_streams = Gauge("ess_event_streams", "Event streams recorded", registry=r)
+        self.event_streams = Gauge(
+            "ess_event_streams", "Event streams this replica holds an actor for", registry=r
+        )
         self.websocket_connections = Gauge(
             "ess_websocket_connections", "Websocket connections open now", registry=r
         )
@@ -102,6 +107,18 @@ class ServiceMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.connection_lag = Histogram(
+            "ess_connection_lag_events",
+            "Each connection's lag (events behind its stream's newest known offset), "
+            "sampled at scrape time, at most once a second",
+            buckets=LAG_EVENT_BUCKETS,
+            registry=r,
+        )
+        self.connection_lag_max = Gauge(
+            "ess_connection_lag_events_max",
+            "The largest connection lag in events at the last sample (0: none behind)",
+            registry=r,
+        )
 
     def name_replica(self, name: str) -> None:
         """Set ``ess_replica_info{replica="<name>"} 1`` (one series: the last name given)."""
@@ -120,12 +137,21 @@ class ServiceMetrics:
         """
         self._broker_counts.source = source
 
+    def read_broker_connections_from(self, source: Callable[[], int]) -> None:
+        """Report ``ess_broker_connections`` (pooled connections up) at every scrape.
+
+        Without a source the gauge is not exported at all: a 0 would say
+        "the broker is down" about a service that never said so.
+        """
+        self._broker_counts.connections = source
+
 
 class _BrokerCounts(Collector):
-    """``ess_broker_reconnects_total`` and ``ess_broker_connection_attempts_total``."""
+    """The broker pool's counters, and ``ess_broker_connections`` once it has a source."""
 
     def __init__(self) -> None:
         self.source: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.connections: Callable[[], int] | None = None
 
     def collect(self) -> Iterator[Metric]:
         reconnects, attempts = self.source()
@@ -139,3 +165,9 @@ class _BrokerCounts(Collector):
             "Attempts to open a broker connection (successful or not)",
             value=attempts,
         )
+        if self.connections is not None:
+            yield GaugeMetricFamily(
+                "ess_broker_connections",
+                "Pooled broker connections up now (of ESS_AMQP_POOL_SIZE)",
+                value=self.connections(),
+            )

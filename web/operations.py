@@ -3,22 +3,34 @@
 Liveness answers as long as the event loop does; readiness asks the
 composition root (registry open, broker connected) through a callable so
 this module knows nothing about either.
+
+A scrape of ``/metrics`` costs what the busy streams cost, never what all
+streams cost: the stream count is the supervisor's own (O(1)), and the
+connections' lag is sampled from the streams with a running task only
+(:class:`LagSampler`), at most once per :data:`LAG_SAMPLE_INTERVAL`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+import trio
+import trio.lowlevel
 from quart import Response
 from quart_trio import QuartTrio
 
+from web.debug_query import connection_lags
 from web.metrics import METRICS_CONTENT_TYPE, ServiceMetrics
-from web.ports import StreamDirectory
+from web.ports import StreamDirectory, StreamView
 from web.responses import json_response
 
-log = logging.getLogger(__name__)
+#: The fewest seconds between two samples of the connections' lag: however
+#: often ``/metrics`` is polled, the sampling costs at most this much.
+LAG_SAMPLE_INTERVAL = 1.0
+#: Busy streams snapshotted between two checkpoints while sampling.
+LAG_BATCH = 200
 
 
 def install_operator_routes(
@@ -47,9 +59,12 @@ def install_operator_routes(
             return json_response({"status": "ready", "replica": replica})
         return json_response({"detail": reason, "replica": replica}, 503)
 
+    lags = LagSampler(streams, metrics)
+
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        await _refresh_stream_gauge(streams, metrics)
+        metrics.event_streams.set(streams.stream_count)
+        await lags.sample()
         return Response(metrics.render(), status=200, content_type=METRICS_CONTENT_TYPE)
 
     @app.get("/openapi.json")
@@ -57,14 +72,50 @@ def install_operator_routes(
         return json_response(openapi)
 
 
-async def _refresh_stream_gauge(streams: StreamDirectory, metrics: ServiceMetrics) -> None:
-    """Set ``ess_event_streams`` from the directory at scrape time.
+class BusyStreams(Protocol):
+    """Where the lag sampler finds the streams with connections (the supervisor)."""
 
-    Scrape-time counting cannot drift from the truth. It is best effort: a
-    registry hiccup must not make the metrics endpoint fail, so the gauge
-    then keeps its last value.
+    @property
+    def busy_streams(self) -> Sequence[StreamView]: ...
+
+
+class LagSampler:
+    """Samples every connection's lag into ``ess_connection_lag_events`` at scrape time.
+
+    Each sample observes the lag (events behind the stream's newest known
+    offset, :func:`web.debug_query.connection_lags`) of every connection that
+    has sent something into the histogram, and sets
+    ``ess_connection_lag_events_max`` to the largest (0 if none). A scrape
+    sooner than :data:`LAG_SAMPLE_INTERVAL` after the last sample reuses it,
+    so the histogram's count grows with time, not with the number of
+    scrapers. Only :attr:`BusyStreams.busy_streams` are visited, in batches
+    of :data:`LAG_BATCH` with a checkpoint between them.
     """
-    try:
-        metrics.event_streams.set(len(await streams.list_streams()))
-    except Exception:
-        log.warning("Could not count event streams for /metrics", exc_info=True)
+
+    def __init__(
+        self,
+        streams: BusyStreams,
+        metrics: ServiceMetrics,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._streams = streams
+        self._histogram = metrics.connection_lag
+        self._max = metrics.connection_lag_max
+        self._clock = clock
+        self._sampled_at = -math.inf
+
+    async def sample(self) -> None:
+        """Take a sample unless the last one is recent enough."""
+        now = self._clock()
+        if now - self._sampled_at < LAG_SAMPLE_INTERVAL:
+            return
+        self._sampled_at = now  # concurrent scrapes reuse this sample
+        worst = 0
+        for at, stream in enumerate(self._streams.busy_streams):
+            if at % LAG_BATCH == LAG_BATCH - 1:
+                await trio.lowlevel.checkpoint()
+            for lag in connection_lags(stream.snapshot()):
+                self._histogram.observe(lag)
+                worst = max(worst, lag)
+        self._max.set(worst)

@@ -8,6 +8,7 @@ structurally (no inheritance needed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from actors.ports.registry import StreamRecord
@@ -27,6 +28,27 @@ class StreamHandle(Protocol):
         The actor accepts the pending websocket itself (after attaching its
         broker consumer) and closes it with the appropriate code.
         """
+        ...
+
+
+class StreamView(Protocol):
+    """One stream actor, as the operator views read it (``actors.stream.StreamActor``).
+
+    ``state`` is ``idle`` exactly when the stream has no connections (and is
+    not closing or restarting): an idle stream's row needs no snapshot.
+    """
+
+    @property
+    def record(self) -> StreamRecord: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    def snapshot(self) -> dict[str, object]:
+        """The stream's node of the actor tree, its connections and consumers included."""
         ...
 
 
@@ -50,5 +72,23 @@ class StreamDirectory(Protocol):
         ...
 
     def snapshot(self) -> dict[str, object]:
-        """The actor tree as JSON-ready data (``GET /debug/actors``)."""
+        """The actor tree as JSON-ready data (``GET /debug/actors?full=1``)."""
+        ...
+
+    @property
+    def streams(self) -> Sequence[StreamView]:
+        """Every stream actor, ordered by id (a copy: O(streams), for the debug index)."""
+        ...
+
+    @property
+    def stream_count(self) -> int:
+        """How many streams this process holds an actor for, in O(1) (``/metrics``)."""
+        ...
+
+    @property
+    def busy_streams(self) -> Sequence[StreamView]:
+        """The stream actors whose task runs (those with connections), in O(busy streams).
+
+        What ``/metrics`` samples the connections' lag from: never every stream.
+        """
         ...

@@ -23,8 +23,9 @@ one kept busy) polls, one loop per path:
 The phases run in turn, ``--debug-rounds`` times (a shared machine's
 load drifts; this way it drifts over every phase alike), and each phase's
 latencies are pooled over its rounds. It prints each phase's latency, the
-p99 differences (targets <= 5 ms) and per path and round the requests
-answered, their mean and max time and body size.
+p99 differences (targets <= 5 ms), each round's p99 and their median per
+phase (a noisy machine's outliers land in one round, not in all), and per
+path and round the requests answered, their mean and max time and body size.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import contextlib
 import json
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import threading
@@ -195,6 +197,12 @@ async def run(args: argparse.Namespace) -> Result:
         result.figures["p99_added_without_metrics_ms"] = _difference(
             p99["polled_without_metrics"], p99["quiet"]
         )
+    # The machine is noisy: the median over rounds of each phase's p99 too.
+    medians = {name: _median(figures["round_p99_ms"]) for name, figures in phases.items()}
+    result.figures["p99_median_of_rounds_ms"] = medians
+    result.figures["p99_added_median_of_rounds_ms"] = {
+        name: _difference(medians[name], medians["quiet"]) for name in medians if name != "quiet"
+    }
     lost = sum(figures["sent"] - figures["received"] for figures in phases.values())
     result.target("lost", lost, "==", 0)
     return result
@@ -205,9 +213,17 @@ def _accumulate(total: dict[str, Any], measured: dict[str, Any]) -> None:
     total["sent"] = total.get("sent", 0) + measured["sent"]
     total["received"] = total.get("received", 0) + measured["received"]
     total.setdefault("latencies_ms", []).extend(measured["latencies_ms"])
+    total.setdefault("round_p99_ms", []).append(
+        latency_summary(measured["latencies_ms"]).get("p99_ms")
+    )
     total.setdefault("publish_rate_achieved", []).append(measured["publish_rate_achieved"])
     if "polls" in measured:
         total.setdefault("polls", []).append(measured["polls"])
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = sorted(value for value in values if value is not None)
+    return statistics.median(known) if known else None
 
 
 def _difference(a: float | None, b: float | None) -> float | None:

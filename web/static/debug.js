@@ -169,6 +169,10 @@
     setText("stat-uptime", formatAge(s.uptime));
     setText("stat-streams", formatNumber(s.streams));
     setText("stat-websockets", formatNumber(s.connections));
+    // The stream furthest behind (ess_connection_lag_events_max names no stream).
+    const worst = s.lag_max;
+    setText("stat-lag", worst ? formatNumber(worst.lag) + " events" : "-");
+    setText("stat-lag-stream", worst ? "stream " + worst.stream : "");
     const states = document.getElementById("stat-states");
     states.replaceChildren(...Object.entries(s.states).map(([state, count]) => statePill(state + " " + count.toLocaleString())));
     for (const pill of states.children) pill.className = stateClass(pill.textContent.split(" ")[0]);

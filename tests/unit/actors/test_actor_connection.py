@@ -420,7 +420,12 @@ async def test_connection_snapshot(autojump_clock: MockClock) -> None:
         [consumer] = snap["children"]  # type: ignore[misc]
         assert consumer["kind"] == "consumer"
         assert consumer["state"] == "attached"
-        assert consumer["counters"] == {"start": "offset 0", "prefetch": 8, "subscriptions": 1}
+        assert consumer["counters"] == {
+            "start": "offset 0",
+            "prefetch": 8,
+            "subscriptions": 1,
+            "last_offset": 1,
+        }
 
 
 async def test_a_replay_burst_is_written_in_batches_and_a_live_event_alone(

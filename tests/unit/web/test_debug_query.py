@@ -21,6 +21,7 @@ from web.debug_query import (
     RateMeter,
     StreamIndex,
     StreamRow,
+    connection_lags,
     measure,
     page,
     parse_query,
@@ -141,6 +142,19 @@ def test_a_connections_own_consumer_reporting_its_last_offset_counts() -> None:
     assert measure(stream(1, replaying), RateMeter(), 0.0).lag == 40
 
 
+def test_connection_lags_are_the_lags_measure_gives_without_touching_the_snapshot() -> None:
+    snapshot = stream(
+        1,
+        connection("fast", 10, 10, 100),
+        connection("slow", 4, 4, 60),
+        connection("new", 0, 0, None),
+        hub_offset=119,
+    )
+    assert connection_lags(snapshot) == [20, 60]
+    assert "lag" not in snapshot["counters"]  # type: ignore[operator]
+    assert connection_lags(stream(2)) == []
+
+
 def test_rates_of_a_stream_and_its_connections() -> None:
     meter = RateMeter()
     measure(stream(1, connection("a", 0, 0, None), connection("b", 0, 0, None)), meter, 0.0)
@@ -179,6 +193,15 @@ def test_summary_counts_states_totals_and_tops() -> None:
     assert [r["id"] for r in top["rate"]] == [7, 500]  # ties broken by id
     assert [r["id"] for r in top["connections"]] == [7, 900]
     assert [r["id"] for r in top["lag"]] == [900, 500]
+    assert summary["lag_max"] == {"stream": 900, "lag": 40}  # what the gauge is about
+
+
+def test_the_worst_lag_is_none_until_a_connection_has_sent_something() -> None:
+    rows = idle_rows(3)
+    rows[1].state, rows[1].connections = "active", 1
+    assert StreamIndex(rows, 0.0, [rows[1]]).summary()["lag_max"] is None
+    rows[1].lag = 0
+    assert StreamIndex(rows, 0.0, [rows[1]]).summary()["lag_max"] == {"stream": 2, "lag": 0}
 
 
 def test_pages_by_id_follow_the_cursor_to_the_end() -> None:
@@ -252,13 +275,29 @@ class FakeStream:
 
 @dataclass
 class FakeTree:
-    streams: Sequence[FakeStream]
+    """The supervisor: counts full snapshots and the lists of every stream it gave out."""
+
+    actors: Sequence[FakeStream]
     full_snapshots: int = 0
+    listings: int = 0
+
+    @property
+    def streams(self) -> Sequence[FakeStream]:
+        self.listings += 1
+        return self.actors
+
+    @property
+    def stream_count(self) -> int:
+        return len(self.actors)
+
+    @property
+    def busy_streams(self) -> list[FakeStream]:
+        return [actor for actor in self.actors if actor.state != "idle"]
 
     def snapshot(self) -> Json:
         self.full_snapshots += 1
         return node(
-            "supervisor", "supervisor", "running", 0.0, {}, [s.snapshot() for s in self.streams]
+            "supervisor", "supervisor", "running", 0.0, {}, [s.snapshot() for s in self.actors]
         )
 
 
@@ -282,11 +321,31 @@ async def test_small_trees_answer_the_whole_tree_as_before() -> None:
 
 async def test_large_trees_answer_a_summary_snapshotting_only_busy_streams() -> None:
     tree = fake_tree(FULL_TREE_LIMIT * 10, active=[5, 1500])
-    status, body = await DebugView(tree).answer(Query())
+    view = DebugView(tree)
+    status, body = await view.answer(Query())
     assert status == 200 and body["kind"] == "summary"
     assert body["streams"] == FULL_TREE_LIMIT * 10 and body["connections"] == 2
+    assert body["states"] == {"active": 2, "idle": FULL_TREE_LIMIT * 10 - 2}
     assert tree.full_snapshots == 0
-    assert [s.record.id for s in tree.streams if s.snapshots] == [5, 1500]
+    assert [s.record.id for s in tree.actors if s.snapshots] == [5, 1500]
+    assert view._index is None  # no row of an idle stream was made
+
+
+async def test_an_id_page_is_a_slice_of_the_streams_without_an_index() -> None:
+    tree = fake_tree(FULL_TREE_LIMIT * 10, active=[150])
+    view = DebugView(tree)
+    status, first = await view.answer(parse_query({"limit": "100"}))
+    assert status == 200 and first["kind"] == "page" and first["total"] == FULL_TREE_LIMIT * 10
+    assert [row["id"] for row in first["streams"]] == list(range(1, 101))  # type: ignore[attr-defined, index]
+    assert first["next_cursor"] == "100"
+    _, second = await view.answer(parse_query({"limit": "100", "cursor": "100"}))
+    rows = second["streams"]
+    assert [row["id"] for row in rows] == list(range(101, 201))  # type: ignore[attr-defined, index]
+    assert rows[49]["connections"] == 1  # type: ignore[index]  # stream 150, snapshotted
+    _, last = await view.answer(parse_query({"cursor": str(FULL_TREE_LIMIT * 10 - 1)}))
+    assert len(last["streams"]) == 1 and last["next_cursor"] is None  # type: ignore[arg-type]
+    assert view._index is None
+    assert [s.record.id for s in tree.actors if s.snapshots] == [150]
 
 
 async def test_one_stream_snapshots_that_stream_only() -> None:
@@ -295,7 +354,7 @@ async def test_one_stream_snapshots_that_stream_only() -> None:
     status, body = await view.answer(parse_query({"stream": "4321"}))
     assert status == 200 and body["counters"]["id"] == 4321  # type: ignore[index]
     assert body["children"][0]["counters"]["lag"] == 0  # type: ignore[index]
-    assert sum(s.snapshots for s in tree.streams) == 1
+    assert sum(s.snapshots for s in tree.actors) == 1
     assert (await view.answer(parse_query({"stream": "5001"})))[0] == 404
 
 
@@ -304,24 +363,30 @@ async def test_a_page_of_a_large_tree_is_the_page() -> None:
     status, body = await DebugView(tree).answer(parse_query({"q": "rk.4999"}))
     assert status == 200 and body["kind"] == "page" and body["total"] == 1
     assert [row["id"] for row in body["streams"]] == [4999]  # type: ignore[attr-defined, index]
-    assert sum(s.snapshots for s in tree.streams) == 0
+    assert sum(s.snapshots for s in tree.actors) == 0
 
 
 async def test_the_index_is_rebuilt_at_most_once_per_ttl() -> None:
     now = [0.0]
     tree = fake_tree(1000, active=[1])
     view = DebugView(tree, clock=lambda: now[0])
-    for _ in range(5):
-        await view.answer(Query(mode="summary"))
-    assert tree.streams[0].snapshots == 1
-    now[0] = 1.5
-    await view.answer(Query(mode="summary"))
-    assert tree.streams[0].snapshots == 2
+    for mode in ("summary", "page"):
+        query = parse_query({"summary": "1"} if mode == "summary" else {"sort": "lag"})
+        for _ in range(5):
+            await view.answer(query)
+        assert tree.actors[0].snapshots == 1 + 5 * (mode == "page")  # a page reads its rows
+        now[0] += 1.5
+        await view.answer(query)
+        assert tree.actors[0].snapshots == 2 + 6 * (mode == "page")
+        tree.actors[0].snapshots = 0
 
 
-async def test_an_index_build_lets_other_tasks_run_every_batch() -> None:
-    tree = fake_tree(BATCH * 20)
+@pytest.mark.parametrize("mode", ["summary of busy streams", "index"])
+async def test_an_index_build_lets_other_tasks_run_every_batch(mode: str) -> None:
+    busy = range(1, BATCH * 20 + 1) if mode != "index" else ()
+    tree = fake_tree(BATCH * 20, active=busy)
     view = DebugView(tree)
+    query = Query(mode="summary") if mode != "index" else parse_query({"sort": "rate"})
     turns = 0
     done = trio.Event()
 
@@ -335,7 +400,7 @@ async def test_an_index_build_lets_other_tasks_run_every_batch() -> None:
         nursery.start_soon(other_task)
         await trio.lowlevel.checkpoint()  # let it start
         before = turns
-        await view.answer(Query(mode="summary"))
+        await view.answer(query)
         during = turns - before
         done.set()
     assert during >= 19, during  # it ran between (nearly) every two batches
@@ -344,8 +409,8 @@ async def test_an_index_build_lets_other_tasks_run_every_batch() -> None:
 def test_idle_rows_are_reused_between_indexes() -> None:
     tree = fake_tree(BATCH * 2, active=[3])
     view = DebugView(tree, clock=lambda: 0.0)
-    first = trio.run(view.index, tree.streams)
-    second = trio.run(view.index, list(tree.streams))  # another list: a rebuild
+    first = trio.run(view.index, tree.actors)
+    second = trio.run(view.index, list(tree.actors))  # another list: a rebuild
     assert first is not second
     assert first.rows[0] is second.rows[0]  # idle: the same object, not a new one
     assert first.rows[2] is not second.rows[2]  # active: measured afresh
@@ -356,6 +421,6 @@ async def test_the_whole_tree_forgets_the_rates_of_connections_gone() -> None:
     view = DebugView(tree)
     await view.answer(Query(mode="full"))
     sampled = len(view._meter)
-    tree.streams[1].connections.clear()
+    tree.actors[1].connections.clear()
     await view.answer(Query(mode="full"))
     assert len(view._meter) < sampled

@@ -6,6 +6,7 @@ will have, so the edges are tested against the same contract.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 import uuid
@@ -36,6 +37,28 @@ class FakeActor:
         self.behaviour = behaviour
         self.served: list[ClientStart] = []
         self.peers: list[str] = []
+        self.restarts = 0
+        #: Connection nodes of the actor tree; ``active`` while there are any,
+        #: like the real actor.
+        self.connections: list[dict[str, object]] = []
+
+    @property
+    def state(self) -> str:
+        return "active" if self.connections else "idle"
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "kind": "stream",
+            "name": str(self.record.id),
+            "state": self.state,
+            "counters": {
+                "id": self.record.id,
+                "routing_key": self.record.routing_key,
+                "connections": len(self.connections),
+                "restarts": self.restarts,
+            },
+            "children": copy.deepcopy(self.connections),  # fresh, as the actor's are
+        }
 
     async def serve(self, websocket: PendingWebSocket, start: ClientStart) -> None:
         self.served.append(start)
@@ -97,8 +120,17 @@ class FakeDirectory:
             "kind": "supervisor",
             "name": "supervisor",
             "state": "running",
-            "children": [
-                {"kind": "stream", "name": str(a.record.id), "state": "idle", "children": []}
-                for a in self.actors.values()
-            ],
+            "children": [actor.snapshot() for actor in self.streams],
         }
+
+    @property
+    def streams(self) -> list[FakeActor]:
+        return [self.actors[key] for key in sorted(self.actors)]
+
+    @property
+    def stream_count(self) -> int:
+        return len(self.actors)
+
+    @property
+    def busy_streams(self) -> list[FakeActor]:
+        return [self.actors[key] for key in sorted(self.actors) if self.actors[key].connections]
