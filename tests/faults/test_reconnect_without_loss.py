@@ -131,7 +131,7 @@ class RetryingPublisher:
                     self.publisher = await RawPublisher.connect(self.amqp_url)
                 if await self.publisher.publish(queue, body):
                     return
-            except (OSError, Refused, trio.TooSlowError):
+            except (OSError, Refused, trio.TooSlowError, trio.BrokenResourceError):
                 pass
             self.retries += 1
             await self.aclose()

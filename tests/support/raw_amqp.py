@@ -71,11 +71,17 @@ def body_frames(channel: int, body: bytes, frame_max: int) -> bytes:
 
 
 def publish_frames(
-    channel: int, exchange: str, routing_key: str, properties: bytes, body: bytes, frame_max: int
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    properties: bytes,
+    body: bytes,
+    frame_max: int,
+    *,
+    mandatory: bool = False,
 ) -> bytes:
-    args = (
-        b"\x00\x00" + shortstr(exchange.encode()) + shortstr(routing_key.encode()) + b"\x00"
-    )  # reserved-1, exchange, routing key, mandatory=0 immediate=0
+    flags = b"\x01" if mandatory else b"\x00"  # bit 0 mandatory, bit 1 immediate (never)
+    args = b"\x00\x00" + shortstr(exchange.encode()) + shortstr(routing_key.encode()) + flags
     return (
         method(channel, 60, 40, args)
         + content_header(channel, len(body), properties)
@@ -109,6 +115,8 @@ class RawPublisher:
         self._published = 0
         self._confirmed = 0
         self._nacked: set[int] = set()
+        #: Sequence numbers of mandatory publishes the broker returned unroutable.
+        self._returned: set[int] = set()
         self._ended = False  # the broker closed the connection (or the socket ended)
 
     @classmethod
@@ -167,22 +175,34 @@ class RawPublisher:
 
     # -- publishing ----------------------------------------------------------
 
-    def frames(self, routing_key: str, body: bytes, properties: bytes = NO_PROPERTIES) -> bytes:
+    def frames(
+        self,
+        routing_key: str,
+        body: bytes,
+        properties: bytes = NO_PROPERTIES,
+        *,
+        mandatory: bool = False,
+    ) -> bytes:
         """The frames of one publish to the default exchange (straight into the queue)."""
-        return publish_frames(self.CHANNEL, "", routing_key, properties, body, self.frame_max)
+        return publish_frames(
+            self.CHANNEL, "", routing_key, properties, body, self.frame_max, mandatory=mandatory
+        )
 
     async def publish(
         self, routing_key: str, body: bytes, properties: bytes = NO_PROPERTIES
     ) -> bool:
-        """Publish one message and wait for its confirm: True if acked, False if nacked.
+        """Publish one message and wait for its confirm: True if it was stored.
 
-        Raises :class:`Refused` when the broker closes the channel or the
-        connection instead (the publisher is unusable then: reconnect).
+        False if nacked, or returned unroutable: published as ``mandatory``,
+        because a broker that is starting up confirms a message for a queue
+        whose process is not up yet, and drops it. Raises :class:`Refused`
+        when the broker closes the channel or the connection instead (the
+        publisher is unusable then: reconnect).
         """
-        await self._stream.send_all(self.frames(routing_key, body, properties))
+        await self._stream.send_all(self.frames(routing_key, body, properties, mandatory=True))
         self._published += 1
         await self.wait_confirmed(self._published)
-        return self._published not in self._nacked
+        return self._published not in self._nacked and self._published not in self._returned
 
     async def publish_pipelined(
         self, routing_key: str, bodies: list[bytes], window: int = 2000, batch: int = 500
@@ -217,6 +237,9 @@ class RawPublisher:
                         self._nacked.update(range(first, tag + 1))
                     # RabbitMQ confirms in publish order: a tag covers all before it.
                     self._confirmed = max(self._confirmed, tag)
+                elif (class_id, method_id) == (60, 50):  # basic.return: unroutable
+                    # It comes before the confirm of its publish (its content follows).
+                    self._returned.add(self._confirmed + 1)
                 else:
                     await self._on_other_method(frame, class_id, method_id)
 
