@@ -21,9 +21,10 @@ from .conftest import RoutingKeys, Services, api_client, create_stream, list_ids
 pytestmark = pytest.mark.slow
 
 WORKERS = 4
-#: The burst lasts this long; the service is killed this far into it.
-BURST = 2.0
-KILL_AT = 1.0
+#: The service is killed once this many POSTs and DELETEs were acknowledged.
+ACKED_POSTS, ACKED_DELETES = 2 * WORKERS, 2
+#: The workers keep calling this long after the kill (calls to a dead process).
+AFTER_KILL = 0.5
 
 
 async def test_acknowledged_posts_and_deletes_survive_kill_9(
@@ -36,40 +37,45 @@ async def test_acknowledged_posts_and_deletes_survive_kill_9(
     unanswered_deletes: set[int] = set()  # cut off by the kill: either outcome is allowed
     unanswered = 0
     rng = random.Random(0)
+    enough = trio.Event()  # traffic enough to prove something: kill now
 
     async def worker(number: int) -> None:
         nonlocal unanswered
         mine: list[int] = []
         async with httpx.AsyncClient(base_url=service.api, timeout=5.0) as client:
-            with trio.move_on_after(BURST):
-                while True:
-                    victim = None
-                    try:
-                        if mine and rng.random() < 0.4:
-                            victim = mine.pop(rng.randrange(len(mine)))
-                            response = await client.delete(f"/event-stream/{victim}")
-                            assert response.status_code == 204, response.text
-                            acked_deletes.add(victim)
-                        else:
-                            response = await client.post(
-                                "/event-stream/", json={"routing_key": rng.choice(keys)}
-                            )
-                            assert response.status_code == 201, response.text
-                            stream_id = response.json()["id"]
-                            acked_posts.add(stream_id)
-                            mine.append(stream_id)
-                    except httpx.TransportError:
-                        if victim is not None:
-                            unanswered_deletes.add(victim)
-                        unanswered += 1  # in flight at the kill, or sent to a dead process
-                        await trio.sleep(0.05)
+            while True:
+                victim = None
+                try:
+                    if mine and rng.random() < 0.4:
+                        victim = mine.pop(rng.randrange(len(mine)))
+                        response = await client.delete(f"/event-stream/{victim}")
+                        assert response.status_code == 204, response.text
+                        acked_deletes.add(victim)
+                    else:
+                        response = await client.post(
+                            "/event-stream/", json={"routing_key": rng.choice(keys)}
+                        )
+                        assert response.status_code == 201, response.text
+                        stream_id = response.json()["id"]
+                        acked_posts.add(stream_id)
+                        mine.append(stream_id)
+                    if len(acked_posts) >= ACKED_POSTS and len(acked_deletes) >= ACKED_DELETES:
+                        enough.set()
+                except httpx.TransportError:
+                    if victim is not None:
+                        unanswered_deletes.add(victim)
+                    unanswered += 1  # in flight at the kill, or sent to a dead process
+                    await trio.sleep(0.05)
 
     async with trio.open_nursery() as nursery:
         for number in range(WORKERS):
             nursery.start_soon(worker, number)
-        await trio.sleep(KILL_AT)  # the fault's timing, not a synchronisation
+        with trio.fail_after(60):
+            await enough.wait()
         await services.kill(service)
         acked_at_kill = (len(acked_posts), len(acked_deletes))
+        await trio.sleep(AFTER_KILL)  # the fault's window: calls now meet a dead process
+        nursery.cancel_scope.cancel()
 
     assert acked_at_kill[0] >= WORKERS and acked_at_kill[1] >= 1, (
         f"too little traffic before the kill to prove anything: {acked_at_kill}"
