@@ -12,8 +12,9 @@ import pytest
 import trio
 
 import amqp
+from tests.support.proxy import FreezableProxy
 
-from .conftest import AMQP_URL, WEIRD_NAMES, FreezableProxy, close_connection_named
+from .conftest import AMQP_URL, WEIRD_NAMES, close_connection_named
 
 QueueNames = Callable[..., str]
 
@@ -422,7 +423,7 @@ async def test_dead_peer_is_detected_by_heartbeats(queue_names: QueueNames) -> N
         async with amqp.connect(url) as conn, conn.channel() as ch:
             await ch.queue_declare(queue)
             async with ch.basic_consume(queue) as consumer:
-                proxy.frozen = True
+                proxy.freeze()
                 start = trio.current_time()
                 with trio.fail_after(5), pytest.raises(amqp.HeartbeatTimeout):
                     async for _ in consumer:
