@@ -316,9 +316,7 @@ async def test_client_leaving_ends_the_connection_and_its_consumer(
         record = await h.stream()
         ws = await h.open(record)
         assert h.broker.active_subscriptions == 1
-        ws.disconnect()
-        with trio.fail_after(WAIT):
-            await ws.served.wait()
+        await ws.leave()
         assert ws.close_calls == []
         assert h.broker.active_subscriptions == 0
         assert h.actor(record).connections == []
@@ -380,9 +378,7 @@ async def test_stats_are_logged_and_logs_never_hold_the_uuid(
         await h.publish("rk", "1", "2", "3", "4")
         await ws.wait_frames(4)
         await settle()
-        ws.disconnect()
-        with trio.fail_after(WAIT):
-            await ws.served.wait()
+        await ws.leave()
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("actors")]
     stats = [m for m in messages if " stats " in m]
     assert len(stats) == 1 and "sent=3" in stats[0]

@@ -249,9 +249,7 @@ async def test_idle_streams_have_no_task(autojump_clock: MockClock) -> None:
         ws = await h.open(records[0])
         assert h.actor(records[0]).running
         assert h.actor(records[0]).state == "active"
-        ws.disconnect()
-        with trio.fail_after(WAIT):
-            await ws.served.wait()
+        await ws.leave()
         await settle()
         assert not h.actor(records[0]).running
         assert h.actor(records[0]).state == "idle"
@@ -393,7 +391,5 @@ async def test_snapshot_shows_the_tree(autojump_clock: MockClock) -> None:
         assert connection["counters"]["last_ordinal"] == 2
         [consumer] = connection["children"]
         assert consumer["kind"] == "consumer" and consumer["state"] == "attached"
-        ws.disconnect()
-        with trio.fail_after(WAIT):
-            await ws.served.wait()
+        await ws.leave()
         assert h.supervisor.snapshot()["counters"]["connections"] == 0  # type: ignore[index]

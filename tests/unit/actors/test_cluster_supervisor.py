@@ -62,9 +62,7 @@ class Replica:
         nothing of it.
         """
         ws = await self.open(record)
-        ws.disconnect()
-        with trio.fail_after(WAIT):
-            await ws.served.wait()
+        await ws.leave()
 
     async def cut_off(self) -> None:
         """Cut this replica off the control bus; wait until it knows it is not synced."""
