@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import amqp
+from tests.support.aio import take
 from tests.support.proxy import FreezableProxy
 
 from .conftest import AMQP_URL, WEIRD_NAMES, close_connection_named
@@ -27,13 +28,7 @@ def url_with(**options: object) -> str:
 async def receive(
     consumer: amqp.Consumer, count: int, timeout: float = 5.0
 ) -> list[amqp.DeliveredMessage]:
-    messages = []
-    with trio.fail_after(timeout):
-        async for message in consumer:
-            messages.append(message)
-            if len(messages) == count:
-                break
-    return messages
+    return await take(consumer, count, timeout)
 
 
 # --------------------------------------------------------------------------- connecting
