@@ -55,6 +55,12 @@ class Replica:
         self.nursery.start_soon(handler)
         return ws
 
+    async def refused(self, uuid: str) -> CloseReason:
+        """Connect to ``uuid`` here; wait until the server closes it; how it closed it."""
+        ws = self.connect(uuid)
+        await ws.wait_closed()
+        return code(ws)
+
     async def learn(self, record: StreamRecord) -> None:
         """Serve one websocket of ``record`` that leaves at once.
 
@@ -142,9 +148,7 @@ async def test_delete_closes_the_websockets_of_every_replica_before_it_returns(
         assert c.broker.deleted_streams == ["rk"]
         # No replica serves it any more.
         for replica in c.replicas:
-            late = replica.connect(record.uuid)
-            await late.wait_closed()
-            assert code(late) == UNKNOWN_STREAM
+            assert await replica.refused(record.uuid) == UNKNOWN_STREAM
 
 
 async def test_delete_of_an_unknown_stream_is_false_on_every_replica(
@@ -185,9 +189,7 @@ async def test_a_cut_off_replica_checks_the_registry_before_serving(
     await b.cut_off()
     assert await a.supervisor.delete_stream(record.id) is True
     # B still has the actor, but does not serve it: the registry no longer has it.
-    late = b.connect(record.uuid)
-    await late.wait_closed()
-    assert code(late) == UNKNOWN_STREAM
+    assert await b.refused(record.uuid) == UNKNOWN_STREAM
     served = await b.open(kept)  # a stream the registry has is served as usual
     assert not served.closed.is_set()
 
@@ -236,8 +238,6 @@ async def test_cut_off_from_broker_and_registry_serves_what_it_knows_and_refuses
     pair.registry.set_available(False)
     served = await b.open(known)
     assert not served.closed.is_set()
-    refused = b.connect(elsewhere.uuid)
-    await refused.wait_closed()
-    assert code(refused) == REGISTRY_UNAVAILABLE
+    assert await b.refused(elsewhere.uuid) == REGISTRY_UNAVAILABLE
     # Not a uuid at all: refused at the edge, the registry is not asked.
     assert b.supervisor.find_stream("not-a-uuid") is None
