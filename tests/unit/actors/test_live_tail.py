@@ -33,6 +33,8 @@ from .actor_fakes import (
 async def h() -> AsyncIterator[Harness]:
     """A running supervisor that shares a hub between live connections (``MANY``).
 
+    It stands in, in this module, for the default ``h`` of the actors' conftest.
+
     Each test still asks for ``autojump_clock`` itself: pytest-trio takes the
     clock from the test's own arguments only.
     """
