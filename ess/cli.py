@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 
 import trio
@@ -70,6 +71,49 @@ def _version() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True)
+class _ServeFlag:
+    """A ``serve`` flag: it overrides one config field, and workers get it again."""
+
+    #: The :class:`~ess.config.Config` field it overrides.
+    field: str
+    flag: str
+    metavar: str
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+_SERVE_FLAGS = (
+    _ServeFlag("host", "--host", "ADDR", "bind address (ESS_HOST)"),
+    _ServeFlag("public_port", "--public-port", "PORT", "websocket port (ESS_PUBLIC_PORT)"),
+    _ServeFlag("internal_port", "--internal-port", "PORT", "internal API port (ESS_INTERNAL_PORT)"),
+    _ServeFlag(
+        "database",
+        "--database",
+        "PATH_OR_URL",
+        "registry SQLite file or postgresql:// URL (ESS_DATABASE)",
+    ),
+    _ServeFlag(
+        "amqp_urls",
+        "--amqp-url",
+        "URL",
+        "broker URL, amqp[s]://user:password@host:port/vhost (ESS_AMQP_URL)",
+    ),
+    _ServeFlag("log_level", "--log-level", "LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    _ServeFlag("log_format", "--log-format", "FORMAT", "text or json (ESS_LOG_FORMAT)"),
+    _ServeFlag(
+        "workers",
+        "--workers",
+        "N",
+        "N worker processes sharing both ports, under a parent that restarts them "
+        "(ESS_WORKERS; default 1: one process, no parent)",
+    ),
+)
+
+
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser(
         "serve",
@@ -81,31 +125,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     # Plain strings: ess.config validates them, so a bad flag gets the same
     # one-line message as a bad variable.
-    serve.add_argument("--host", metavar="ADDR", help="bind address (ESS_HOST)")
-    serve.add_argument("--public-port", metavar="PORT", help="websocket port (ESS_PUBLIC_PORT)")
-    serve.add_argument(
-        "--internal-port", metavar="PORT", help="internal API port (ESS_INTERNAL_PORT)"
-    )
-    serve.add_argument(
-        "--database",
-        metavar="PATH_OR_URL",
-        help="registry SQLite file or postgresql:// URL (ESS_DATABASE)",
-    )
-    serve.add_argument(
-        "--amqp-url",
-        metavar="URL",
-        help="broker URL, amqp[s]://user:password@host:port/vhost (ESS_AMQP_URL)",
-    )
-    serve.add_argument(
-        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL"
-    )
-    serve.add_argument("--log-format", metavar="FORMAT", help="text or json (ESS_LOG_FORMAT)")
-    serve.add_argument(
-        "--workers",
-        metavar="N",
-        help="N worker processes sharing both ports, under a parent that restarts them "
-        "(ESS_WORKERS; default 1: one process, no parent)",
-    )
+    for flag in _SERVE_FLAGS:
+        serve.add_argument(flag.flag, dest=flag.dest, metavar=flag.metavar, help=flag.help)
     # Set by the parent of --workers N on the processes it starts (ess.workers).
     serve.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
@@ -291,31 +312,18 @@ def _find_startup_error(exc: BaseException) -> StartupError | None:
     return None
 
 
-#: ``serve``'s flags as (Config field, argparse dest); the dest is the flag's name.
-_SERVE_FLAGS = (
-    ("host", "host"),
-    ("public_port", "public_port"),
-    ("internal_port", "internal_port"),
-    ("database", "database"),
-    ("amqp_urls", "amqp_url"),
-    ("log_level", "log_level"),
-    ("log_format", "log_format"),
-    ("workers", "workers"),
-)
-
-
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     """The command line of a worker: this ``serve`` with the same flags, as a worker."""
     argv = [sys.executable, "-m", "ess", "serve"]
-    for _, dest in _SERVE_FLAGS:
-        value = getattr(args, dest)
+    for flag in _SERVE_FLAGS:
+        value = getattr(args, flag.dest)
         if value is not None:
-            argv += ["--" + dest.replace("_", "-"), value]
+            argv += [flag.flag, value]
     return [*argv, "--as-worker"]
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    overrides = {field: getattr(args, dest) for field, dest in _SERVE_FLAGS}
+    overrides = {flag.field: getattr(args, flag.dest) for flag in _SERVE_FLAGS}
     try:
         config = load_config(environ, overrides)
     except ConfigError as exc:

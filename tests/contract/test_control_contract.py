@@ -22,6 +22,7 @@ from actors.adapters.rabbitmq_control import RabbitMQControl, control_exchange
 from actors.ports.broker import BrokerUnavailable
 from actors.ports.control import ControlChannel
 from tests.integration.amqp_client.conftest import close_connection_named
+from tests.support.aio import take
 
 from .brokers import AMQP_URL, WAIT, make_rabbitmq_broker, running
 
@@ -76,24 +77,14 @@ async def control(request: pytest.FixtureRequest, amqp_url: str) -> AsyncIterato
         yield opened
 
 
-async def take(messages: AsyncIterator[bytes], count: int) -> list[bytes]:
-    received = []
-    with trio.fail_after(WAIT):
-        async for body in messages:
-            received.append(body)
-            if len(received) == count:
-                break
-    return received
-
-
 async def test_every_open_session_gets_every_message_in_order(control: ControlHarness) -> None:
     async with control.first.session() as first, control.second.session() as second:
         for n in range(5):
             await control.first.publish(f"one {n}".encode())
         await control.second.publish(b"two")
         expected = [f"one {n}".encode() for n in range(5)] + [b"two"]
-        assert await take(first, 6) == expected
-        assert await take(second, 6) == expected
+        assert await take(first, 6, WAIT) == expected
+        assert await take(second, 6, WAIT) == expected
 
 
 async def test_a_cut_off_session_ends_and_a_new_one_works(control: ControlHarness) -> None:
@@ -108,8 +99,8 @@ async def test_a_cut_off_session_ends_and_a_new_one_works(control: ControlHarnes
             await control.first.wait_available()
         async with control.first.session() as first:
             await control.second.publish(b"after")
-            assert await take(first, 1) == [b"after"]
-        assert await take(second, 1) == [b"after"]
+            assert await take(first, 1, WAIT) == [b"after"]
+        assert await take(second, 1, WAIT) == [b"after"]
 
 
 async def test_the_rabbitmq_control_exchange_goes_with_the_last_session(amqp_url: str) -> None:

@@ -139,6 +139,23 @@ def on(replica: ServiceProcess, stream_uuid: str) -> str:
     return f"{replica.ws_base}/event-stream/{stream_uuid}"
 
 
+async def timed_delete(replica: ServiceProcess, stream_id: int) -> float:
+    """DELETE on ``replica``, which must answer 204; returns how long it took (seconds)."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=30.0) as api:
+        response = await api.delete(f"{replica.api}/event-stream/{stream_id}")
+    assert response.status_code == 204
+    return time.monotonic() - started
+
+
+async def relayed(
+    broker: RabbitMQBroker, routing_key: str, ws: WebSocketConnection, body: str
+) -> None:
+    """Publish ``body`` on ``routing_key``; ``ws`` must receive it as its next event."""
+    await broker.publish(routing_key, body.encode())
+    assert (await receive(ws)).startswith(f"{body}|")
+
+
 async def delete_and_watch(
     deleter: ServiceProcess, stream_id: int, ws: WebSocketConnection
 ) -> list[str]:
@@ -175,8 +192,7 @@ async def test_delete_on_one_replica_closes_the_websocket_on_another_before_the_
     stream_id, stream_uuid = await create(first, routing_key)
     async with connect(on(second, stream_uuid)) as ws:
         # The stream was created on replica 1; replica 2 serves it all the same.
-        await broker.publish(routing_key, b"served by replica 2")
-        assert (await receive(ws)).startswith("served by replica 2|")
+        await relayed(broker, routing_key, ws, "served by replica 2")
         order = await delete_and_watch(third, stream_id, ws)
     assert order == ["closed 1000 The stream has been deleted", "http 204"]
     async with httpx.AsyncClient(timeout=10.0) as api:
@@ -195,13 +211,11 @@ async def test_a_newer_connection_on_another_replica_takes_over_with_4001(
     first, second, third = cluster
     _, stream_uuid = await create(third, routing_key)
     async with connect(on(first, stream_uuid)) as old:
-        await broker.publish(routing_key, b"before")
-        assert (await receive(old)).startswith("before|")
+        await relayed(broker, routing_key, old, "before")
         async with connect(on(second, stream_uuid)) as new:
             closed = await wait_closed(old)
             assert closed.code == 4001
-            await broker.publish(routing_key, b"to the newest")
-            assert (await receive(new)).startswith("to the newest|")
+            await relayed(broker, routing_key, new, "to the newest")
 
 
 async def test_delete_answers_within_the_bound_when_a_replica_was_killed(
@@ -211,11 +225,7 @@ async def test_delete_answers_within_the_bound_when_a_replica_was_killed(
     stream_id, stream_uuid = await create(survivor, routing_key)
     async with connect(on(victim, stream_uuid)):
         victim.kill()
-    started = time.monotonic()
-    async with httpx.AsyncClient(timeout=30.0) as api:
-        response = await api.delete(f"{survivor.api}/event-stream/{stream_id}")
-    elapsed = time.monotonic() - started
-    assert response.status_code == 204
+    elapsed = await timed_delete(survivor, stream_id)
     assert elapsed < 5.0 + 3.0, f"DELETE took {elapsed:.1f}s"
 
 
@@ -231,11 +241,7 @@ async def test_a_replica_cut_off_during_a_delete_closes_the_stream_when_it_is_ba
         cut_off.process.send_signal(signal.SIGSTOP)
         try:
             await close_connection_named(PAIR_CONNECTION)
-            started = time.monotonic()
-            async with httpx.AsyncClient(timeout=30.0) as api:
-                response = await api.delete(f"{survivor.api}/event-stream/{stream_id}")
-            assert response.status_code == 204
-            assert time.monotonic() - started < 5.0 + 3.0
+            assert await timed_delete(survivor, stream_id) < 5.0 + 3.0
         finally:
             cut_off.process.send_signal(signal.SIGCONT)
         # Back: it reconnects, re-reads the registry and closes the deleted stream.

@@ -361,69 +361,6 @@ class RawWebSocket:
         await trio.aclose_forcefully(self.stream)
 
 
-class FreezableProxy:
-    """A TCP proxy that can stop forwarding both ways without closing anything.
-
-    After :meth:`freeze` the connections open at that moment stay open and
-    the kernel keeps acknowledging what fits in the buffers: to either end,
-    the other has vanished silently (no FIN, no RST), as when a NAT or a
-    laptop lid drops a connection. Connections opened afterwards are
-    forwarded normally, so a peer that reconnects gets through.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._links: list[_Link] = []
-
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        link = _Link(client, upstream)
-        self._links.append(link)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(link.pump, client, upstream)
-            nursery.start_soon(link.pump, upstream, client)
-
-    def freeze(self) -> int:
-        """Freeze every connection open now; returns how many."""
-        for link in self._links:
-            link.frozen = True
-        return len(self._links)
-
-    async def close_all(self) -> None:
-        for link in self._links:
-            await trio.aclose_forcefully(link.client)
-            await trio.aclose_forcefully(link.upstream)
-
-
-class _Link:
-    """One proxied connection; once frozen it swallows what it reads and never reads again."""
-
-    def __init__(self, client: trio.SocketStream, upstream: trio.SocketStream) -> None:
-        self.client = client
-        self.upstream = upstream
-        self.frozen = False
-
-    async def pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        try:
-            while True:
-                data = await source.receive_some(65536)
-                if self.frozen:
-                    await trio.sleep_forever()
-                if not data:
-                    await sink.send_eof()
-                    return
-                await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-
 def raise_fd_limit(wanted: int) -> None:
     import resource
 
@@ -466,3 +403,26 @@ def other_broker_tests_running() -> list[str]:
         if not paths or any(p == "tests" or p.startswith(_BROKER_SUITES) for p in paths):
             found.append(" ".join(words))
     return found
+
+
+#: Other engineers' broker tests get this long to finish before we stop the broker.
+WAIT_FOR_OTHERS = 240.0
+
+
+async def wait_until_broker_is_ours() -> None:
+    """Do not pull the broker from under another engineer's running tests."""
+    with trio.move_on_after(WAIT_FOR_OTHERS):
+        while other_broker_tests_running():
+            await trio.sleep(1.0)
+    others = other_broker_tests_running()
+    if others:
+        pytest.fail(f"other broker tests still running after {WAIT_FOR_OTHERS}s: {others}")
+
+
+async def start_broker() -> None:
+    """``start_app`` and wait until the broker really serves (idempotent)."""
+    await rabbitmqctl("start_app")
+    await poll_until(
+        lambda: trio.to_thread.run_sync(port_accepts), 60, "RabbitMQ accepts on 5672", 0.2
+    )
+    await rabbitmqctl("await_startup")

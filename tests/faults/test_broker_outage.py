@@ -21,17 +21,18 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from tests.e2e.client import connect, wait_closed
 
 from .conftest import (
+    WAIT_FOR_OTHERS,
     RoutingKeys,
     Services,
     api_client,
     create_stream,
     list_ids,
     open_publisher,
-    other_broker_tests_running,
     poll_until,
-    port_accepts,
     rabbitmqctl,
+    start_broker,
     wait_status,
+    wait_until_broker_is_ours,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,8 +44,6 @@ OUTAGE = 5.0
 #: slots makes about 4-6 attempts in a 6-9 s outage; a fixed 0.5 s retry
 #: would make about 30-40, a busy loop thousands.
 MAX_ATTEMPTS = 20
-#: Other engineers' broker tests get this long to finish before we stop the broker.
-WAIT_FOR_OTHERS = 240.0
 
 
 class Collector:
@@ -71,25 +70,6 @@ class Collector:
             while len(self.events) < count:
                 assert self.closed is None, f"websocket closed: {self.closed}"
                 await self._changed.wait()
-
-
-async def wait_until_broker_is_ours() -> None:
-    """Do not pull the broker from under another engineer's running tests."""
-    with trio.move_on_after(WAIT_FOR_OTHERS):
-        while other_broker_tests_running():
-            await trio.sleep(1.0)
-    others = other_broker_tests_running()
-    if others:
-        pytest.fail(f"other broker tests still running after {WAIT_FOR_OTHERS}s: {others}")
-
-
-async def start_broker() -> None:
-    """``start_app`` and wait until the broker really serves (idempotent)."""
-    await rabbitmqctl("start_app")
-    await poll_until(
-        lambda: trio.to_thread.run_sync(port_accepts), 60, "RabbitMQ accepts on 5672", 0.2
-    )
-    await rabbitmqctl("await_startup")
 
 
 def connection_attempts(log_path: Path) -> tuple[int, int]:

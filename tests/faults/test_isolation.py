@@ -455,37 +455,56 @@ async def test_stalled_client_delays_no_other_stream_and_no_api_call(
     assert_payloads_in_order(events, stalled_total, f"[{stall}] stalled client once it read")
 
 
+@dataclass(frozen=True)
+class Source:
+    """What a reader's stream holds: live bursts on a fresh key, or the chunked backlog."""
+
+    kind: str
+    key: str
+    #: The websocket's query: the backlog is replayed from the first event.
+    query: str
+
+    @property
+    def live(self) -> bool:
+        return self.kind == "live-bursts"
+
+
+@pytest.fixture(params=["replay-chunked", "live-bursts"])
+def source(
+    request: pytest.FixtureRequest, routing_keys: RoutingKeys, backlogs: dict[str, str]
+) -> Source:
+    """Each reader test runs once on the replayed chunked backlog, once on live bursts."""
+    kind: str = request.param
+    if kind == "live-bursts":
+        return Source(kind, routing_keys.new(), "")
+    return Source(kind, backlogs["chunked"], "stream_from_ordinal=0")
+
+
 # --------------------------------------------------------------------------- #
 # A slow reader gets everything, in order
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("kind", ["replay-chunked", "live-bursts"])
 async def test_slow_reader_gets_every_event_in_order(
     services: Services,
-    routing_keys: RoutingKeys,
     amqp_url: str,
-    backlogs: dict[str, str],
-    kind: str,
+    source: Source,
 ) -> None:
     service = await start_service(services, amqp_url, ESS_SEND_TIMEOUT="60")
-    live_key = routing_keys.new()
-    key = live_key if kind == "live-bursts" else backlogs["chunked"]
-    total = 5 * BURST if kind == "live-bursts" else CHUNKED.events
+    total = 5 * BURST if source.live else CHUNKED.events
     async with api_client(service) as api:
-        stream = await create_stream(api, key)
-    query = "" if kind == "live-bursts" else "stream_from_ordinal=0"
+        stream = await create_stream(api, source.key)
     events: list[dict[str, object]] = []
-    async with connect(stream["location"], query) as ws, trio.open_nursery() as nursery:
-        if kind == "live-bursts":
-            nursery.start_soon(publish_bursts, amqp_url, live_key, 0, 5, 0.2)
+    async with connect(stream["location"], source.query) as ws, trio.open_nursery() as nursery:
+        if source.live:
+            nursery.start_soon(publish_bursts, amqp_url, source.key, 0, 5, 0.2)
         with trio.fail_after(180):
             while len(events) < total:
                 events.append(json.loads(await ws.get_message()))
                 if len(events) < SLOW_FRAMES:
                     await trio.sleep(SLOW_PAUSE)  # the client's reading pace: the test's subject
-    assert_consecutive(events, 1, f"[{kind}] slow reader")
-    assert_payloads_in_order(events, total, f"[{kind}] slow reader")
+    assert_consecutive(events, 1, f"[{source.kind}] slow reader")
+    assert_payloads_in_order(events, total, f"[{source.kind}] slow reader")
 
 
 # --------------------------------------------------------------------------- #
@@ -493,24 +512,18 @@ async def test_slow_reader_gets_every_event_in_order(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("kind", ["replay-chunked", "live-bursts"])
 async def test_client_that_never_reads_is_closed_1008_after_the_send_timeout(
     services: Services,
-    routing_keys: RoutingKeys,
     amqp_url: str,
-    backlogs: dict[str, str],
-    kind: str,
+    source: Source,
 ) -> None:
     service = await start_service(services, amqp_url, ESS_SEND_TIMEOUT=str(SEND_TIMEOUT))
-    live_key = routing_keys.new()
-    key = live_key if kind == "live-bursts" else backlogs["chunked"]
     async with api_client(service) as api, trio.open_nursery() as nursery:
-        stream = await create_stream(api, key)
-        query = "" if kind == "live-bursts" else "stream_from_ordinal=0"
-        raw = await RawWebSocket.connect(with_query(stream["location"], query))
+        stream = await create_stream(api, source.key)
+        raw = await RawWebSocket.connect(with_query(stream["location"], source.query))
         opened = trio.current_time()
-        if kind == "live-bursts":
-            nursery.start_soon(publish_bursts, amqp_url, live_key, 0, BURSTS, 0.05)
+        if source.live:
+            nursery.start_soon(publish_bursts, amqp_url, source.key, 0, BURSTS, 0.05)
 
         async def closes_1008() -> float:
             response = await api.get("/metrics")
@@ -542,9 +555,9 @@ async def test_client_that_never_reads_is_closed_1008_after_the_send_timeout(
         await raw.aclose()
         nursery.cancel_scope.cancel()
     print(
-        f"[{kind}] closed after {closed_after:.1f}s; {len(reader.texts)} events delivered "
+        f"[{source.kind}] closed after {closed_after:.1f}s; {len(reader.texts)} events delivered "
         f"first; close frame {reader.close_code} {reader.close_reason!r}"
     )
     assert closed_after >= SEND_TIMEOUT - 0.5, f"closed after {closed_after:.1f}s, too early"
     assert reader.close_code in (None, 1008), f"closed with {reader.close_code}, not 1008"
-    assert_consecutive(reader.events(), 1, f"[{kind}] what it was sent before the close")
+    assert_consecutive(reader.events(), 1, f"[{source.kind}] what it was sent before the close")

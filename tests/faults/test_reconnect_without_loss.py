@@ -31,21 +31,21 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from tests.e2e.client import connect
 from tests.support.observe import close_service_connections, service_connections
+from tests.support.proxy import FreezableProxy
 from tests.support.raw_amqp import RawPublisher, Refused
 from tests.support.ws_frames import describe_close
 
 from .conftest import (
-    FreezableProxy,
     RoutingKeys,
     Services,
     api_client,
     create_stream,
     named,
-    other_broker_tests_running,
     poll_until,
-    port_accepts,
     rabbitmqctl,
+    start_broker,
     wait_status,
+    wait_until_broker_is_ours,
 )
 
 POOL = 2  # the default ESS_AMQP_POOL_SIZE
@@ -59,8 +59,6 @@ AFTER_RECONNECT = 1.0
 OUTAGE = 5.0
 #: Bound on the service being connected again after each kind of drop.
 RECONNECT_TIMEOUT = 60.0
-#: Other engineers' broker tests get this long to finish before we stop the broker.
-WAIT_FOR_OTHERS = 240.0
 
 
 @dataclass
@@ -166,16 +164,6 @@ async def wait_reconnected(name: str, old: dict[str, str]) -> None:
     await poll_until(replaced, RECONNECT_TIMEOUT, f"the service reconnected ({name})", 0.2)
 
 
-async def wait_until_broker_is_ours() -> None:
-    """Do not pull the broker from under another engineer's running tests."""
-    with trio.move_on_after(WAIT_FOR_OTHERS):
-        while other_broker_tests_running():
-            await trio.sleep(1.0)
-    others = other_broker_tests_running()
-    if others:
-        pytest.fail(f"other broker tests still running after {WAIT_FOR_OTHERS}s: {others}")
-
-
 async def restart_broker() -> None:
     """``stop_app``, the outage, ``start_app`` (always), then wait until it serves again."""
     try:
@@ -183,11 +171,7 @@ async def restart_broker() -> None:
         await trio.sleep(OUTAGE)  # the outage itself, not synchronisation
     finally:
         with trio.CancelScope(shield=True):
-            await rabbitmqctl("start_app")
-            await poll_until(
-                lambda: trio.to_thread.run_sync(port_accepts), 60, "RabbitMQ accepts", 0.2
-            )
-            await rabbitmqctl("await_startup")
+            await start_broker()
 
 
 DROPS = [

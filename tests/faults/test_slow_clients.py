@@ -19,9 +19,9 @@ import trio
 
 from actors.ports.broker import FromNext
 from tests.e2e.client import connect, receive_json
+from tests.support.proxy import FreezableProxy
 
 from .conftest import (
-    FreezableProxy,
     RawWebSocket,
     RoutingKeys,
     Services,

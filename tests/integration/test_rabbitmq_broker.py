@@ -22,8 +22,7 @@ from actors.ports.broker import (
     NotAStreamQueue,
 )
 from tests.contract.brokers import AMQP_URL, make_rabbitmq_broker, routing_keys, running, take
-
-from .amqp_client.conftest import FreezableProxy
+from tests.support.proxy import FreezableProxy
 
 Keys = Callable[[], str]
 
@@ -244,7 +243,7 @@ async def test_leaving_a_subscription_does_not_wait_for_a_broker_that_does_not_a
         await nursery.start(broker.run)
         await broker.ensure_stream(key)
         async with broker.subscribe(key, FromNext(), prefetch=10) as subscription:
-            proxy.frozen = True  # the cancel and the close go unanswered
+            proxy.freeze()  # the cancel and the close go unanswered
             left = trio.current_time()
         elapsed = trio.current_time() - left
         assert subscription._channel.is_closed  # type: ignore[attr-defined]  # close was sent

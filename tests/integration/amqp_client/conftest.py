@@ -101,32 +101,3 @@ async def close_connection_named(*names: str, reason: str = "closed by test") ->
             )
 
     await trio.to_thread.run_sync(run)
-
-
-class FreezableProxy:
-    """A TCP proxy to the broker that can stop forwarding (a dead peer, socket open)."""
-
-    def __init__(self, upstream_port: int = 5672) -> None:
-        self.upstream_port = upstream_port
-        self.frozen = False
-        self.port = 0
-
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
-        async with client, upstream, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, upstream)
-            nursery.start_soon(self._pump, upstream, client)
-
-    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        try:
-            while data := await source.receive_some(65536):
-                if not self.frozen:  # frozen: swallow everything, close nothing
-                    await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass

@@ -12,8 +12,10 @@ import pytest
 import trio
 
 import amqp
+from tests.support.aio import take
+from tests.support.proxy import FreezableProxy
 
-from .conftest import AMQP_URL, WEIRD_NAMES, FreezableProxy, close_connection_named
+from .conftest import AMQP_URL, WEIRD_NAMES, close_connection_named
 
 QueueNames = Callable[..., str]
 
@@ -26,13 +28,7 @@ def url_with(**options: object) -> str:
 async def receive(
     consumer: amqp.Consumer, count: int, timeout: float = 5.0
 ) -> list[amqp.DeliveredMessage]:
-    messages = []
-    with trio.fail_after(timeout):
-        async for message in consumer:
-            messages.append(message)
-            if len(messages) == count:
-                break
-    return messages
+    return await take(consumer, count, timeout)
 
 
 # --------------------------------------------------------------------------- connecting
@@ -422,7 +418,7 @@ async def test_dead_peer_is_detected_by_heartbeats(queue_names: QueueNames) -> N
         async with amqp.connect(url) as conn, conn.channel() as ch:
             await ch.queue_declare(queue)
             async with ch.basic_consume(queue) as consumer:
-                proxy.frozen = True
+                proxy.freeze()
                 start = trio.current_time()
                 with trio.fail_after(5), pytest.raises(amqp.HeartbeatTimeout):
                     async for _ in consumer:

@@ -170,6 +170,12 @@ class FakeWebSocket:
         self._gone = True
         self._end()
 
+    async def leave(self) -> None:
+        """The client goes away; wait (bounded) until the server is done serving it."""
+        self.disconnect()
+        with trio.fail_after(WAIT):
+            await self.served.wait()
+
     def resume(self) -> None:
         """A client that stopped reading reads again."""
         self.read_budget = None

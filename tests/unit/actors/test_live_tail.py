@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -28,32 +29,46 @@ from .actor_fakes import (
 )
 
 
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    """A running supervisor that shares a hub between live connections (``MANY``).
+
+    It stands in, in this module, for the default ``h`` of the actors' conftest.
+
+    Each test still asks for ``autojump_clock`` itself: pytest-trio takes the
+    clock from the test's own arguments only.
+    """
+    async with running(MANY) as harness:
+        yield harness
+
+
 def consumer_state(connection: ConnectionActor) -> str:
     [consumer] = connection.snapshot()["children"]  # type: ignore[misc]
     return str(consumer["state"])
 
 
-async def test_many_live_connections_share_one_broker_consumer(autojump_clock: MockClock) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        sockets = [h.connect(record) for _ in range(10)]  # concurrently: some join while attaching
-        for ws in sockets:
-            await ws.wait_accepted()
-        assert h.broker.active_subscriptions == 1
-        await h.publish("rk", *[f"e{n}" for n in range(1, 21)])
-        for ws in sockets:
-            await ws.wait_frames(20)
-        await settle()
-        for ws in sockets:
-            assert ws.ordinals() == list(range(1, 21))
-            assert not ws.closed.is_set()
-        assert h.broker.subscriptions_opened == 1
-        [subscription] = h.broker.subscriptions
-        assert subscription.acked_offset == 19
-        hub = hub_of(h, record)
-        assert (hub.members, hub.received, hub.last_offset, hub.demoted) == (10, 20, 19, 0)
-        for connection in h.actor(record).connections:
-            assert consumer_state(connection) == "shared"
+async def test_many_live_connections_share_one_broker_consumer(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    record = await h.stream()
+    sockets = [h.connect(record) for _ in range(10)]  # concurrently: some join while attaching
+    for ws in sockets:
+        await ws.wait_accepted()
+    assert h.broker.active_subscriptions == 1
+    await h.publish("rk", *[f"e{n}" for n in range(1, 21)])
+    for ws in sockets:
+        await ws.wait_frames(20)
+    await settle()
+    for ws in sockets:
+        assert ws.ordinals() == list(range(1, 21))
+        assert not ws.closed.is_set()
+    assert h.broker.subscriptions_opened == 1
+    [subscription] = h.broker.subscriptions
+    assert subscription.acked_offset == 19
+    hub = hub_of(h, record)
+    assert (hub.members, hub.received, hub.last_offset, hub.demoted) == (10, 20, 19, 0)
+    for connection in h.actor(record).connections:
+        assert consumer_state(connection) == "shared"
 
 
 class PacedWebSocket(FakeWebSocket):
@@ -68,48 +83,49 @@ class PacedWebSocket(FakeWebSocket):
         await super().send_text(text)
 
 
-async def test_a_burst_larger_than_the_buffers_demotes_nobody(autojump_clock: MockClock) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        pace = DEMOTE_GRACE / 50  # the burst takes 0.6 grace to absorb
-        sockets = [await h.open(record, websocket=PacedWebSocket(pace)) for _ in range(3)]
-        for burst in range(2):  # catching up in between earns a fresh grace
-            start = trio.current_time()
-            for n in range(1, 31):  # no checkpoint: the hub reads it as fast as it can
-                h.broker.append("rk", f"e{n}".encode())
-            for ws in sockets:
-                await ws.wait_frames(30 * (burst + 1))
-            await settle()
-            assert trio.current_time() - start < 30 * pace + 0.01
-            await trio.sleep(DEMOTE_GRACE)
+async def test_a_burst_larger_than_the_buffers_demotes_nobody(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    record = await h.stream()
+    pace = DEMOTE_GRACE / 50  # the burst takes 0.6 grace to absorb
+    sockets = [await h.open(record, websocket=PacedWebSocket(pace)) for _ in range(3)]
+    for burst in range(2):  # catching up in between earns a fresh grace
+        start = trio.current_time()
+        for n in range(1, 31):  # no checkpoint: the hub reads it as fast as it can
+            h.broker.append("rk", f"e{n}".encode())
         for ws in sockets:
-            assert ws.ordinals() == list(range(1, 61))
-        assert hub_of(h, record).demoted == 0
-        assert h.broker.subscriptions_opened == 1
-        assert h.broker.subscriptions[0].max_in_flight <= SETTINGS.prefetch
+            await ws.wait_frames(30 * (burst + 1))
+        await settle()
+        assert trio.current_time() - start < 30 * pace + 0.01
+        await trio.sleep(DEMOTE_GRACE)
+    for ws in sockets:
+        assert ws.ordinals() == list(range(1, 61))
+    assert hub_of(h, record).demoted == 0
+    assert h.broker.subscriptions_opened == 1
+    assert h.broker.subscriptions[0].max_in_flight <= SETTINGS.prefetch
 
 
 async def test_late_joiner_gets_what_follows_its_join_and_nothing_before(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        early = await h.open(record)
-        await h.publish("rk", "e1", "e2", "e3")
-        await early.wait_frames(3)
-        await settle()
-        # Published synchronously inside accept(): the member is registered
-        # before the handshake completes, so it must get it.
-        late = FakeWebSocket(on_accept=lambda: h.broker.append("rk", b"e4"))
-        await h.open(record, websocket=late)
-        await h.publish("rk", "e5")
-        await late.wait_frames(2)
-        await early.wait_frames(5)
-        await settle()
-        assert late.ordinals() == [4, 5]
-        assert [text.split("|")[0] for text in late.sent] == ["e4", "e5"]
-        assert early.ordinals() == [1, 2, 3, 4, 5]
-        assert h.broker.subscriptions_opened == 1
+    record = await h.stream()
+    early = await h.open(record)
+    await h.publish("rk", "e1", "e2", "e3")
+    await early.wait_frames(3)
+    await settle()
+    # Published synchronously inside accept(): the member is registered
+    # before the handshake completes, so it must get it.
+    late = FakeWebSocket(on_accept=lambda: h.broker.append("rk", b"e4"))
+    await h.open(record, websocket=late)
+    await h.publish("rk", "e5")
+    await late.wait_frames(2)
+    await early.wait_frames(5)
+    await settle()
+    assert late.ordinals() == [4, 5]
+    assert [text.split("|")[0] for text in late.sent] == ["e4", "e5"]
+    assert early.ordinals() == [1, 2, 3, 4, 5]
+    assert h.broker.subscriptions_opened == 1
 
 
 async def test_slow_member_is_demoted_then_catches_up_on_its_own_consumer(
@@ -178,144 +194,140 @@ async def burst_past_stuck_members(h: Harness, stuck: int) -> StuckBurst:
 
 async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
-        await fast.wait_frames(20)
-        await stuck.wait_closed()
-        assert stuck.close_code == 1008
-        assert stuck.close_time is not None
-        assert stuck.close_time - start < SETTINGS.send_timeout + 1
-        assert hub_of(h, record).demoted == 1
-        await h.publish("rk", "e21")
-        await fast.wait_frames(21)
-        assert fast.ordinals() == list(range(1, 22))
-        await settle()
-        assert h.broker.active_subscriptions == 1
+    record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
+    await fast.wait_frames(20)
+    await stuck.wait_closed()
+    assert stuck.close_code == 1008
+    assert stuck.close_time is not None
+    assert stuck.close_time - start < SETTINGS.send_timeout + 1
+    assert hub_of(h, record).demoted == 1
+    await h.publish("rk", "e21")
+    await fast.wait_frames(21)
+    assert fast.ordinals() == list(range(1, 22))
+    await settle()
+    assert h.broker.active_subscriptions == 1
 
 
 async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record, fast, stuck, start = await burst_past_stuck_members(h, 5)
-        await fast.wait_frames(20)
-        assert trio.current_time() - start <= DEMOTE_GRACE + 0.01
-        assert fast.ordinals() == list(range(1, 21))
-        assert hub_of(h, record).demoted == 5
-        for ws in stuck:
-            ws.resume()
-        for ws in stuck:
-            await ws.wait_frames(20)
-            assert ws.ordinals() == list(range(1, 21))
+    record, fast, stuck, start = await burst_past_stuck_members(h, 5)
+    await fast.wait_frames(20)
+    assert trio.current_time() - start <= DEMOTE_GRACE + 0.01
+    assert fast.ordinals() == list(range(1, 21))
+    assert hub_of(h, record).demoted == 5
+    for ws in stuck:
+        ws.resume()
+    for ws in stuck:
+        await ws.wait_frames(20)
+        assert ws.ordinals() == list(range(1, 21))
 
 
 async def test_a_full_member_that_leaves_releases_the_hub_at_once(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
-        await settle()  # the hub waits for the stuck member's buffer to have room
-        assert trio.current_time() == start
-        assert len(fast.sent) < 20
-        stuck.disconnect()
-        await fast.wait_frames(20)
-        assert trio.current_time() - start < DEMOTE_GRACE / 10
-        assert fast.ordinals() == list(range(1, 21))
-        assert hub_of(h, record).demoted == 0
+    record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
+    await settle()  # the hub waits for the stuck member's buffer to have room
+    assert trio.current_time() == start
+    assert len(fast.sent) < 20
+    stuck.disconnect()
+    await fast.wait_frames(20)
+    assert trio.current_time() - start < DEMOTE_GRACE / 10
+    assert fast.ordinals() == list(range(1, 21))
+    assert hub_of(h, record).demoted == 0
 
 
 async def test_outage_resumes_every_member_with_one_resubscription(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        sockets = [await h.open(record) for _ in range(3)]
-        await h.publish("rk", "e1", "e2", "e3")
-        for ws in sockets:
-            await ws.wait_frames(3)
-        h.broker.set_available(False)
-        await settle()
-        hub = hub_of(h, record)
-        assert hub.state == "reconnecting"
-        h.broker.append("rk", b"e4")  # written while we were disconnected
-        await trio.sleep(30)  # a long outage: websockets stay open
-        assert not any(ws.closed.is_set() for ws in sockets)
-        h.broker.set_available(True)
-        await h.publish("rk", "e5")
-        for ws in sockets:
-            await ws.wait_frames(5)
-        await settle()
-        for ws in sockets:
-            assert ws.ordinals() == [1, 2, 3, 4, 5]
-        assert h.broker.subscriptions_opened == 2
-        assert h.broker.active_subscriptions == 1
-        assert hub.state == "attached" and hub.subscriptions == 2
-        for connection in h.actor(record).connections:
-            assert consumer_state(connection) == "shared"
-            assert connection.state == "open"
+    record = await h.stream()
+    sockets = [await h.open(record) for _ in range(3)]
+    await h.publish("rk", "e1", "e2", "e3")
+    for ws in sockets:
+        await ws.wait_frames(3)
+    h.broker.set_available(False)
+    await settle()
+    hub = hub_of(h, record)
+    assert hub.state == "reconnecting"
+    h.broker.append("rk", b"e4")  # written while we were disconnected
+    await trio.sleep(30)  # a long outage: websockets stay open
+    assert not any(ws.closed.is_set() for ws in sockets)
+    h.broker.set_available(True)
+    await h.publish("rk", "e5")
+    for ws in sockets:
+        await ws.wait_frames(5)
+    await settle()
+    for ws in sockets:
+        assert ws.ordinals() == [1, 2, 3, 4, 5]
+    assert h.broker.subscriptions_opened == 2
+    assert h.broker.active_subscriptions == 1
+    assert hub.state == "attached" and hub.subscriptions == 2
+    for connection in h.actor(record).connections:
+        assert consumer_state(connection) == "shared"
+        assert connection.state == "open"
 
 
 async def test_outage_before_the_first_event_resubscribes_from_next(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        sockets = [await h.open(record) for _ in range(2)]
-        h.broker.set_available(False)
-        await settle()
-        h.broker.set_available(True)
-        with trio.fail_after(WAIT):
-            while not hub_of(h, record).attached:
-                await trio.sleep(0.01)
-        await h.publish("rk", "e1")
-        for ws in sockets:
-            await ws.wait_frames(1)
-            assert ws.ordinals() == [1]
-        assert h.broker.subscriptions_opened == 2
+    record = await h.stream()
+    sockets = [await h.open(record) for _ in range(2)]
+    h.broker.set_available(False)
+    await settle()
+    h.broker.set_available(True)
+    with trio.fail_after(WAIT):
+        while not hub_of(h, record).attached:
+            await trio.sleep(0.01)
+    await h.publish("rk", "e1")
+    for ws in sockets:
+        await ws.wait_frames(1)
+        assert ws.ordinals() == [1]
+    assert h.broker.subscriptions_opened == 2
 
 
 async def test_last_member_leaving_releases_the_broker_consumer(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        one = await h.open(record)
-        two = await h.open(record)
-        assert h.broker.active_subscriptions == 1
-        one.disconnect()
-        with trio.fail_after(WAIT):
-            await one.served.wait()
-        await settle()
-        assert h.broker.active_subscriptions == 1
-        assert hub_of(h, record).members == 1
-        two.disconnect()
-        with trio.fail_after(WAIT):
-            await two.served.wait()
-        assert h.broker.active_subscriptions == 0
-        await settle()
-        actor = h.actor(record)
-        assert actor.live_tail is None
-        assert not actor.running
-        again = await h.open(record)  # a new hub, on demand
-        await h.publish("rk", "x")
-        await again.wait_frames(1)
-        assert h.broker.subscriptions_opened == 2
+    record = await h.stream()
+    one = await h.open(record)
+    two = await h.open(record)
+    assert h.broker.active_subscriptions == 1
+    await one.leave()
+    await settle()
+    assert h.broker.active_subscriptions == 1
+    assert hub_of(h, record).members == 1
+    await two.leave()
+    assert h.broker.active_subscriptions == 0
+    await settle()
+    actor = h.actor(record)
+    assert actor.live_tail is None
+    assert not actor.running
+    again = await h.open(record)  # a new hub, on demand
+    await h.publish("rk", "x")
+    await again.wait_frames(1)
+    assert h.broker.subscriptions_opened == 2
 
 
 async def test_delete_closes_every_member_and_the_shared_consumer(
     autojump_clock: MockClock,
+    h: Harness,
 ) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        sockets = [await h.open(record) for _ in range(3)]
-        await h.publish("rk", "e1")
-        for ws in sockets:
-            await ws.wait_frames(1)
-        assert await h.supervisor.delete_stream(record.id)
-        for ws in sockets:
-            assert (ws.close_code, ws.close_reason) == (1000, "The stream has been deleted")
-        assert h.broker.active_subscriptions == 0
+    record = await h.stream()
+    sockets = [await h.open(record) for _ in range(3)]
+    await h.publish("rk", "e1")
+    for ws in sockets:
+        await ws.wait_frames(1)
+    assert await h.supervisor.delete_stream(record.id)
+    for ws in sockets:
+        assert (ws.close_code, ws.close_reason) == (1000, "The stream has been deleted")
+    assert h.broker.active_subscriptions == 0
 
 
 async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer(
@@ -337,36 +349,38 @@ async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer(
         assert hub_of(h, record).members == 2
 
 
-async def test_replay_connections_get_their_own_consumer(autojump_clock: MockClock) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        await h.publish("rk", "e1", "e2")
-        live = await h.open(record)
-        replay = await h.open(record, AfterOrdinal(0))
-        another = await h.open(record, AfterOrdinal(1))
-        assert h.broker.active_subscriptions == 3
-        await h.publish("rk", "e3")
-        await live.wait_frames(1)
-        await replay.wait_frames(3)
-        await another.wait_frames(2)
-        assert live.ordinals() == [3]
-        assert replay.ordinals() == [1, 2, 3]
-        assert another.ordinals() == [2, 3]
-        states = [consumer_state(c) for c in h.actor(record).connections]
-        assert states == ["shared", "attached", "attached"]
+async def test_replay_connections_get_their_own_consumer(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    record = await h.stream()
+    await h.publish("rk", "e1", "e2")
+    live = await h.open(record)
+    replay = await h.open(record, AfterOrdinal(0))
+    another = await h.open(record, AfterOrdinal(1))
+    assert h.broker.active_subscriptions == 3
+    await h.publish("rk", "e3")
+    await live.wait_frames(1)
+    await replay.wait_frames(3)
+    await another.wait_frames(2)
+    assert live.ordinals() == [3]
+    assert replay.ordinals() == [1, 2, 3]
+    assert another.ordinals() == [2, 3]
+    states = [consumer_state(c) for c in h.actor(record).connections]
+    assert states == ["shared", "attached", "attached"]
 
 
-async def test_missing_queue_closes_every_member_1013(autojump_clock: MockClock) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        sockets = [await h.open(record) for _ in range(2)]
-        await h.broker.delete_stream("rk")
-        for ws in sockets:
-            await ws.wait_closed()
-            assert (ws.close_code, ws.close_reason) == (1013, "The stream queue does not exist")
-        await settle()
-        assert h.actor(record).live_tail is None
-        assert h.broker.active_subscriptions == 0
+async def test_missing_queue_closes_every_member_1013(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    record = await h.stream()
+    sockets = [await h.open(record) for _ in range(2)]
+    await h.broker.delete_stream("rk")
+    for ws in sockets:
+        await ws.wait_closed()
+        assert (ws.close_code, ws.close_reason) == (1013, "The stream queue does not exist")
+    await settle()
+    assert h.actor(record).live_tail is None
+    assert h.broker.active_subscriptions == 0
 
 
 async def test_a_crashed_hub_sends_members_to_their_own_consumers(
@@ -400,67 +414,66 @@ async def test_a_crashed_hub_sends_members_to_their_own_consumers(
         assert again.ordinals() == [6]
 
 
-async def test_broker_down_when_joining_accepts_and_joins_later(autojump_clock: MockClock) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        h.broker.set_available(False)
-        sockets = [await h.open(record) for _ in range(3)]
-        await settle()
-        assert h.actor(record).live_tail is None  # no member: no hub left waiting
-        await trio.sleep(30)
-        h.broker.set_available(True)
-        with trio.fail_after(WAIT):
-            while any(consumer_state(c) != "shared" for c in h.actor(record).connections):
-                await trio.sleep(0.01)
-        await h.publish("rk", "live")
-        for ws in sockets:
-            await ws.wait_frames(1)
-            assert ws.ordinals() == [1]
-        assert h.broker.active_subscriptions == 1
+async def test_broker_down_when_joining_accepts_and_joins_later(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    record = await h.stream()
+    h.broker.set_available(False)
+    sockets = [await h.open(record) for _ in range(3)]
+    await settle()
+    assert h.actor(record).live_tail is None  # no member: no hub left waiting
+    await trio.sleep(30)
+    h.broker.set_available(True)
+    with trio.fail_after(WAIT):
+        while any(consumer_state(c) != "shared" for c in h.actor(record).connections):
+            await trio.sleep(0.01)
+    await h.publish("rk", "live")
+    for ws in sockets:
+        await ws.wait_frames(1)
+        assert ws.ordinals() == [1]
+    assert h.broker.active_subscriptions == 1
 
 
-async def test_snapshot_shows_the_shared_consumer(autojump_clock: MockClock) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
-        for _ in range(2):
-            await h.open(record)
-        await h.publish("rk", "a", "b")
-        await settle()
-        snap = h.actor(record).snapshot()
-        json.dumps(snap)
-        children = snap["children"]
-        assert isinstance(children, list)
-        assert [c["kind"] for c in children] == ["connection", "connection", "consumer"]
-        hub = children[-1]
-        assert hub["name"] == "live-tail" and hub["state"] == "attached"
-        assert hub["counters"] == {
-            "members": 2,
-            "received": 2,
-            "last_offset": 1,
-            "subscriptions": 1,
-            "demoted": 0,
-            "prefetch": SETTINGS.prefetch,
-        }
-        for connection in children[:2]:
-            [consumer] = connection["children"]
-            assert consumer["state"] == "shared"
-            assert consumer["counters"]["start"] == "next"
-
-
-async def test_join_is_synchronous_once_attached(autojump_clock: MockClock) -> None:
-    async with running(MANY) as h:
-        record = await h.stream()
+async def test_snapshot_shows_the_shared_consumer(autojump_clock: MockClock, h: Harness) -> None:
+    record = await h.stream()
+    for _ in range(2):
         await h.open(record)
-        hub = hub_of(h, record)
-        assert hub.attached
-        membership = hub.membership(4)
-        with trio.testing.assert_no_checkpoints():
-            member = await membership.__aenter__()
-        try:
-            assert hub.members == 2
-            h.broker.append("rk", b"x")
-            await settle()
-            assert member.buffered == 1
-        finally:
-            await membership.__aexit__(None, None, None)
-        assert hub.members == 1
+    await h.publish("rk", "a", "b")
+    await settle()
+    snap = h.actor(record).snapshot()
+    json.dumps(snap)
+    children = snap["children"]
+    assert isinstance(children, list)
+    assert [c["kind"] for c in children] == ["connection", "connection", "consumer"]
+    hub = children[-1]
+    assert hub["name"] == "live-tail" and hub["state"] == "attached"
+    assert hub["counters"] == {
+        "members": 2,
+        "received": 2,
+        "last_offset": 1,
+        "subscriptions": 1,
+        "demoted": 0,
+        "prefetch": SETTINGS.prefetch,
+    }
+    for connection in children[:2]:
+        [consumer] = connection["children"]
+        assert consumer["state"] == "shared"
+        assert consumer["counters"]["start"] == "next"
+
+
+async def test_join_is_synchronous_once_attached(autojump_clock: MockClock, h: Harness) -> None:
+    record = await h.stream()
+    await h.open(record)
+    hub = hub_of(h, record)
+    assert hub.attached
+    membership = hub.membership(4)
+    with trio.testing.assert_no_checkpoints():
+        member = await membership.__aenter__()
+    try:
+        assert hub.members == 2
+        h.broker.append("rk", b"x")
+        await settle()
+        assert member.buffered == 1
+    finally:
+        await membership.__aexit__(None, None, None)
+    assert hub.members == 1

@@ -10,6 +10,8 @@ memory adapters, with failures injected where a real one would fail.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 
 import pytest
 import trio
@@ -20,7 +22,7 @@ from actors.adapters.memory_registry import MemoryRegistry
 from actors.ports.broker import BrokerUnavailable
 from actors.ports.registry import RegistryUnavailable, StreamRecord
 
-from .actor_fakes import WAIT, running, settle, wait_queue_deleted, wall_clock
+from .actor_fakes import WAIT, Harness, running, settle, wait_queue_deleted, wall_clock
 
 OnDeclare = Callable[[], Awaitable[None]] | None
 
@@ -61,6 +63,23 @@ class StepBroker(MemoryBroker):
         await super().delete_stream(routing_key)
 
 
+@dataclass
+class Shared:
+    """The broker and registry that replicas, or a crashed process and its restart, share."""
+
+    broker: StepBroker = field(default_factory=StepBroker)
+    registry: MemoryRegistry = field(default_factory=MemoryRegistry)
+
+    def replica(self) -> AbstractAsyncContextManager[Harness]:
+        """A supervisor (another replica, or the restart) on the shared broker and registry."""
+        return running(broker=self.broker, registry=self.registry)
+
+
+@pytest.fixture
+def shared() -> Shared:
+    return Shared()
+
+
 class FailingCreateRegistry(MemoryRegistry):
     """A memory registry whose ``create`` fails (a full disk, PostgreSQL gone)."""
 
@@ -95,18 +114,17 @@ async def test_a_failure_after_the_declare_deletes_the_queue_again(
 
 async def test_crash_after_the_declare_is_cleaned_up_by_the_next_start(
     autojump_clock: MockClock,
+    shared: Shared,
 ) -> None:
-    broker = StepBroker()
-    broker.stall_bind = True
-    registry = MemoryRegistry()
-    async with running(broker=broker, registry=registry) as crashed:
+    shared.broker.stall_bind = True
+    async with shared.replica() as crashed:
         crashed.nursery.start_soon(crashed.stream, "rk")
-        await broker.bind_reached.wait()
+        await shared.broker.bind_reached.wait()
         # The process dies here: what it recorded is what a restart finds.
-        assert await registry.pending_queue_deletions() == ["rk"]
-        broker.stall_bind = False
-        async with running(broker=broker, registry=registry):
-            await wait_queue_deleted(broker, registry)
+        assert await shared.registry.pending_queue_deletions() == ["rk"]
+        shared.broker.stall_bind = False
+        async with shared.replica():
+            await wait_queue_deleted(shared.broker, shared.registry)
         crashed.nursery.cancel_scope.cancel()
 
 
@@ -126,21 +144,20 @@ async def test_queue_declared_meanwhile_by_someone_else_is_not_owned(
 
 async def test_delete_records_the_pending_deletion_before_asking_the_broker(
     autojump_clock: MockClock,
+    shared: Shared,
 ) -> None:
-    broker = StepBroker()
-    registry = MemoryRegistry()
-    async with running(broker=broker, registry=registry) as crashed:
+    async with shared.replica() as crashed:
         record = await crashed.stream("rk")
-        broker.stall_delete = True
+        shared.broker.stall_delete = True
         crashed.nursery.start_soon(crashed.supervisor.delete_stream, record.id)
-        await broker.delete_reached.wait()
+        await shared.broker.delete_reached.wait()
         # A crash now: the record is gone and the queue's deletion is recorded.
-        assert await registry.list() == []
-        assert await registry.pending_queue_deletions() == ["rk"]
-        broker.stall_delete = False
-        async with running(broker=broker, registry=registry):
-            await wait_queue_deleted(broker, registry)
-        broker.delete_released.set()
+        assert await shared.registry.list() == []
+        assert await shared.registry.pending_queue_deletions() == ["rk"]
+        shared.broker.stall_delete = False
+        async with shared.replica():
+            await wait_queue_deleted(shared.broker, shared.registry)
+        shared.broker.delete_released.set()
         crashed.nursery.cancel_scope.cancel()
 
 
@@ -218,23 +235,22 @@ async def test_streams_are_restored_once_the_registry_is_reachable(
 
 async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_keeps_its_queue(
     autojump_clock: MockClock,
+    shared: Shared,
 ) -> None:
-    broker = StepBroker()
-    registry = MemoryRegistry()
-    async with running(broker=broker, registry=registry) as one:
+    async with shared.replica() as one:
         last = await one.stream("rk")
-        broker.stall_delete = True
+        shared.broker.stall_delete = True
         one.nursery.start_soon(one.supervisor.delete_stream, last.id)
-        await broker.delete_reached.wait()  # replica one decided: the queue goes
-        async with running(broker=broker, registry=registry) as two:
+        await shared.broker.delete_reached.wait()  # replica one decided: the queue goes
+        async with shared.replica() as two:
             newcomer = await two.stream("rk")  # the queue still exists: claimed
             assert newcomer.owns_queue
-            broker.stall_delete = False
-            broker.delete_released.set()
+            shared.broker.stall_delete = False
+            shared.broker.delete_released.set()
             await settle()
-            assert broker.deleted_streams == ["rk"]
-            assert broker.has_stream("rk") and broker.is_bound("rk")  # declared again
-            assert await registry.pending_queue_deletions() == []
+            assert shared.broker.deleted_streams == ["rk"]
+            assert shared.broker.has_stream("rk") and shared.broker.is_bound("rk")  # declared again
+            assert await shared.registry.pending_queue_deletions() == []
             ws = await two.open(newcomer)
             await two.publish("rk", "x")
             await ws.wait_frames(1)
@@ -242,25 +258,24 @@ async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_ke
 
 async def test_a_post_whose_intent_another_replica_cleaned_up_keeps_its_queue(
     autojump_clock: MockClock,
+    shared: Shared,
 ) -> None:
-    broker = StepBroker()
-    registry = MemoryRegistry()
-    broker.stall_bind = True
-    async with running(broker=broker, registry=registry) as slow:
+    shared.broker.stall_bind = True
+    async with shared.replica() as slow:
         created: list[StreamRecord] = []
 
         async def post() -> None:
             created.append(await slow.stream("rk"))
 
         slow.nursery.start_soon(post)
-        await broker.bind_reached.wait()
+        await shared.broker.bind_reached.wait()
         # Another replica starts and takes the intent for a crashed POST's.
-        async with running(broker=broker, registry=registry):
+        async with shared.replica():
             with trio.fail_after(WAIT):
-                await broker.wait_deleted("rk")
-        broker.stall_bind = False
-        broker.bind_released.set()
+                await shared.broker.wait_deleted("rk")
+        shared.broker.stall_bind = False
+        shared.broker.bind_released.set()
         await settle()
         [record] = created
         assert record.owns_queue
-        assert broker.has_stream("rk")  # declared again once the stream was recorded
+        assert shared.broker.has_stream("rk")  # declared again once the stream was recorded
