@@ -35,7 +35,7 @@ from .conftest import (
     wait_until_broker_is_ours,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stops_broker]
 
 #: How long the broker stays down (the brief: about five seconds).
 OUTAGE = 5.0

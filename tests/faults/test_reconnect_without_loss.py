@@ -177,7 +177,10 @@ async def restart_broker() -> None:
 DROPS = [
     "close_connection",
     "missed_heartbeats",
-    pytest.param("broker_restart", marks=[pytest.mark.slow, pytest.mark.timeout(420)]),
+    pytest.param(
+        "broker_restart",
+        marks=[pytest.mark.slow, pytest.mark.stops_broker, pytest.mark.timeout(420)],
+    ),
 ]
 
 
