@@ -12,7 +12,14 @@ from pathlib import Path
 
 from ..ceilings import bare_amqp_latency
 from ..client import open_ws
-from ..harness import Profiler, Result, latency_summary, running_service, unique_key
+from ..harness import (
+    Profiler,
+    Result,
+    cpu_us_per_event,
+    latency_summary,
+    running_service,
+    unique_key,
+)
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "live"
@@ -61,6 +68,7 @@ async def run(args: argparse.Namespace) -> Result:
             "latency": lat,
             "broker_floor_latency": latency_summary(floor),
             "service_cpu_fraction_of_core": round(cpu / wall, 4),
+            "service_cpu_us_per_event": cpu_us_per_event(cpu, len(reader.seqs)),
             "closed_early": closed_early,
         }
     )
