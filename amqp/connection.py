@@ -77,7 +77,11 @@ FLUSH_TIMEOUT: Final = 1.0
 ACK_LINGER: Final = 0.01
 #: A channel that acknowledged less than this long ago is busy (a replay, a
 #: burst): its acks go out at once, so a consumer never waits for credit.
-ACK_BUSY: Final = 0.1
+#: Twice the linger: a quiet channel (acks further apart than this, each
+#: covering at most a quarter of the prefetch) receives less than one ack's
+#: worth of deliveries while its ack is held, so it never runs out of credit.
+#: 1,000 streams at 15 events/s each are quiet; one at 300/s is busy.
+ACK_BUSY: Final = 0.02
 #: Held acknowledgements that end the wait (one write of at most ~1.3 KiB).
 ACK_LINGER_FRAMES: Final = 64
 #: ``basic.ack`` frames are recognised by size and class/method id bytes.

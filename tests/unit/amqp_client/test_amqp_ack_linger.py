@@ -106,9 +106,10 @@ async def test_a_busy_channel_is_acknowledged_at_once(
 ) -> None:
     async with connected() as (connection, _, log):
         channel = await connection.channel()
+        first = trio.current_time()
         await channel.basic_ack(1)  # quiet so far: may linger
         await log.wait_for(1)
-        await trio.sleep(ACK_BUSY / 2)
+        await trio.sleep_until(first + ACK_BUSY * 0.75)
         sent = trio.current_time()
         await channel.basic_ack(2)  # acked again soon after: a replay, a burst
         await log.wait_for(2)
