@@ -181,7 +181,11 @@ class HubMember:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        await trio.lowlevel.checkpoint()
+        # A checkpoint on every call, but only one: a member that is about
+        # to wait for its next event checkpoints in ``waiter.wait()``, so a
+        # live event costs the connection's pump one wake-up, not two.
+        if self._buffer or self._end is not None:
+            await trio.lowlevel.checkpoint()
         while True:
             if self._buffer:
                 event = self._buffer.popleft()

@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="py-spy record the service during each scenario; top frames in JSON",
     )
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="count the service's syscalls per event with perf stat (fanout, live)",
+    )
     parser.add_argument("--profile-dir", default=f"{tempfile.gettempdir()}/ess-bench-profiles")
     parser.add_argument(
         "--scenario-timeout",

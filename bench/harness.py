@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiormq
 import httpx
@@ -85,6 +85,16 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def cpu_us_per_event(cpu_seconds: float, events: int) -> float | None:
+    """Service CPU (utime+stime) per delivered event, in microseconds.
+
+    On a shared machine latency and CPU fraction move with the neighbours'
+    load; CPU per event moves much less, so cuts to the per-event cost are
+    compared by this figure.
+    """
+    return round(cpu_seconds * 1e6 / events, 1) if events > 0 else None
+
+
 def latency_summary(values_ms: Iterable[float]) -> dict[str, float]:
     ordered = sorted(values_ms)
     if not ordered:
@@ -123,6 +133,33 @@ def event_body(seq: int, size: int, **extra: Any) -> bytes:
 
 # --------------------------------------------------------------------------- #
 # Process probes (/proc)
+
+
+def proc_switches(pid: int) -> dict[str, int]:
+    """Voluntary and involuntary context switches of ``pid`` so far (all threads).
+
+    A voluntary switch is a wait with nothing to run (an ``epoll_wait`` that
+    blocked); involuntary ones are the neighbours taking the core.
+    """
+    counts = {"voluntary_switches": 0, "involuntary_switches": 0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == "voluntary_ctxt_switches":
+                counts["voluntary_switches"] += int(value)
+            elif name == "nonvoluntary_ctxt_switches":
+                counts["involuntary_switches"] += int(value)
+    return counts
+
+
+def per_event_counts(
+    before: dict[str, int], after: dict[str, int], events: int
+) -> dict[str, float | None]:
+    """What :func:`proc_switches` (or a :class:`SyscallCounter`) counted, per event."""
+    return {
+        name: round((after[name] - before[name]) / events, 3) if events > 0 else None
+        for name in before
+    }
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -388,6 +425,9 @@ class Service:
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.pid)
 
+    def counters(self) -> dict[str, int]:
+        return proc_switches(self.pid)
+
     def rss_kb(self) -> int:
         return proc_rss_kb(self.pid)
 
@@ -559,6 +599,69 @@ def unique_key(prefix: str) -> str:
 
 # --------------------------------------------------------------------------- #
 # Profiling the service with py-spy
+
+
+#: The syscalls a live event costs the service, counted by :class:`SyscallCounter`.
+SYSCALLS: Final = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl")
+
+
+class SyscallCounter:
+    """``perf stat`` of the service's syscalls for the length of a ``with`` block.
+
+    Counts (in the kernel, no per-call overhead in the service) every syscall
+    and the ones in :data:`SYSCALLS`. Unlike CPU time and latency these do
+    not move with the neighbours' load, so they show what a cut to the
+    per-event path saves on a shared machine. Needs ``perf`` and the right
+    to trace the service (root, or ``perf_event_paranoid`` <= 1); else
+    :meth:`counts` is empty.
+    """
+
+    def __init__(self, pid: int, out_dir: Path, name: str, enabled: bool) -> None:
+        self.pid = pid
+        self.enabled = enabled and shutil.which("perf") is not None
+        self.out = out_dir / f"{name}.perf-stat.csv"
+        self.proc: subprocess.Popen[bytes] | None = None
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> SyscallCounter:
+        if self.enabled:
+            events = ",".join(
+                ["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{n}" for n in SYSCALLS)]
+            )
+            self.proc = subprocess.Popen(
+                ["perf", "stat", "-x,", "-o", str(self.out), "-e", events, "-p", str(self.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(0.3)  # let it attach
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def counts(self) -> dict[str, int]:
+        """``{"all": n, "sendto": n, ...}`` (empty if nothing was counted)."""
+        if not self.out.exists():
+            return {}
+        counts: dict[str, int] = {}
+        for line in self.out.read_text(errors="replace").splitlines():
+            fields_ = line.split(",")
+            if len(fields_) < 3 or not fields_[0].isdigit():
+                continue
+            event = fields_[2]
+            name = "all" if event == "raw_syscalls:sys_enter" else event.rpartition("enter_")[2]
+            counts[name] = int(fields_[0])
+        return counts
+
+    def per_event(self, events: int) -> dict[str, float | None]:
+        """:meth:`counts` divided by ``events``."""
+        counts = self.counts()
+        return per_event_counts(dict.fromkeys(counts, 0), counts, events)
 
 
 class Profiler:

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from ..ceilings import bare_amqp_latency
 from ..client import open_ws
-from ..harness import Profiler, Result, latency_summary, running_service, unique_key
+from ..harness import (
+    Profiler,
+    Result,
+    SyscallCounter,
+    cpu_us_per_event,
+    latency_summary,
+    per_event_counts,
+    running_service,
+    unique_key,
+)
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "live"
@@ -37,10 +46,15 @@ async def run(args: argparse.Namespace) -> Result:
         await asyncio.wait_for(ready.wait(), 30)
         await asyncio.sleep(0.5)
         cpu0, wall0 = service.cpu_seconds(), asyncio.get_running_loop().time()
-        with Profiler(service.pid, Path(args.profile_dir), NAME, args.profile) as profiler:
+        counts0 = service.counters()
+        with (
+            Profiler(service.pid, Path(args.profile_dir), NAME, args.profile) as profiler,
+            SyscallCounter(service.pid, Path(args.profile_dir), NAME, args.syscalls) as syscalls,
+        ):
             sent, achieved = await paced_publish(publisher, [key], rate, duration, size)
             await wait_all_received([reader], sent, grace=5.0)
         cpu = service.cpu_seconds() - cpu0
+        counts1 = service.counters()
         wall = asyncio.get_running_loop().time() - wall0
         closed_early = reader.closed
         stop.set()
@@ -61,6 +75,9 @@ async def run(args: argparse.Namespace) -> Result:
             "latency": lat,
             "broker_floor_latency": latency_summary(floor),
             "service_cpu_fraction_of_core": round(cpu / wall, 4),
+            "service_cpu_us_per_event": cpu_us_per_event(cpu, len(reader.seqs)),
+            "service_per_event": per_event_counts(counts0, counts1, len(reader.seqs)),
+            "service_syscalls_per_event": syscalls.per_event(len(reader.seqs)),
             "closed_early": closed_early,
         }
     )

@@ -1,0 +1,116 @@
+"""The writer holds acknowledgements of quiet channels back briefly, so they share writes.
+
+Against the scripted broker of ``test_amqp_fake_broker`` on a MockClock
+(virtual time: the sleeps below model time passing between acks, they
+synchronise nothing). Each client ``send`` on the socket is counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+from pamqp import commands
+
+import amqp
+from amqp import ConnectionParameters
+from amqp.connection import ACK_BUSY, ACK_LINGER
+from tests.unit.amqp_client.test_amqp_fake_broker import AnyioAdapter, FakeBroker
+
+#: Virtual seconds between the acks of different quiet channels.
+GAP = 0.002
+
+
+class CountingAdapter(AnyioAdapter):
+    """Counts the writes that carry a ``basic.ack``."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        super().__init__(stream)
+        self.ack_writes = 0
+
+    async def send(self, item: bytes) -> None:
+        if b"\x00\x3c\x00\x50" in item:  # basic.ack's class and method ids
+            self.ack_writes += 1
+        await super().send(item)
+
+
+class AckLog:
+    """The broker side: every ``basic.ack`` with the virtual time it arrived."""
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int, float]] = []
+        self._changed = trio.Event()
+
+    async def on_frame(self, channel: int, frame: Any) -> None:
+        if isinstance(frame, commands.Basic.Ack):
+            self.acks.append((channel, frame.delivery_tag, trio.current_time()))
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        with trio.fail_after(5):
+            while len(self.acks) < count:
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def connected() -> AsyncIterator[tuple[amqp.Connection, CountingAdapter, AckLog]]:
+    client_side, server_side = trio.testing.memory_stream_pair()
+    broker = FakeBroker(server_side)
+    adapter = CountingAdapter(client_side)
+    log = AckLog()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker.handshake, 0)
+        async with amqp.connect(ConnectionParameters(heartbeat=0), stream=adapter) as connection:  # type: ignore[arg-type]
+            nursery.start_soon(broker.serve_until_eof, log.on_frame)
+            yield connection, adapter, log
+        nursery.cancel_scope.cancel()
+
+
+async def test_acks_of_quiet_channels_share_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connected() as (connection, adapter, log):
+        assert 2 * GAP < ACK_LINGER
+        channels = [await connection.channel() for _ in range(3)]
+        start = trio.current_time()
+        for tag, channel in enumerate(channels, 1):
+            await channel.basic_ack(tag)
+            await trio.sleep(GAP)  # the next ack comes a little later
+        await log.wait_for(3)
+        assert adapter.ack_writes == 1
+        assert [(c, t) for c, t, _ in log.acks] == [
+            (ch.number, n) for n, ch in enumerate(channels, 1)
+        ]
+        # Nobody waited longer than the linger.
+        assert all(at - start <= ACK_LINGER + 1e-9 for _, _, at in log.acks)
+
+
+async def test_any_other_frame_takes_the_held_acks_along_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connected() as (connection, _, log):
+        channel = await connection.channel()
+        start = trio.current_time()
+        await channel.basic_ack(1)
+        await channel.basic_publish(b"x", routing_key="q")  # not an ack: no waiting
+        await log.wait_for(1)
+        assert log.acks[0][2] == start
+
+
+async def test_a_busy_channel_is_acknowledged_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connected() as (connection, _, log):
+        channel = await connection.channel()
+        first = trio.current_time()
+        await channel.basic_ack(1)  # quiet so far: may linger
+        await log.wait_for(1)
+        await trio.sleep_until(first + ACK_BUSY * 0.75)
+        sent = trio.current_time()
+        await channel.basic_ack(2)  # acked again soon after: a replay, a burst
+        await log.wait_for(2)
+        assert log.acks[1][2] == sent
