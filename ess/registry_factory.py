@@ -9,7 +9,6 @@ adapter's :class:`~actors.adapters.sql_registry.RegistryOpenError` becomes a
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from os import PathLike
@@ -22,15 +21,7 @@ from actors.adapters.sqlite_registry import SQLiteRegistry
 
 from .errors import StartupError
 
-__all__ = ["database_url", "open_registry"]
-
-# A URL that went through pathlib lost one slash of "//" ("postgresql:/u@h/db").
-_FOLDED_URL = re.compile(r"^(postgres(?:ql)?):/(?!/)")
-
-
-def database_url(database: str | PathLike[str]) -> str:
-    """``ESS_DATABASE`` as text, with a URL's ``//`` restored if a ``Path`` folded it."""
-    return _FOLDED_URL.sub(r"\1://", os.fspath(database))
+__all__ = ["open_registry"]
 
 
 @asynccontextmanager
@@ -44,7 +35,7 @@ async def open_registry(
     PostgreSQL is not an error: the registry is then not available and
     connects in the background.
     """
-    text = database_url(database)
+    text = os.fspath(database)  # config keeps a URL as text, a file as a Path
     opened: AbstractAsyncContextManager[SQLRegistry]
     try:
         if is_postgres_url(text):

@@ -27,7 +27,7 @@ from actors.ports.registry import (
     StreamRecord,
 )
 from ess.errors import StartupError
-from ess.registry_factory import database_url, open_registry
+from ess.registry_factory import open_registry
 
 from . import registries
 from .registries import (
@@ -368,12 +368,6 @@ async def test_replicas_starting_together_migrate_once(postgres_database: str) -
                 replicas.start_soon(replica)
         nursery.cancel_scope.cancel()
     assert len(opened) == 4
-
-
-def test_a_postgres_url_folded_by_pathlib_is_restored() -> None:
-    assert database_url(Path("postgresql://u@h:5432/db")) == "postgresql://u@h:5432/db"
-    assert database_url(Path("postgres://u@h/db")) == "postgres://u@h/db"
-    assert database_url(Path("./data/event-streams.db")) == "data/event-streams.db"
 
 
 async def test_every_change_to_a_key_waits_for_the_key_lock(postgres_database: str) -> None:
