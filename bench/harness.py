@@ -605,6 +605,15 @@ def unique_key(prefix: str) -> str:
 SYSCALLS: Final = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl")
 
 
+def interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT a profiler (it writes its output then), SIGKILL it if it hangs."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class SyscallCounter:
     """``perf stat`` of the service's syscalls for the length of a ``with`` block.
 
@@ -638,11 +647,7 @@ class SyscallCounter:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            interrupt(self.proc)
 
     def counts(self) -> dict[str, int]:
         """``{"all": n, "sendto": n, ...}`` (empty if nothing was counted)."""
@@ -704,11 +709,7 @@ class Profiler:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            interrupt(self.proc)
 
     def top(self, n: int = 15) -> dict[str, Any]:
         if not self.raw.exists():
