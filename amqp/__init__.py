@@ -50,7 +50,7 @@ from .errors import (
 )
 from .message import DeliveredMessage, Properties
 from .table import Unusable
-from .url import ConnectionParameters, parse_url
+from .url import ConnectionParameters, InvalidURL, parse_url
 
 __all__ = [
     "AMQPConnectionError",
@@ -72,6 +72,7 @@ __all__ = [
     "ConsumerOverflow",
     "DeliveredMessage",
     "HeartbeatTimeout",
+    "InvalidURL",
     "NoFreeChannels",
     "NotFound",
     "PreconditionFailed",

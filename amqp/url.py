@@ -11,9 +11,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Final, Literal
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+#: The query options :func:`parse_url` knows (``connection_name`` is ``name``'s alias).
+OPTIONS: Final = ("heartbeat", "connection_timeout", "frame_max", "channel_max", "name")
+
+#: Which part of a URL :func:`parse_url` refused (``text``: the URL as a whole).
+Problem = Literal["text", "scheme", "host", "port", "path", "option", "value"]
+
+
+class InvalidURL(ValueError):
+    """A URL :func:`parse_url` refuses.
+
+    ``problem`` says which part is wrong, so a caller (the configuration)
+    can word the refusal its own way without parsing the URL a second time;
+    ``option`` is the unknown option's name when ``problem`` is ``"option"``.
+    """
+
+    def __init__(self, message: str, problem: Problem, option: str | None = None) -> None:
+        super().__init__(message)
+        self.problem: Problem = problem
+        self.option = option
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +68,9 @@ def _positive_float(name: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"URL option {name}={value!r} is not a number") from None
+        raise InvalidURL(f"URL option {name}={value!r} is not a number", "value") from None
     if not math.isfinite(number) or number < 0:
-        raise ValueError(f"URL option {name}={value!r} must be a finite number >= 0")
+        raise InvalidURL(f"URL option {name}={value!r} must be a finite number >= 0", "value")
     return number
 
 
@@ -58,14 +78,14 @@ def _bounded_int(name: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"URL option {name}={value!r} is not an integer") from None
+        raise InvalidURL(f"URL option {name}={value!r} is not an integer", "value") from None
     if not low <= number <= high:
-        raise ValueError(f"URL option {name}={value!r} must be between {low} and {high}")
+        raise InvalidURL(f"URL option {name}={value!r} must be between {low} and {high}", "value")
     return number
 
 
-def parse_url(url: str) -> ConnectionParameters:
-    """Parse an AMQP URL; raise :class:`ValueError` naming what is wrong.
+def parse_url(url: str, *, require_host: bool = False) -> ConnectionParameters:
+    """Parse an AMQP URL; raise :class:`InvalidURL` naming what is wrong.
 
     Query options: ``heartbeat`` (seconds, 0 disables), ``connection_timeout``
     (seconds), ``frame_max`` (bytes, at least 4096), ``channel_max``, and
@@ -74,16 +94,17 @@ def parse_url(url: str) -> ConnectionParameters:
     port that is not a number from 1 to 65535, a path of more than one
     segment, an unknown option, a bad option value, an ``@`` after the host
     (the sign of a password with an unencoded ``/``, ``?`` or ``#``), a tab
-    or line break.
+    or line break. With ``require_host``, a URL without a host (``amqp://``,
+    which means ``localhost``) is refused too.
 
     The error message never contains the password: the parts a misplaced
     password can end up in (port, path) are never quoted back, and the
     password itself is masked in whatever the message quotes.
     """
     try:
-        return _parse(url)
-    except ValueError as exc:
-        raise ValueError(_mask_password(str(exc), url)) from None
+        return _parse(url, require_host)
+    except InvalidURL as exc:
+        raise InvalidURL(_mask_password(str(exc), url), exc.problem, exc.option) from None
 
 
 def _mask_password(message: str, url: str) -> str:
@@ -104,34 +125,38 @@ def _port(parts: SplitResult, scheme: str) -> int:
     if port is None:
         return DEFAULT_PORTS[scheme]
     if not 1 <= port <= 65535:
-        raise ValueError(
+        raise InvalidURL(
             "AMQP URL port must be a number from 1 to 65535 (percent-encode any '/', '?', "
-            "'#' or '@' in the user name or password)"
+            "'#' or '@' in the user name or password)",
+            "port",
         )
     return port
 
 
-def _parse(url: str) -> ConnectionParameters:
+def _parse(url: str, require_host: bool) -> ConnectionParameters:
     if any(char in url for char in "\t\r\n"):
         # urlsplit silently deletes them (WHATWG rule), which could change a password.
-        raise ValueError("AMQP URL contains a tab or line break")
+        raise InvalidURL("AMQP URL contains a tab or line break", "text")
     try:
         parts = urlsplit(url)
     except ValueError:
-        raise ValueError("AMQP URL is malformed (host or brackets)") from None
+        raise InvalidURL("AMQP URL is malformed (host or brackets)", "text") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"AMQP URL scheme must be amqp or amqps, not {parts.scheme!r}")
+        raise InvalidURL(f"AMQP URL scheme must be amqp or amqps, not {parts.scheme!r}", "scheme")
     if not url[len(parts.scheme) + 1 :].startswith("//"):
-        raise ValueError(f"AMQP URL must start with {scheme}:// (the host part is missing)")
+        raise InvalidURL(f"AMQP URL must start with {scheme}:// (the host part is missing)", "host")
     if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
         # An unencoded '/', '?' or '#' in a password ends the host part early
         # and leaves the rest of the password in the path or query.
-        raise ValueError(
+        raise InvalidURL(
             "AMQP URL has an '@' after the host: percent-encode '/', '?', '#' and '@' "
-            "in the user name or password (and '@' in the vhost as %40)"
+            "in the user name or password (and '@' in the vhost as %40)",
+            "text",
         )
     port = _port(parts, scheme)
+    if require_host and not parts.hostname:
+        raise InvalidURL("AMQP URL has no host", "host")
     host = parts.hostname or "localhost"
 
     path = parts.path
@@ -140,8 +165,8 @@ def _parse(url: str) -> ConnectionParameters:
     else:
         raw = path[1:]
         if "/" in raw:
-            raise ValueError(
-                "AMQP URL path must be one segment, the vhost (write '/' in it as %2F)"
+            raise InvalidURL(
+                "AMQP URL path must be one segment, the vhost (write '/' in it as %2F)", "path"
             )
         vhost = unquote(raw)
 
@@ -165,9 +190,8 @@ def _parse(url: str) -> ConnectionParameters:
         elif key in ("name", "connection_name"):
             name = value
         else:
-            raise ValueError(
-                f"unknown AMQP URL option {key!r} (known: heartbeat, connection_timeout, "
-                "frame_max, channel_max, name)"
+            raise InvalidURL(
+                f"unknown AMQP URL option {key!r} (known: {', '.join(OPTIONS)})", "option", key
             )
 
     return ConnectionParameters(

@@ -77,10 +77,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, TypeVar, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from actors.settings import ActorSettings
-from amqp import parse_url
+from amqp import InvalidURL, parse_url
+from amqp.url import OPTIONS as AMQP_URL_OPTIONS
 
 _ACTOR_DEFAULTS = ActorSettings()
 
@@ -96,10 +97,6 @@ __all__ = [
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LogFormat = Literal["text", "json"]
-#: Query options :func:`amqp.parse_url` knows (checked here too, see ``_one_amqp_url``).
-AMQP_URL_OPTIONS = frozenset(
-    {"heartbeat", "connection_timeout", "frame_max", "channel_max", "name", "connection_name"}
-)
 DATABASE_URL_SCHEMES = ("postgresql", "postgres")
 #: More worker processes than this on one host is a typo, not a deployment.
 MAX_WORKERS = 64
@@ -285,42 +282,35 @@ def _amqp_urls(text: str) -> tuple[str, ...]:
     return urls
 
 
+_AMQP_URL_FORM = "amqp://user:password@host:port/vhost or amqps://..."
+#: How each kind of refusal by :func:`amqp.parse_url` is worded here: (reason, expected).
+_AMQP_URL_REFUSALS: dict[str, tuple[str, str]] = {
+    "scheme": ("is not an AMQP URL (the scheme must be amqp or amqps)", _AMQP_URL_FORM),
+    "host": ("is not a valid AMQP URL (it has no host)", _AMQP_URL_FORM),
+    "port": ("has an invalid port", "a port 1-65535"),
+    "path": ("has a path of more than one segment", "one segment, the vhost (write '/' as %2F)"),
+}
+
+
 def _one_amqp_url(url: str) -> None:
     """Validate with :func:`amqp.parse_url`, the parser the broker adapter uses.
 
-    The shape checks that parse_url may or may not make (unknown option, a
-    path of more than one segment, a bad port, another scheme) are repeated
-    here, so a bad value stops start-up rather than the first connection.
-    Messages never contain the URL (the caller prints it redacted).
+    A host is required here (``amqp://`` alone would mean localhost), so a
+    bad value stops start-up rather than the first connection. Messages never
+    contain the URL (the caller prints it redacted; parse_url masks the password).
     """
-    expected = "amqp://user:password@host:port/vhost or amqps://..."
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise _Invalid("has an invalid port", "a port 1-65535") from None
-    if parts.scheme.lower() not in ("amqp", "amqps"):
-        raise _Invalid("is not an AMQP URL (the scheme must be amqp or amqps)", expected)
-    if not parts.hostname:
-        raise _Invalid("is not a valid AMQP URL (it has no host)", expected)
-    if port == 0:
-        raise _Invalid("has an invalid port", "a port 1-65535")
-    if "/" in parts.path[1:]:
-        raise _Invalid(
-            "has a path of more than one segment", "one segment, the vhost (write '/' as %2F)"
+        parse_url(url, require_host=True)
+    except InvalidURL as error:
+        if error.problem == "option":
+            raise _Invalid(
+                f"has an unknown option {error.option!r}",
+                "options among " + ", ".join(AMQP_URL_OPTIONS),
+            ) from None
+        reason, expected = _AMQP_URL_REFUSALS.get(
+            error.problem, (f"is not a valid AMQP URL ({error})", _AMQP_URL_FORM)
         )
-    unknown = sorted(
-        {key for key, _ in parse_qsl(parts.query, keep_blank_values=True)} - AMQP_URL_OPTIONS
-    )
-    if unknown:
-        raise _Invalid(
-            f"has unknown option(s) {', '.join(map(repr, unknown))}",
-            "options among " + ", ".join(sorted(AMQP_URL_OPTIONS)),
-        )
-    try:
-        parse_url(url)
-    except ValueError as error:
-        raise _Invalid(f"is not a valid AMQP URL ({error})", expected) from None
+        raise _Invalid(reason, expected) from None
 
 
 def _ingress_location(text: str) -> str:
