@@ -70,32 +70,35 @@ def start_position(start: ClientStart) -> StartPosition:
 
 
 @dataclass(frozen=True, slots=True)
-class Queued:
-    """The event became a frame, added to :attr:`Delivery.batch`."""
+class StepAt:
+    """What :meth:`Delivery.receive` decided for the event of ``ordinal``: every step names it."""
 
     ordinal: int
+
+
+class Queued(StepAt):
+    """The event became a frame, added to :attr:`Delivery.batch`."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
-class Skipped:
+class Skipped(StepAt):
     """The event is not delivered: log ``reason`` with the ordinal."""
 
-    ordinal: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Filtered:
+class Filtered(StepAt):
     """The event lies before where the client asked to start: not delivered, not logged."""
 
-    ordinal: int
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Poisoned:
+class Poisoned(StepAt):
     """``POISON``: send the batch, then close the connection normally."""
 
-    ordinal: int
+    __slots__ = ()
 
 
 Step = Queued | Skipped | Filtered | Poisoned
