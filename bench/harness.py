@@ -7,6 +7,7 @@ websockets and the broker. Nothing here imports the service's packages.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -22,10 +23,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import aiormq
 import httpx
@@ -614,7 +615,41 @@ def interrupt(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-class SyscallCounter:
+class _Attached:
+    """A tool (``perf``, ``py-spy``) attached to the service for the length of a ``with`` block.
+
+    Subclasses give the tool's command line; the tool is SIGINTed (so it
+    writes its output) when the block ends. Not enabled, or not installed:
+    the block runs unobserved.
+    """
+
+    #: Seconds the tool needs to attach before the block may start measuring.
+    attach_seconds: float = 0.5
+
+    def __init__(self, pid: int, out_dir: Path, exe: str | None, enabled: bool) -> None:
+        self.pid = pid
+        self.exe = exe if enabled else None
+        self.enabled = self.exe is not None
+        self.proc: subprocess.Popen[bytes] | None = None
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self, exe: str) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        if self.exe is not None:
+            self.proc = subprocess.Popen(
+                self.command(self.exe), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(self.attach_seconds)  # let it attach
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            interrupt(self.proc)
+
+
+class SyscallCounter(_Attached):
     """``perf stat`` of the service's syscalls for the length of a ``with`` block.
 
     Counts (in the kernel, no per-call overhead in the service) every syscall
@@ -625,29 +660,17 @@ class SyscallCounter:
     :meth:`counts` is empty.
     """
 
+    attach_seconds = 0.3
+
     def __init__(self, pid: int, out_dir: Path, name: str, enabled: bool) -> None:
-        self.pid = pid
-        self.enabled = enabled and shutil.which("perf") is not None
+        super().__init__(pid, out_dir, shutil.which("perf"), enabled)
         self.out = out_dir / f"{name}.perf-stat.csv"
-        self.proc: subprocess.Popen[bytes] | None = None
-        out_dir.mkdir(parents=True, exist_ok=True)
 
-    def __enter__(self) -> SyscallCounter:
-        if self.enabled:
-            events = ",".join(
-                ["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{n}" for n in SYSCALLS)]
-            )
-            self.proc = subprocess.Popen(
-                ["perf", "stat", "-x,", "-o", str(self.out), "-e", events, "-p", str(self.pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(0.3)  # let it attach
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            interrupt(self.proc)
+    def command(self, exe: str) -> list[str]:
+        events = ",".join(
+            ["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{n}" for n in SYSCALLS)]
+        )
+        return [exe, "stat", "-x,", "-o", str(self.out), "-e", events, "-p", str(self.pid)]
 
     def counts(self) -> dict[str, int]:
         """``{"all": n, "sendto": n, ...}`` (empty if nothing was counted)."""
@@ -669,7 +692,7 @@ class SyscallCounter:
         return per_event_counts(dict.fromkeys(counts, 0), counts, events)
 
 
-class Profiler:
+class Profiler(_Attached):
     """``py-spy record`` on the service for the length of a ``with`` block.
 
     Writes collapsed stacks (raw format) and an SVG flame graph next to each
@@ -677,39 +700,12 @@ class Profiler:
     """
 
     def __init__(self, pid: int, out_dir: Path, name: str, enabled: bool) -> None:
-        self.pid = pid
-        self.enabled = enabled and shutil.which("py-spy", path=_venv_bin_path()) is not None
+        super().__init__(pid, out_dir, shutil.which("py-spy", path=_venv_bin_path()), enabled)
         self.raw = out_dir / f"{name}.collapsed.txt"
-        self.proc: subprocess.Popen[bytes] | None = None
-        out_dir.mkdir(parents=True, exist_ok=True)
 
-    def __enter__(self) -> Profiler:
-        if self.enabled:
-            exe = shutil.which("py-spy", path=_venv_bin_path())
-            assert exe is not None
-            self.proc = subprocess.Popen(
-                [
-                    exe,
-                    "record",
-                    "--pid",
-                    str(self.pid),
-                    "--format",
-                    "raw",
-                    "--rate",
-                    "200",
-                    "--nonblocking",
-                    "-o",
-                    str(self.raw),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(0.5)  # let it attach
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            interrupt(self.proc)
+    def command(self, exe: str) -> list[str]:
+        options = ["--format", "raw", "--rate", "200", "--nonblocking", "-o", str(self.raw)]
+        return [exe, "record", "--pid", str(self.pid), *options]
 
     def top(self, n: int = 15) -> dict[str, Any]:
         if not self.raw.exists():
@@ -740,6 +736,36 @@ class Profiler:
             "self": rank(own),
             "inclusive": rank(inclusive),
         }
+
+
+@contextlib.contextmanager
+def observed(
+    service: Service, args: argparse.Namespace, name: str
+) -> Iterator[tuple[Profiler, SyscallCounter]]:
+    """py-spy and ``perf stat`` on the service for the block, as asked by ``--profile``
+    and ``--syscalls``."""
+    out_dir = Path(args.profile_dir)
+    with (
+        Profiler(service.pid, out_dir, name, args.profile) as profiler,
+        SyscallCounter(service.pid, out_dir, name, args.syscalls) as syscalls,
+    ):
+        yield profiler, syscalls
+
+
+def event_costs(
+    cpu_seconds: float,
+    before: dict[str, int],
+    after: dict[str, int],
+    syscalls: SyscallCounter,
+    events: int,
+) -> dict[str, Any]:
+    """The service's CPU, context switches (``before``/``after``: its counters) and syscalls
+    per delivered event: the figures that stay comparable on a shared machine."""
+    return {
+        "service_cpu_us_per_event": cpu_us_per_event(cpu_seconds, events),
+        "service_per_event": per_event_counts(before, after, events),
+        "service_syscalls_per_event": syscalls.per_event(events),
+    }
 
 
 def _venv_bin_path() -> str:

@@ -11,18 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 
 from ..client import open_ws
-from ..harness import (
-    Profiler,
-    Result,
-    SyscallCounter,
-    cpu_us_per_event,
-    latency_summary,
-    per_event_counts,
-    running_service,
-)
+from ..harness import Result, event_costs, latency_summary, observed, running_service
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "fanout"
@@ -60,10 +51,7 @@ async def run(args: argparse.Namespace) -> Result:
         await asyncio.sleep(2.0)
         idle_cpu = (service.cpu_seconds() - cpu_idle0) / 2.0
         cpu0, wall0, counts0 = service.cpu_seconds(), time.perf_counter(), service.counters()
-        with (
-            Profiler(service.pid, Path(args.profile_dir), NAME, args.profile) as profiler,
-            SyscallCounter(service.pid, Path(args.profile_dir), NAME, args.syscalls) as syscalls,
-        ):
+        with observed(service, args, NAME) as (profiler, syscalls):
             sent, achieved = await paced_publish(publisher, keys, rate, duration, size)
             cpu1, wall1, counts1 = service.cpu_seconds(), time.perf_counter(), service.counters()
             await wait_all_received(readers, sent, grace=5.0)
@@ -89,9 +77,7 @@ async def run(args: argparse.Namespace) -> Result:
             "latency": lat,
             "service_cpu_seconds": round(cpu1 - cpu0, 3),
             "service_cpu_fraction_of_core": round(cpu_fraction, 4),
-            "service_cpu_us_per_event": cpu_us_per_event(cpu1 - cpu0, received),
-            "service_per_event": per_event_counts(counts0, counts1, received),
-            "service_syscalls_per_event": syscalls.per_event(received),
+            **event_costs(cpu1 - cpu0, counts0, counts1, syscalls, received),
             "service_idle_cpu_fraction_of_core": round(idle_cpu, 4),
             "rss_kb_streams_idle": rss_idle,
             "rss_kb_clients_connected": rss_connected,

@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from pathlib import Path
 
 from ..ceilings import bare_amqp_latency
 from ..client import open_ws
-from ..harness import (
-    Profiler,
-    Result,
-    SyscallCounter,
-    cpu_us_per_event,
-    latency_summary,
-    per_event_counts,
-    running_service,
-    unique_key,
-)
+from ..harness import Result, event_costs, latency_summary, observed, running_service, unique_key
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "live"
@@ -47,10 +37,7 @@ async def run(args: argparse.Namespace) -> Result:
         await asyncio.sleep(0.5)
         cpu0, wall0 = service.cpu_seconds(), asyncio.get_running_loop().time()
         counts0 = service.counters()
-        with (
-            Profiler(service.pid, Path(args.profile_dir), NAME, args.profile) as profiler,
-            SyscallCounter(service.pid, Path(args.profile_dir), NAME, args.syscalls) as syscalls,
-        ):
+        with observed(service, args, NAME) as (profiler, syscalls):
             sent, achieved = await paced_publish(publisher, [key], rate, duration, size)
             await wait_all_received([reader], sent, grace=5.0)
         cpu = service.cpu_seconds() - cpu0
@@ -75,9 +62,7 @@ async def run(args: argparse.Namespace) -> Result:
             "latency": lat,
             "broker_floor_latency": latency_summary(floor),
             "service_cpu_fraction_of_core": round(cpu / wall, 4),
-            "service_cpu_us_per_event": cpu_us_per_event(cpu, len(reader.seqs)),
-            "service_per_event": per_event_counts(counts0, counts1, len(reader.seqs)),
-            "service_syscalls_per_event": syscalls.per_event(len(reader.seqs)),
+            **event_costs(cpu, counts0, counts1, syscalls, len(reader.seqs)),
             "closed_early": closed_early,
         }
     )
