@@ -49,7 +49,6 @@ from psycopg.conninfo import conninfo_to_dict
 from actors.adapters.sql_registry import (
     CHECK_INTERVAL,
     Dialect,
-    RegistryClosedError,
     RegistryOpenError,
     Session,
     SQLRegistry,
@@ -157,19 +156,17 @@ class PostgresRegistry(SQLRegistry):
 
     def __init__(self, url: str, policy: BackoffPolicy = RECONNECT) -> None:
         """Prefer :meth:`open`; this connects nothing yet."""
-        super().__init__(DIALECT)
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
             raise RegistryOpenError(f"not a valid PostgreSQL URL: {_one_line(exc)}") from exc
         host = params.get("host") or "localhost"
         self._where = f"PostgreSQL {host}:{params.get('port') or 5432}/{params.get('dbname', '')}"
+        super().__init__(DIALECT, self._where)
         self._params: dict[str, Any] = {**_DEFAULTS, **params}
         self._policy = policy
         self._session: _PostgresSession | None = None
-        self._limiter = trio.CapacityLimiter(1)
         self._lost = trio.Event()
-        self._open = True
 
     @classmethod
     @asynccontextmanager
@@ -183,13 +180,10 @@ class PostgresRegistry(SQLRegistry):
         an error (the registry is then not :attr:`available`).
         """
         registry = cls(url, policy)
-        cancel = trio.CancelScope()
-        await nursery.start(registry._keep_connected, cancel)
-        try:
+        connecting = trio.CancelScope()
+        await nursery.start(registry._keep_connected, connecting)
+        async with registry._serving(connecting):
             yield registry
-        finally:
-            cancel.cancel()
-            await registry._close()
 
     @property
     def where(self) -> str:
@@ -271,20 +265,12 @@ class PostgresRegistry(SQLRegistry):
             raise
         return session
 
-    async def _close(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        self._available = False
+    def _disconnect(self) -> Callable[[], None] | None:
         session, self._session = self._session, None
-        if session is not None:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(session.conn.close, limiter=self._limiter)
+        return session.conn.close if session is not None else None
 
     async def _execute(self, fn: Callable[[Session], _T]) -> _T:
         """Run ``fn(session)`` in a worker thread, one call at a time."""
-        if not self._open:
-            raise RegistryClosedError(f"registry {self._where} is closed")
         session = self._session
         if session is None:
             raise RegistryUnavailable(f"{self._where} is not connected")

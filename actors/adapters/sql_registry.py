@@ -24,7 +24,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -198,8 +198,11 @@ class SQLRegistry(abc.ABC):
     """The :class:`~actors.ports.registry.Registry` port over a :class:`Session`.
 
     Subclasses provide :meth:`_execute`: run a function with the session in a
-    worker thread, one call at a time, translating the driver's errors into
-    :class:`RegistryUnavailable`.
+    worker thread, one call at a time (under :attr:`_limiter`), translating
+    the driver's errors into :class:`RegistryUnavailable`; and
+    :meth:`_disconnect`, what closing needs. The open/close scaffolding is
+    here: :meth:`_serving` is the body of each ``open()``, and a call after
+    the close raises :class:`RegistryClosedError`.
 
     :attr:`available` is the outcome of the last write (or check): a read
     that succeeds says nothing about whether the registry can be written
@@ -209,9 +212,14 @@ class SQLRegistry(abc.ABC):
     unready replica does not get.
     """
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, label: str) -> None:
         self._dialect = dialect
         self._available = False
+        #: What messages call the registry (a file, or a server; never a password).
+        self._label = label
+        #: One connection, one call at a time: calls run in the order they were issued.
+        self._limiter = trio.CapacityLimiter(1)
+        self._open = True
 
     @property
     def available(self) -> bool:
@@ -243,8 +251,35 @@ class SQLRegistry(abc.ABC):
     async def _execute(self, fn: Callable[[Session], _T]) -> _T:
         """Run ``fn(session)``; raises :class:`RegistryUnavailable`."""
 
+    @abc.abstractmethod
+    def _disconnect(self) -> Callable[[], None] | None:
+        """Let go of the connection; return what closes it (``None``: there is none)."""
+
+    @contextlib.asynccontextmanager
+    async def _serving(self, background: trio.CancelScope) -> AsyncIterator[None]:
+        """The block of ``open()``: then the ``background`` task ends and the registry closes."""
+        try:
+            yield
+        finally:
+            background.cancel()
+            await self._close()
+
+    async def _close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._available = False
+        close = self._disconnect()
+        if close is not None:
+            # Shielded: closing during cancellation must still wait for any
+            # in-flight statement and release the connection cleanly.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(close, limiter=self._limiter)
+
     async def _run(self, fn: Callable[[Session], _T], *, writes: bool = True) -> _T:
         try:
+            if not self._open:
+                raise RegistryClosedError(f"registry {self._label} is closed")
             result = await self._execute(fn)
         except RegistryUnavailable:
             self._available = False

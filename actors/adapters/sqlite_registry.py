@@ -56,7 +56,6 @@ import trio
 
 from actors.adapters.sql_registry import (
     Dialect,
-    RegistryClosedError,
     RegistryOpenError,
     Session,
     SQLRegistry,
@@ -165,11 +164,9 @@ class SQLiteRegistry(SQLRegistry):
 
     def __init__(self, session: _SQLiteSession, path: Path) -> None:
         """Wrap an already configured connection; prefer :meth:`open`."""
-        super().__init__(DIALECT)
+        super().__init__(DIALECT, str(path))
         self._session = session
         self._path = path
-        self._limiter = trio.CapacityLimiter(1)
-        self._open = True
         self._available = True
 
     @classmethod
@@ -190,11 +187,8 @@ class SQLiteRegistry(SQLRegistry):
         checking = trio.CancelScope()
         if nursery is not None:
             nursery.start_soon(registry._keep_checking, checking)
-        try:
+        async with registry._serving(checking):
             yield registry
-        finally:
-            checking.cancel()
-            await registry._close()
 
     @property
     def path(self) -> Path:
@@ -206,20 +200,11 @@ class SQLiteRegistry(SQLRegistry):
         """The connection (for tests that inspect pragmas and transactions)."""
         return self._session.conn
 
-    async def _close(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        self._available = False
-        # Shielded: closing during cancellation must still wait for any
-        # in-flight statement and release the file cleanly.
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._session.conn.close, limiter=self._limiter)
+    def _disconnect(self) -> Callable[[], None]:
+        return self._session.conn.close
 
     async def _execute(self, fn: Callable[[Session], _T]) -> _T:
         """Run ``fn(session)`` in a worker thread, one call at a time."""
-        if not self._open:
-            raise RegistryClosedError(f"registry {self._path} is closed")
 
         def call() -> _T:
             try:
