@@ -11,6 +11,7 @@ scheme and the 401 answers, so it always describes the running service.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from web.validation import MAX_ROUTING_KEY_BYTES
@@ -187,14 +188,24 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
     }
     api_operation = functools.partial(_operation, tags=["event streams"], secured=secured)
     ops_operation = functools.partial(_operation, tags=["operations"], secured=secured)
+
+    def read_only(
+        operation: Callable[..., dict[str, Any]],
+        summary: str,
+        ok: dict[str, Any],
+        operation_id: str,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """A path answered by ``GET`` alone, ``200`` with ``ok``."""
+        return {"get": operation(summary, {"200": ok}, operationId=operation_id, **extra)}
+
     paths: dict[str, Any] = {
-        "/event-stream/version/": {
-            "get": api_operation(
-                "The service's protocol, name and version",
-                {"200": _json_body("Version", "The version")},
-                operationId="getVersion",
-            )
-        },
+        "/event-stream/version/": read_only(
+            api_operation,
+            "The service's protocol, name and version",
+            _json_body("Version", "The version"),
+            "getVersion",
+        ),
         "/event-stream/": {
             "post": api_operation(
                 "Create an event stream for a routing key",
@@ -239,14 +250,13 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
                 parameters=[stream_id],
             )
         },
-        "/health/live": {
-            "get": ops_operation(
-                "Liveness: the process answers",
-                {"200": _json_body("Live", "Alive")},
-                protected=False,
-                operationId="getLive",
-            )
-        },
+        "/health/live": read_only(
+            ops_operation,
+            "Liveness: the process answers",
+            _json_body("Live", "Alive"),
+            "getLive",
+            protected=False,
+        ),
         "/health/ready": {
             "get": ops_operation(
                 "Readiness: the registry can be used and the broker connection is up",
@@ -255,46 +265,37 @@ def build_openapi(*, name: str, version: str, secured: bool) -> dict[str, Any]:
                 operationId="getReady",
             )
         },
-        "/metrics": {
-            "get": ops_operation(
-                "Prometheus metrics",
-                {
-                    "200": _plain_body(
-                        "Prometheus text exposition format 0.0.4", "text/plain", "string"
-                    )
-                },
-                operationId="getMetrics",
-            )
-        },
-        "/debug/actors": {
-            "get": ops_operation(
-                "The actor tree",
-                {"200": _json_body("ActorTree", "The tree")},
-                operationId="getActorTree",
-            )
-        },
-        "/debug/replicas": {
-            "get": ops_operation(
-                "The replicas alive now (SPEC section 7)",
-                {"200": _json_body("Replicas", "The replicas")},
-                operationId="getReplicas",
-            )
-        },
-        "/debug/": {
-            "get": ops_operation(
-                "A web page showing the actor tree (it asks for the token itself)",
-                {"200": _plain_body("HTML", "text/html", "string")},
-                protected=False,
-                operationId="getDebugPage",
-            )
-        },
-        "/openapi.json": {
-            "get": ops_operation(
-                "This document",
-                {"200": _plain_body("OpenAPI 3.0", JSON, "object")},
-                operationId="getOpenApi",
-            )
-        },
+        "/metrics": read_only(
+            ops_operation,
+            "Prometheus metrics",
+            _plain_body("Prometheus text exposition format 0.0.4", "text/plain", "string"),
+            "getMetrics",
+        ),
+        "/debug/actors": read_only(
+            ops_operation,
+            "The actor tree",
+            _json_body("ActorTree", "The tree"),
+            "getActorTree",
+        ),
+        "/debug/replicas": read_only(
+            ops_operation,
+            "The replicas alive now (SPEC section 7)",
+            _json_body("Replicas", "The replicas"),
+            "getReplicas",
+        ),
+        "/debug/": read_only(
+            ops_operation,
+            "A web page showing the actor tree (it asks for the token itself)",
+            _plain_body("HTML", "text/html", "string"),
+            "getDebugPage",
+            protected=False,
+        ),
+        "/openapi.json": read_only(
+            ops_operation,
+            "This document",
+            _plain_body("OpenAPI 3.0", JSON, "object"),
+            "getOpenApi",
+        ),
     }
     components: dict[str, Any] = {
         "schemas": _schemas(),
