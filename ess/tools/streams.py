@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, TypedDict, Unpack
 
 import httpx
 
@@ -67,14 +67,43 @@ def _request(
     return response
 
 
-def _run(action: str, call: Callable[[], None], err: TextIO | None) -> int:
-    err = sys.stderr if err is None else err
+class Plumbing(TypedDict, total=False):
+    """Where a command prints (stdout, stderr unless given) and how it reaches the API."""
+
+    out: TextIO | None
+    err: TextIO | None
+    #: An httpx transport in place of the network (tests use a mock one).
+    transport: httpx.BaseTransport | None
+
+
+def _command(
+    action: str,
+    api: str,
+    token: str | None,
+    method: str,
+    path: str,
+    show: Callable[[httpx.Response], str],
+    io: Plumbing,
+    *,
+    body: dict[str, Any] | None = None,
+) -> int:
+    """Make one request and print what ``show`` makes of the answer: exit status 0.
+
+    A failure (an error answer, an unreachable API, an answer ``show`` cannot
+    read) prints ``ess streams <action>: <why>`` on stderr: exit status 1.
+    """
     try:
-        call()
+        response = _request(api, token, method, path, body=body, transport=io.get("transport"))
+        text = show(response)
     except _Failed as exc:
-        err.write(f"{PROG} {action}: {exc}\n")
+        print(f"{PROG} {action}: {exc}", file=io.get("err") or sys.stderr)
         return 1
+    print(text, file=io.get("out") or sys.stdout)
     return 0
+
+
+def _unexpected(response: httpx.Response) -> _Failed:
+    return _Failed(f"unexpected answer: {response.text[:200]!r}")
 
 
 def format_table(streams: Sequence[dict[str, Any]]) -> str:
@@ -92,76 +121,41 @@ def format_table(streams: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def streams_list(
-    api: str,
-    token: str | None,
-    *,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    transport: httpx.BaseTransport | None = None,
-) -> int:
+def streams_list(api: str, token: str | None, **io: Unpack[Plumbing]) -> int:
     """``GET /event-stream/`` and print the streams as a table."""
 
-    def call() -> None:
-        response = _request(api, token, "GET", "/event-stream/", transport=transport)
+    def show(response: httpx.Response) -> str:
         try:
             streams = response.json()["event_streams"]
         except (ValueError, KeyError, TypeError):
-            raise _Failed(f"unexpected answer: {response.text[:200]!r}") from None
-        print(format_table(streams), file=sys.stdout if out is None else out)
+            raise _unexpected(response) from None
+        return format_table(streams)
 
-    return _run("list", call, err)
+    return _command("list", api, token, "GET", "/event-stream/", show, io)
 
 
-def streams_create(
-    api: str,
-    token: str | None,
-    routing_key: str,
-    *,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    transport: httpx.BaseTransport | None = None,
-) -> int:
+def streams_create(api: str, token: str | None, routing_key: str, **io: Unpack[Plumbing]) -> int:
     """``POST /event-stream/`` and print the new ``{"id", "location"}`` as one JSON line."""
 
-    def call() -> None:
-        response = _request(
-            api,
-            token,
-            "POST",
-            "/event-stream/",
-            body={"routing_key": routing_key},
-            transport=transport,
-        )
+    def show(response: httpx.Response) -> str:
         try:
             created = response.json()
         except ValueError:
-            raise _Failed(f"unexpected answer: {response.text[:200]!r}") from None
-        print(json.dumps(created), file=sys.stdout if out is None else out)
+            raise _unexpected(response) from None
+        return json.dumps(created)
 
-    return _run("create", call, err)
+    body = {"routing_key": routing_key}
+    return _command("create", api, token, "POST", "/event-stream/", show, io, body=body)
 
 
-def streams_delete(
-    api: str,
-    token: str | None,
-    stream_id: int,
-    *,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    transport: httpx.BaseTransport | None = None,
-) -> int:
+def streams_delete(api: str, token: str | None, stream_id: int, **io: Unpack[Plumbing]) -> int:
     """``DELETE /event-stream/{id}``; prints ``{"id": N, "deleted": true}``.
 
     The API answers only once every websocket of the stream is closed, so
     when this returns its listeners have been told.
     """
 
-    def call() -> None:
-        _request(api, token, "DELETE", f"/event-stream/{stream_id}", transport=transport)
-        print(
-            json.dumps({"id": stream_id, "deleted": True}),
-            file=sys.stdout if out is None else out,
-        )
+    def show(response: httpx.Response) -> str:
+        return json.dumps({"id": stream_id, "deleted": True})
 
-    return _run("delete", call, err)
+    return _command("delete", api, token, "DELETE", f"/event-stream/{stream_id}", show, io)
