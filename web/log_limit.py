@@ -14,51 +14,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 __all__ = ["RateLimitedLog"]
 
 
+@dataclass(eq=False)
 class RateLimitedLog:
     """At most ``burst`` lines per ``interval`` seconds at ``level``; the excess at DEBUG."""
 
-    def __init__(
-        self,
-        logger: logging.Logger,
-        *,
-        what: str,
-        burst: int = 20,
-        interval: float = 60.0,
-        level: int = logging.INFO,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._logger = logger
-        self._what = what
-        self._burst = burst
-        self._interval = interval
-        self._level = level
-        self._clock = clock
-        self._window_end = float("-inf")
-        self._passed = 0
-        self._suppressed = 0
+    logger: logging.Logger
+    _: KW_ONLY
+    #: What the lines are about, for the summary line ("handshake refusals").
+    what: str
+    burst: int = 20
+    interval: float = 60.0
+    level: int = logging.INFO
+    clock: Callable[[], float] = time.monotonic
+    _window_end: float = field(default=float("-inf"), init=False)
+    _passed: int = field(default=0, init=False)
+    _suppressed: int = field(default=0, init=False)
 
     def log(self, message: str, *args: object) -> None:
         """Log ``message % args`` at the limiter's level, or at DEBUG once over budget."""
-        now = self._clock()
+        now = self.clock()
         if now >= self._window_end:
             if self._suppressed:
-                self._logger.log(
-                    self._level,
+                self.logger.log(
+                    self.level,
                     "%s: suppressed %d similar lines in %g s",
-                    self._what,
+                    self.what,
                     self._suppressed,
-                    self._interval,
+                    self.interval,
                 )
-            self._window_end = now + self._interval
+            self._window_end = now + self.interval
             self._passed = 0
             self._suppressed = 0
-        if self._passed < self._burst:
+        if self._passed < self.burst:
             self._passed += 1
-            self._logger.log(self._level, message, *args)
+            self.logger.log(self.level, message, *args)
         else:
             self._suppressed += 1
-            self._logger.debug(message, *args)
+            self.logger.debug(message, *args)

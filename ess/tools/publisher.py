@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import TextIO
@@ -106,6 +106,7 @@ def summary_line(result: PublishResult, target: str) -> str:
     return line
 
 
+@dataclass(eq=False)
 class Progress:
     """A one-line text progress bar on a terminal, redrawn at most 10 times a second.
 
@@ -113,21 +114,17 @@ class Progress:
     to need it; in a pipe or a log it would be noise.
     """
 
-    def __init__(
-        self,
-        total: int,
-        stream: TextIO,
-        *,
-        enabled: bool,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._total = total
-        self._stream = stream
-        self._enabled = enabled
-        self._clock = clock
-        self._start = clock()
-        self._drawn_at = -math.inf
-        self._drawn = False
+    total: int
+    stream: TextIO
+    _: KW_ONLY
+    enabled: bool
+    clock: Callable[[], float] = time.monotonic
+    _start: float = field(init=False)
+    _drawn_at: float = field(default=-math.inf, init=False)
+    _drawn: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._start = self.clock()
 
     @staticmethod
     def wanted(count: int, rate: float | None, stream: TextIO) -> bool:
@@ -139,29 +136,29 @@ class Progress:
 
     def render(self, done: int, elapsed: float) -> str:
         """The bar for ``done`` events after ``elapsed`` seconds (no terminal codes)."""
-        fraction = done / self._total if self._total else 1.0
+        fraction = done / self.total if self.total else 1.0
         filled = int(fraction * PROGRESS_WIDTH)
         rate = done / elapsed if elapsed > 0 else 0.0
         bar = "#" * filled + "." * (PROGRESS_WIDTH - filled)
-        width = len(str(self._total))
-        return f"[{bar}] {done:>{width}}/{self._total} {fraction:4.0%} {rate:8.1f} msg/s"
+        width = len(str(self.total))
+        return f"[{bar}] {done:>{width}}/{self.total} {fraction:4.0%} {rate:8.1f} msg/s"
 
     def update(self, done: int) -> None:
-        if not self._enabled:
+        if not self.enabled:
             return
-        now = self._clock()
-        if done < self._total and now - self._drawn_at < PROGRESS_INTERVAL:
+        now = self.clock()
+        if done < self.total and now - self._drawn_at < PROGRESS_INTERVAL:
             return
         self._drawn_at = now
         self._drawn = True
-        self._stream.write("\r" + self.render(done, now - self._start))
-        self._stream.flush()
+        self.stream.write("\r" + self.render(done, now - self._start))
+        self.stream.flush()
 
     def close(self) -> None:
         """Erase the bar so the summary line starts on a clean line."""
         if self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
 
 async def run_publish(
