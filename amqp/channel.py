@@ -26,13 +26,13 @@ import datetime
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Unpack
 
 import anyio
 from pamqp import base, commands
 
 from . import codec
-from .consumer import DEFAULT_MAX_BUFFER_BYTES, Consumer
+from .consumer import Consumer, ConsumerOptions
 from .contract import BoundedExit, ChannelEvent, ConnectionSide, ConsumerSide
 from .errors import (
     ChannelClosed,
@@ -404,31 +404,12 @@ class Channel(BoundedExit):
     # ------------------------------------------------------------------ exchanges
 
     async def exchange_declare(
-        self,
-        exchange: str,
-        exchange_type: str = "direct",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Mapping[str, Any] | None = None,
+        self, exchange: str, exchange_type: str = "direct", **options: Unpack[codec.ExchangeDeclare]
     ) -> None:
         """Declare an exchange (406 :class:`~amqp.errors.PreconditionFailed` if it
         exists with another type or flags; 404 with ``passive`` if missing)."""
-        await self.call(
-            codec.exchange_declare(
-                self.number,
-                exchange,
-                exchange_type,
-                passive=passive,
-                durable=durable,
-                auto_delete=auto_delete,
-                internal=internal,
-                arguments=arguments,
-            ),
-            commands.Exchange.DeclareOk,
-        )
+        frame = codec.exchange_declare(self.number, exchange, exchange_type, **options)
+        await self.call(frame, commands.Exchange.DeclareOk)
 
     async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
         """Delete an exchange."""
@@ -440,31 +421,14 @@ class Channel(BoundedExit):
     # ------------------------------------------------------------------ queues
 
     async def queue_declare(
-        self,
-        queue: str = "",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: Mapping[str, Any] | None = None,
+        self, queue: str = "", **options: Unpack[codec.QueueDeclare]
     ) -> QueueDeclareOk:
         """Declare (or with ``passive=True`` check) a queue.
 
         Any UTF-8 name up to 255 bytes is accepted (no client-side pattern).
         """
-        reply = await self.call(
-            codec.queue_declare(
-                self.number,
-                queue,
-                passive=passive,
-                durable=durable,
-                exclusive=exclusive,
-                auto_delete=auto_delete,
-                arguments=arguments,
-            ),
-            commands.Queue.DeclareOk,
-        )
+        frame = codec.queue_declare(self.number, queue, **options)
+        reply = await self.call(frame, commands.Queue.DeclareOk)
         return QueueDeclareOk(
             str(reply.queue), int(reply.message_count or 0), int(reply.consumer_count or 0)
         )
@@ -526,16 +490,7 @@ class Channel(BoundedExit):
         )
         self.prefetch_count = prefetch_count
 
-    def basic_consume(
-        self,
-        queue: str,
-        *,
-        consumer_tag: str | None = None,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-    ) -> Consumer:
+    def basic_consume(self, queue: str, **options: Unpack[ConsumerOptions]) -> Consumer:
         """A consumer of ``queue``: use it with ``async with`` and ``async for``.
 
         ``arguments`` may carry ``x-stream-offset``: ``"first"``, ``"last"``,
@@ -549,15 +504,8 @@ class Channel(BoundedExit):
         There is no bound by message count: a count bounds nothing on a
         stream queue, whose chunks pass the prefetch window.
         """
-        return Consumer(
-            self,
-            queue,
-            consumer_tag=consumer_tag,
-            no_ack=no_ack,
-            exclusive=exclusive,
-            arguments=_normalise_arguments(arguments),
-            max_buffer_bytes=max_buffer_bytes,
-        )
+        options["arguments"] = _normalise_arguments(options.get("arguments"))
+        return Consumer(self, queue, **options)
 
     async def basic_cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer by tag (same as ``await consumer.cancel()``)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 from pamqp import encode as _pamqp_encode
 
@@ -97,6 +97,55 @@ def _ticketed(*names: str) -> bytes:
     return _NO_TICKET + b"".join(shortstr(name) for name in names)
 
 
+#: A field table argument (``x-`` arguments of a declare, bind or consume).
+Arguments = Mapping[str, Any] | None
+
+
+class _Declare(TypedDict, total=False):
+    """The options both declares have (a flag not given is false)."""
+
+    passive: bool
+    durable: bool
+    auto_delete: bool
+    arguments: Arguments
+
+
+class ExchangeDeclare(_Declare, total=False):
+    """The options of ``exchange.declare``."""
+
+    internal: bool
+
+
+class QueueDeclare(_Declare, total=False):
+    """The options of ``queue.declare``."""
+
+    exclusive: bool
+
+
+class Consume(TypedDict, total=False):
+    """The options of ``basic.consume``."""
+
+    no_local: bool
+    no_ack: bool
+    exclusive: bool
+    arguments: Arguments
+
+
+def _optioned(
+    channel: int,
+    class_id: int,
+    method_id: int,
+    names: tuple[str, ...],
+    options: Mapping[str, Any],
+    *flags: str,
+) -> bytes:
+    """A method of names, bit ``flags`` (taken from ``options`` in wire order, then a
+    ``nowait`` we never set: we want the broker's verdict) and an argument table."""
+    set_bits = bits(*(bool(options.get(flag)) for flag in flags), False)
+    arguments = table(options.get("arguments"))
+    return method_frame(channel, class_id, method_id, _ticketed(*names), set_bits, arguments)
+
+
 # --------------------------------------------------------------------------- connection
 
 
@@ -171,25 +220,11 @@ def channel_close_ok(channel: int) -> bytes:
 
 
 def exchange_declare(
-    channel: int,
-    exchange: str,
-    exchange_type: str,
-    *,
-    passive: bool = False,
-    durable: bool = False,
-    auto_delete: bool = False,
-    internal: bool = False,
-    arguments: Mapping[str, Any] | None = None,
+    channel: int, exchange: str, exchange_type: str, **options: Unpack[ExchangeDeclare]
 ) -> bytes:
-    """``exchange.declare`` (never nowait: we want the broker's verdict)."""
-    return method_frame(
-        channel,
-        40,
-        10,
-        _ticketed(exchange, exchange_type),
-        bits(passive, durable, auto_delete, internal, False),
-        table(arguments),
-    )
+    """``exchange.declare``."""
+    flags = ("passive", "durable", "auto_delete", "internal")
+    return _optioned(channel, 40, 10, (exchange, exchange_type), options, *flags)
 
 
 def exchange_delete(channel: int, exchange: str, *, if_unused: bool = False) -> bytes:
@@ -200,60 +235,24 @@ def exchange_delete(channel: int, exchange: str, *, if_unused: bool = False) -> 
 # --------------------------------------------------------------------------- queue
 
 
-def queue_declare(
-    channel: int,
-    queue: str,
-    *,
-    passive: bool = False,
-    durable: bool = False,
-    exclusive: bool = False,
-    auto_delete: bool = False,
-    arguments: Mapping[str, Any] | None = None,
-) -> bytes:
+def queue_declare(channel: int, queue: str, **options: Unpack[QueueDeclare]) -> bytes:
     """``queue.declare``."""
-    return method_frame(
-        channel,
-        50,
-        10,
-        _ticketed(queue),
-        bits(passive, durable, exclusive, auto_delete, False),
-        table(arguments),
-    )
+    flags = ("passive", "durable", "exclusive", "auto_delete")
+    return _optioned(channel, 50, 10, (queue,), options, *flags)
 
 
 def queue_bind(
-    channel: int,
-    queue: str,
-    exchange: str,
-    routing_key: str,
-    arguments: Mapping[str, Any] | None = None,
+    channel: int, queue: str, exchange: str, routing_key: str, arguments: Arguments = None
 ) -> bytes:
     """``queue.bind``."""
-    return method_frame(
-        channel,
-        50,
-        20,
-        _ticketed(queue, exchange, routing_key),
-        bits(False),
-        table(arguments),
-    )
+    return _optioned(channel, 50, 20, (queue, exchange, routing_key), {"arguments": arguments})
 
 
 def queue_unbind(
-    channel: int,
-    queue: str,
-    exchange: str,
-    routing_key: str,
-    arguments: Mapping[str, Any] | None = None,
+    channel: int, queue: str, exchange: str, routing_key: str, arguments: Arguments = None
 ) -> bytes:
-    """``queue.unbind``."""
-    return method_frame(
-        channel,
-        50,
-        50,
-        _ticketed(queue, exchange, routing_key),
-        table(arguments),
-    )
+    """``queue.unbind`` (no ``nowait`` bit, unlike bind)."""
+    return method_frame(channel, 50, 50, _ticketed(queue, exchange, routing_key), table(arguments))
 
 
 def queue_purge(channel: int, queue: str) -> bytes:
@@ -280,25 +279,10 @@ def basic_qos(
     )
 
 
-def basic_consume(
-    channel: int,
-    queue: str,
-    consumer_tag: str,
-    *,
-    no_local: bool = False,
-    no_ack: bool = False,
-    exclusive: bool = False,
-    arguments: Mapping[str, Any] | None = None,
-) -> bytes:
+def basic_consume(channel: int, queue: str, consumer_tag: str, **options: Unpack[Consume]) -> bytes:
     """``basic.consume`` (the tag is chosen by us so deliveries route at once)."""
-    return method_frame(
-        channel,
-        60,
-        20,
-        _ticketed(queue, consumer_tag),
-        bits(no_local, no_ack, exclusive, False),
-        table(arguments),
-    )
+    flags = ("no_local", "no_ack", "exclusive")
+    return _optioned(channel, 60, 20, (queue, consumer_tag), options, *flags)
 
 
 def basic_cancel(channel: int, consumer_tag: str, *, nowait: bool = False) -> bytes:

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Mapping
-from typing import Any, Final
+from collections.abc import Awaitable
+from typing import Final, Unpack
 
 import anyio
 from pamqp import commands
@@ -63,6 +63,19 @@ DEFAULT_MAX_BUFFER_BYTES: Final = 8 * 1024 * 1024
 CANCEL_TIMEOUT: Final = 5.0
 
 _NEW, _ACTIVE, _CANCELLING, _ENDED = 0, 1, 2, 3
+
+
+class ConsumerOptions(codec.Consume, total=False):
+    """The options of a consumer: those of ``basic.consume``, and the consumer's own.
+
+    ``consumer_tag``: chosen here unless given. ``max_buffer_bytes``: the
+    bound on what the consumer buffers (default :data:`DEFAULT_MAX_BUFFER_BYTES`).
+    """
+
+    consumer_tag: str | None
+    max_buffer_bytes: int
+
+
 _tags = itertools.count(1)
 
 
@@ -81,25 +94,24 @@ class Consumer(BoundedExit):
     exit_timeout = CANCEL_TIMEOUT
 
     def __init__(
-        self,
-        channel: ConsumerHost,
-        queue: str,
-        *,
-        consumer_tag: str | None = None,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        self, channel: ConsumerHost, queue: str, **options: Unpack[ConsumerOptions]
     ) -> None:
+        max_buffer_bytes = options.get("max_buffer_bytes", DEFAULT_MAX_BUFFER_BYTES)
         if max_buffer_bytes < 1:
             raise ValueError("max_buffer_bytes must be at least 1")
         self.channel = channel
         self.queue = queue
-        self.consumer_tag = consumer_tag or f"ctag-{channel.number}-{next(_tags)}"
-        self.no_ack = no_ack
+        self.consumer_tag = options.get("consumer_tag") or f"ctag-{channel.number}-{next(_tags)}"
+        self.no_ack = options.get("no_ack", False)
         self.max_buffer_bytes = max_buffer_bytes
-        self._exclusive = exclusive
-        self._arguments = dict(arguments) if arguments else None
+        arguments = options.get("arguments")
+        #: What ``basic.consume`` asks for (the arguments copied: the caller keeps its own).
+        self._consume = codec.Consume(
+            no_local=options.get("no_local", False),
+            no_ack=self.no_ack,
+            exclusive=options.get("exclusive", False),
+            arguments=dict(arguments) if arguments else None,
+        )
         self._buffer: deque[DeliveredMessage] = deque()
         self._buffered_bytes = 0
         self._wakeup: anyio.Event | None = None
@@ -127,14 +139,7 @@ class Consumer(BoundedExit):
         channel.check()
         # Register before sending: deliveries may follow consume-ok immediately.
         channel.add_consumer(self)
-        frame = codec.basic_consume(
-            channel.number,
-            self.queue,
-            self.consumer_tag,
-            no_ack=self.no_ack,
-            exclusive=self._exclusive,
-            arguments=self._arguments,
-        )
+        frame = codec.basic_consume(channel.number, self.queue, self.consumer_tag, **self._consume)
         try:
             await channel.call(
                 frame,
