@@ -37,11 +37,11 @@ from .contract import BoundedExit, ChannelEvent, ConnectionSide, ConsumerSide
 from .errors import (
     ChannelClosed,
     ConsumerCancelled,
+    EndState,
     ProtocolError,
     PublishNacked,
     channel_closed,
     fresh,
-    raise_if_over,
 )
 from .frames import ConfirmAck, Heartbeat
 from .message import DeliveredMessage, Properties, ReturnedMessage
@@ -99,7 +99,7 @@ class _Confirmation:
         self.error: BaseException | None = None
 
 
-class Channel(BoundedExit):
+class Channel(BoundedExit, EndState):
     """An open AMQP channel. Get one with ``await connection.channel()``.
 
     Besides the AMQP methods, a channel implements the internal contract of
@@ -111,14 +111,13 @@ class Channel(BoundedExit):
     exit_timeout = CLOSE_TIMEOUT
 
     def __init__(self, connection: ConnectionSide, number: int) -> None:
+        super().__init__()
         self._connection = connection
         self.number = number
         #: The prefetch count set by :meth:`basic_qos` (0: unlimited).
         self.prefetch_count = 0
         self._requests: deque[_Request] = deque()
         self._consumers: dict[str, ConsumerSide] = {}
-        self._error: BaseException | None = None
-        self._closing = False
         self._released = False
         self._confirm_mode = False
         self._publish_tag = 0
@@ -132,28 +131,21 @@ class Channel(BoundedExit):
     # ------------------------------------------------------------------ state
 
     @property
-    def is_closed(self) -> bool:
-        """Whether the channel can no longer be used."""
-        return self._error is not None or self._closing
-
-    @property
-    def close_reason(self) -> BaseException | None:
-        """Why the channel closed (``ChannelClosed`` with code 200 for a client close)."""
-        return self._error
-
-    @property
     def consumer_count(self) -> int:
         """Consumers registered on this channel."""
         return len(self._consumers)
 
     def usable(self) -> bool:
         """Whether the channel and its connection can still be used."""
-        return self._error is None and not self._closing and self._connection.usable()
+        return self._in_use() and self._connection.usable()
 
     def check(self) -> None:
         """Raise why the channel (or its connection) cannot be used, if it cannot."""
-        raise_if_over(self._error, self._closing, _closing_error)
+        self._raise_if_over()
         self._connection.check()
+
+    def _closing_error(self) -> ChannelClosed:
+        return ChannelClosed(200, "the channel is closing")
 
     # ------------------------------------------------------------------ consumers (ConsumerHost)
 
@@ -586,10 +578,6 @@ class Channel(BoundedExit):
             raise
         if waiter.error is not None:
             raise fresh(waiter.error)
-
-
-def _closing_error() -> ChannelClosed:
-    return ChannelClosed(200, "the channel is closing")
 
 
 def _normalise_arguments(arguments: Mapping[str, Any] | None) -> dict[str, Any] | None:

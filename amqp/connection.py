@@ -48,12 +48,12 @@ from .errors import (
     CannotConnect,
     ConnectionClosedByClient,
     ConnectionLost,
+    EndState,
     HeartbeatTimeout,
     NoFreeChannels,
     ProtocolError,
     connection_closed,
     fresh,
-    raise_if_over,
 )
 from .frames import FrameDecoder, Heartbeat
 from .message import DeliveredMessage
@@ -110,10 +110,11 @@ def _negotiate(client: int, server: int, default: int) -> int:
     return client or server or default
 
 
-class Connection:
+class Connection(EndState):
     """An open AMQP connection. Obtain it from :func:`connect`."""
 
     def __init__(self, stream: anyio.abc.ByteStream, parameters: ConnectionParameters) -> None:
+        super().__init__()
         self.parameters = parameters
         #: What the broker announced in ``connection.start`` (product, version, capabilities).
         self.server_properties: dict[str, Any] = {}
@@ -127,8 +128,6 @@ class Connection:
         self._link = _ChannelLink(self)
         self._free_numbers: list[int] = []
         self._next_number = 1
-        self._error: BaseException | None = None
-        self._closing = False
         self._close_ok = anyio.Event()
         self._finished = anyio.Event()
         self._outbox: list[bytes] = []
@@ -156,19 +155,9 @@ class Connection:
     # ------------------------------------------------------------------ public state
 
     @property
-    def is_closed(self) -> bool:
-        """Whether the connection has ended or is closing."""
-        return self._error is not None or self._closing
-
-    @property
     def is_blocked(self) -> bool:
         """Whether the broker has blocked publishing (``connection.blocked``)."""
         return self._blocked is not None
-
-    @property
-    def close_reason(self) -> BaseException | None:
-        """Why the connection ended (``None`` while it is open)."""
-        return self._error
 
     @property
     def channel_count(self) -> int:
@@ -188,11 +177,8 @@ class Connection:
         assert self._error is not None
         return self._error
 
-    def _usable(self) -> bool:
-        return self._error is None and not self._closing
-
-    def _check(self) -> None:
-        raise_if_over(self._error, self._closing, _closing_error)
+    def _closing_error(self) -> ConnectionClosedByClient:
+        return ConnectionClosedByClient("the connection is closing")
 
     # ------------------------------------------------------------------ channels
 
@@ -201,7 +187,7 @@ class Connection:
         return _ChannelOpener(self)
 
     async def _open_channel(self) -> Channel:
-        self._check()
+        self._raise_if_over()
         if self._free_numbers:
             number = heapq.heappop(self._free_numbers)
         elif self._next_number <= self.channel_max:
@@ -530,10 +516,10 @@ class _ChannelLink:
         return self._connection.frame_max
 
     def usable(self) -> bool:
-        return self._connection._usable()
+        return self._connection._in_use()
 
     def check(self) -> None:
-        self._connection._check()
+        self._connection._raise_if_over()
 
     def release_channel(self, number: int) -> None:
         self._connection._release_channel(number)
@@ -543,10 +529,6 @@ class _ChannelLink:
 
     async def wait_publishable(self) -> None:
         await self._connection._wait_publishable()
-
-
-def _closing_error() -> ConnectionClosedByClient:
-    return ConnectionClosedByClient("the connection is closing")
 
 
 class _ChannelOpener:

@@ -32,7 +32,6 @@ The hierarchy::
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Final
 
 
@@ -183,14 +182,42 @@ class PublishNacked(AMQPError):
     """The broker answered a confirmed publish with ``basic.nack``."""
 
 
-def raise_if_over(
-    error: BaseException | None, closing: bool, closing_error: Callable[[], BaseException]
-) -> None:
-    """Raise why a connection or channel cannot be used: its end reason, or it is closing."""
-    if error is not None:
-        raise fresh(error)
-    if closing:
-        raise closing_error()
+class EndState:
+    """How a connection or a channel ends: once, with a reason, or by this side closing it.
+
+    ``_error`` is the reason, set once by whatever ended it first;
+    ``_closing`` is true while this side's close handshake runs. Subclasses
+    say what a use while closing raises (:meth:`_closing_error`).
+    """
+
+    def __init__(self) -> None:
+        self._error: BaseException | None = None
+        self._closing = False
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether it has ended or is closing: it can no longer be used."""
+        return self._error is not None or self._closing
+
+    @property
+    def close_reason(self) -> BaseException | None:
+        """Why it ended (``None`` while open; a channel closed by this side:
+        ``ChannelClosed`` with code 200)."""
+        return self._error
+
+    def _in_use(self) -> bool:
+        """Neither ended nor closing."""
+        return self._error is None and not self._closing
+
+    def _raise_if_over(self) -> None:
+        """Raise why it cannot be used: its end reason, or that it is closing."""
+        if self._error is not None:
+            raise fresh(self._error)
+        if self._closing:
+            raise self._closing_error()
+
+    def _closing_error(self) -> BaseException:
+        raise NotImplementedError
 
 
 def fresh(exc: BaseException) -> BaseException:
