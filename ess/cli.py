@@ -75,37 +75,38 @@ def _version() -> str:
 class _ServeFlag:
     """A ``serve`` flag: it overrides one config field, and workers get it again."""
 
-    #: The :class:`~ess.config.Config` field it overrides.
-    field: str
     flag: str
     metavar: str
     help: str
+    #: The :class:`~ess.config.Config` field it overrides, when not the flag's own name.
+    field: str = ""
 
     @property
     def dest(self) -> str:
         return self.flag.removeprefix("--").replace("-", "_")
 
+    @property
+    def overrides(self) -> str:
+        """The :class:`~ess.config.Config` field it overrides."""
+        return self.field or self.dest
+
 
 _SERVE_FLAGS = (
-    _ServeFlag("host", "--host", "ADDR", "bind address (ESS_HOST)"),
-    _ServeFlag("public_port", "--public-port", "PORT", "websocket port (ESS_PUBLIC_PORT)"),
-    _ServeFlag("internal_port", "--internal-port", "PORT", "internal API port (ESS_INTERNAL_PORT)"),
+    _ServeFlag("--host", "ADDR", "bind address (ESS_HOST)"),
+    _ServeFlag("--public-port", "PORT", "websocket port (ESS_PUBLIC_PORT)"),
+    _ServeFlag("--internal-port", "PORT", "internal API port (ESS_INTERNAL_PORT)"),
     _ServeFlag(
-        "database",
-        "--database",
-        "PATH_OR_URL",
-        "registry SQLite file or postgresql:// URL (ESS_DATABASE)",
+        "--database", "PATH_OR_URL", "registry SQLite file or postgresql:// URL (ESS_DATABASE)"
     ),
     _ServeFlag(
-        "amqp_urls",
         "--amqp-url",
         "URL",
         "broker URL, amqp[s]://user:password@host:port/vhost (ESS_AMQP_URL)",
+        field="amqp_urls",
     ),
-    _ServeFlag("log_level", "--log-level", "LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
-    _ServeFlag("log_format", "--log-format", "FORMAT", "text or json (ESS_LOG_FORMAT)"),
+    _ServeFlag("--log-level", "LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    _ServeFlag("--log-format", "FORMAT", "text or json (ESS_LOG_FORMAT)"),
     _ServeFlag(
-        "workers",
         "--workers",
         "N",
         "N worker processes sharing both ports, under a parent that restarts them "
@@ -323,7 +324,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    overrides = {flag.field: getattr(args, flag.dest) for flag in _SERVE_FLAGS}
+    overrides = {flag.overrides: getattr(args, flag.dest) for flag in _SERVE_FLAGS}
     try:
         config = load_config(environ, overrides)
     except ConfigError as exc:
