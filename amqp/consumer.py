@@ -141,12 +141,7 @@ class Consumer(BoundedExit):
         channel.add_consumer(self)
         frame = codec.basic_consume(channel.number, self.queue, self.consumer_tag, **self._consume)
         try:
-            await channel.call(
-                frame,
-                commands.Basic.ConsumeOk,
-                on_abandon=_ignore,
-                consumer_tag=self.consumer_tag,
-            )
+            await channel.call(frame, commands.Basic.ConsumeOk, consumer_tag=self.consumer_tag)
         except BaseException:
             # Cancelled while waiting, or the channel closed (e.g. 404: no such
             # queue). If consume-ok arrives later, on_consume_ok() cancels it.
@@ -197,7 +192,6 @@ class Consumer(BoundedExit):
                 await channel.call(
                     codec.basic_cancel(channel.number, self.consumer_tag),
                     commands.Basic.CancelOk,
-                    on_abandon=_ignore,
                     consumer_tag=self.consumer_tag,
                 )
         except Exception:
@@ -317,7 +311,3 @@ class Consumer(BoundedExit):
             if wakeup is None:
                 wakeup = self._wakeup = anyio.Event()
             await wakeup.wait()
-
-
-def _ignore(_method: object) -> None:
-    pass

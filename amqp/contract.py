@@ -25,7 +25,7 @@ task and never blocks, except the ones marked ``async``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Protocol, TypeVar
 
@@ -137,15 +137,12 @@ class ConsumerHost(Protocol):
         """Stop routing to that tag (no-op if unknown)."""
         ...
 
-    async def call(
-        self,
-        frame: bytes,
-        expect: type[_M],
-        *,
-        on_abandon: Callable[[base.Frame], None] | None = None,
-        consumer_tag: str | None = None,
-    ) -> _M:
-        """Send a synchronous method and wait for its reply (see :mod:`amqp.channel`)."""
+    async def call(self, frame: bytes, expect: type[_M], *, consumer_tag: str | None = None) -> _M:
+        """Send a synchronous method and wait for its reply (see :mod:`amqp.channel`).
+
+        A reply that comes after the caller stopped waiting still reaches the
+        consumer by its tag (:meth:`ConsumerSide.on_consume_ok`, ``on_end``).
+        """
         ...
 
     def call_nowait(
