@@ -9,12 +9,12 @@ from typing import NamedTuple
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 from actors.connection_actor import ConnectionActor
 from actors.hub import DEMOTE_GRACE
 from actors.ports.registry import StreamRecord
 from actors.start import AfterOrdinal
+from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import (
     MANY,
@@ -28,15 +28,14 @@ from .actor_fakes import (
     settle,
 )
 
+pytestmark = AUTOJUMP
+
 
 @pytest.fixture
 async def h() -> AsyncIterator[Harness]:
     """A running supervisor that shares a hub between live connections (``MANY``).
 
     It stands in, in this module, for the default ``h`` of the actors' conftest.
-
-    Each test still asks for ``autojump_clock`` itself: pytest-trio takes the
-    clock from the test's own arguments only.
     """
     async with running(MANY) as harness:
         yield harness
@@ -47,9 +46,7 @@ def consumer_state(connection: ConnectionActor) -> str:
     return str(consumer["state"])
 
 
-async def test_many_live_connections_share_one_broker_consumer(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_many_live_connections_share_one_broker_consumer(h: Harness) -> None:
     record = await h.stream()
     sockets = [h.connect(record) for _ in range(10)]  # concurrently: some join while attaching
     for ws in sockets:
@@ -83,9 +80,7 @@ class PacedWebSocket(FakeWebSocket):
         await super().send_text(text)
 
 
-async def test_a_burst_larger_than_the_buffers_demotes_nobody(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_a_burst_larger_than_the_buffers_demotes_nobody(h: Harness) -> None:
     record = await h.stream()
     pace = DEMOTE_GRACE / 50  # the burst takes 0.6 grace to absorb
     sockets = [await h.open(record, websocket=PacedWebSocket(pace)) for _ in range(3)]
@@ -105,10 +100,7 @@ async def test_a_burst_larger_than_the_buffers_demotes_nobody(
     assert h.broker.subscriptions[0].max_in_flight <= SETTINGS.prefetch
 
 
-async def test_late_joiner_gets_what_follows_its_join_and_nothing_before(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_late_joiner_gets_what_follows_its_join_and_nothing_before(h: Harness) -> None:
     record = await h.stream()
     early = await h.open(record)
     await h.publish("rk", "e1", "e2", "e3")
@@ -128,9 +120,7 @@ async def test_late_joiner_gets_what_follows_its_join_and_nothing_before(
     assert h.broker.subscriptions_opened == 1
 
 
-async def test_slow_member_is_demoted_then_catches_up_on_its_own_consumer(
-    autojump_clock: MockClock,
-) -> None:
+async def test_slow_member_is_demoted_then_catches_up_on_its_own_consumer() -> None:
     settings = replace(MANY, send_timeout=1000.0)
     async with running(settings) as h:
         record = await h.stream()
@@ -192,10 +182,7 @@ async def burst_past_stuck_members(h: Harness, stuck: int) -> StuckBurst:
     return StuckBurst(record, fast, members, start)
 
 
-async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(h: Harness) -> None:
     record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
     await fast.wait_frames(20)
     await stuck.wait_closed()
@@ -210,10 +197,7 @@ async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(
     assert h.broker.active_subscriptions == 1
 
 
-async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(h: Harness) -> None:
     record, fast, stuck, start = await burst_past_stuck_members(h, 5)
     await fast.wait_frames(20)
     assert trio.current_time() - start <= DEMOTE_GRACE + 0.01
@@ -226,10 +210,7 @@ async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(
         assert ws.ordinals() == list(range(1, 21))
 
 
-async def test_a_full_member_that_leaves_releases_the_hub_at_once(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_a_full_member_that_leaves_releases_the_hub_at_once(h: Harness) -> None:
     record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
     await settle()  # the hub waits for the stuck member's buffer to have room
     assert trio.current_time() == start
@@ -241,10 +222,7 @@ async def test_a_full_member_that_leaves_releases_the_hub_at_once(
     assert hub_of(h, record).demoted == 0
 
 
-async def test_outage_resumes_every_member_with_one_resubscription(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_outage_resumes_every_member_with_one_resubscription(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(3)]
     await h.publish("rk", "e1", "e2", "e3")
@@ -272,10 +250,7 @@ async def test_outage_resumes_every_member_with_one_resubscription(
         assert connection.state == "open"
 
 
-async def test_outage_before_the_first_event_resubscribes_from_next(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_outage_before_the_first_event_resubscribes_from_next(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(2)]
     h.broker.set_available(False)
@@ -291,10 +266,7 @@ async def test_outage_before_the_first_event_resubscribes_from_next(
     assert h.broker.subscriptions_opened == 2
 
 
-async def test_last_member_leaving_releases_the_broker_consumer(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_last_member_leaving_releases_the_broker_consumer(h: Harness) -> None:
     record = await h.stream()
     one = await h.open(record)
     two = await h.open(record)
@@ -315,10 +287,7 @@ async def test_last_member_leaving_releases_the_broker_consumer(
     assert h.broker.subscriptions_opened == 2
 
 
-async def test_delete_closes_every_member_and_the_shared_consumer(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_delete_closes_every_member_and_the_shared_consumer(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(3)]
     await h.publish("rk", "e1")
@@ -330,9 +299,7 @@ async def test_delete_closes_every_member_and_the_shared_consumer(
     assert h.broker.active_subscriptions == 0
 
 
-async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer(
-    autojump_clock: MockClock,
-) -> None:
+async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer() -> None:
     async with running(replace(SETTINGS, max_connections_per_stream=2)) as h:
         record = await h.stream()
         first = await h.open(record)
@@ -349,9 +316,7 @@ async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer(
         assert hub_of(h, record).members == 2
 
 
-async def test_replay_connections_get_their_own_consumer(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_replay_connections_get_their_own_consumer(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", "e1", "e2")
     live = await h.open(record)
@@ -369,9 +334,7 @@ async def test_replay_connections_get_their_own_consumer(
     assert states == ["shared", "attached", "attached"]
 
 
-async def test_missing_queue_closes_every_member_1013(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_missing_queue_closes_every_member_1013(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(2)]
     await h.broker.delete_stream("rk")
@@ -384,7 +347,7 @@ async def test_missing_queue_closes_every_member_1013(
 
 
 async def test_a_crashed_hub_sends_members_to_their_own_consumers(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     crash_hub_at(monkeypatch, 2)
     async with running(MANY) as h:
@@ -414,9 +377,7 @@ async def test_a_crashed_hub_sends_members_to_their_own_consumers(
         assert again.ordinals() == [6]
 
 
-async def test_broker_down_when_joining_accepts_and_joins_later(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_broker_down_when_joining_accepts_and_joins_later(h: Harness) -> None:
     record = await h.stream()
     h.broker.set_available(False)
     sockets = [await h.open(record) for _ in range(3)]
@@ -434,7 +395,7 @@ async def test_broker_down_when_joining_accepts_and_joins_later(
     assert h.broker.active_subscriptions == 1
 
 
-async def test_snapshot_shows_the_shared_consumer(autojump_clock: MockClock, h: Harness) -> None:
+async def test_snapshot_shows_the_shared_consumer(h: Harness) -> None:
     record = await h.stream()
     for _ in range(2):
         await h.open(record)
@@ -461,7 +422,7 @@ async def test_snapshot_shows_the_shared_consumer(autojump_clock: MockClock, h: 
         assert consumer["counters"]["start"] == "next"
 
 
-async def test_join_is_synchronous_once_attached(autojump_clock: MockClock, h: Harness) -> None:
+async def test_join_is_synchronous_once_attached(h: Harness) -> None:
     record = await h.stream()
     await h.open(record)
     hub = hub_of(h, record)

@@ -8,17 +8,17 @@ counts with :attr:`Supervisor.stream_count` and samples lag from
 from __future__ import annotations
 
 import trio
-from trio.testing import MockClock
 
 from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_registry import MemoryRegistry
+from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import running, settle, wall_clock
 
+pytestmark = AUTOJUMP
 
-async def test_streams_are_by_id_even_when_restored_after_a_create(
-    autojump_clock: MockClock,
-) -> None:
+
+async def test_streams_are_by_id_even_when_restored_after_a_create() -> None:
     registry = MemoryRegistry()
     broker = MemoryBroker(clock=wall_clock)
     for key in ("a", "b"):
@@ -34,7 +34,7 @@ async def test_streams_are_by_id_even_when_restored_after_a_create(
         assert created.id == 3
 
 
-async def test_stream_count_follows_creates_and_deletes(autojump_clock: MockClock) -> None:
+async def test_stream_count_follows_creates_and_deletes() -> None:
     async with running() as h:
         assert h.supervisor.stream_count == 0
         records = [await h.stream(f"k{n}") for n in range(3)]
@@ -44,7 +44,7 @@ async def test_stream_count_follows_creates_and_deletes(autojump_clock: MockCloc
         assert [a.record.id for a in h.supervisor.streams] == [records[0].id, records[2].id]
 
 
-async def test_busy_streams_are_those_with_a_running_task(autojump_clock: MockClock) -> None:
+async def test_busy_streams_are_those_with_a_running_task() -> None:
     async with running() as h:
         quiet, busy, other = [await h.stream(f"k{n}") for n in range(3)]
         assert h.supervisor.busy_streams == []
