@@ -378,6 +378,22 @@ async def wait_queue_deleted(
     assert await registry.pending_queue_deletions() == []
 
 
+async def until(condition: Callable[[], object], timeout: float = WAIT) -> None:
+    """Wait (at most ``timeout``) until ``condition()`` holds (polling: cheap in virtual time)."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def receive_each(sockets: Sequence[FakeWebSocket], ordinals: list[int]) -> None:
+    """Wait until every websocket of ``sockets`` received ``ordinals``: these, in order, no more."""
+    for ws in sockets:
+        await ws.wait_frames(len(ordinals))
+    await settle()
+    for ws in sockets:
+        assert ws.ordinals() == ordinals
+
+
 async def settle() -> None:
     """Let every runnable task run until all are blocked (autojump clock: no time passes)."""
     await trio.testing.wait_all_tasks_blocked()

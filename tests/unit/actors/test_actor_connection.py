@@ -15,7 +15,7 @@ from actors.resubscription import RESUBSCRIBE_BACKOFF
 from actors.start import AfterOrdinal, AtOrAfterTime, LiveTail
 from tests.support.aio import AUTOJUMP
 
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle, wall_clock
+from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle, until, wall_clock
 
 pytestmark = AUTOJUMP
 
@@ -229,9 +229,8 @@ async def test_broker_down_at_first_subscribe_accepts_and_waits(h: Harness) -> N
     await trio.sleep(60)
     assert not ws.closed.is_set()
     h.broker.set_available(True)
-    with trio.fail_after(RESUBSCRIBE_BACKOFF.maximum):
-        while h.broker.active_subscriptions == 0:
-            await trio.sleep(0.01)  # virtual time: waits for the jittered resubscribe
+    # Virtual time: waits for the jittered resubscribe.
+    await until(lambda: h.broker.active_subscriptions > 0, RESUBSCRIBE_BACKOFF.maximum)
     await h.publish("rk", "live")
     await ws.wait_frames(1)
     assert ws.ordinals() == [1]

@@ -25,7 +25,7 @@ from actors.start import LiveTail
 from actors.supervisor import REGISTRY_UNAVAILABLE, UNKNOWN_STREAM, Supervisor
 from tests.support.aio import AUTOJUMP
 
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, wall_clock
+from .actor_fakes import SETTINGS, FakeWebSocket, until, wall_clock
 
 pytestmark = AUTOJUMP
 
@@ -84,13 +84,6 @@ class Cluster:
     registry: MemoryRegistry
     bus: MemoryControlBus
     replicas: list[Replica]
-
-
-async def until(condition: object) -> None:
-    """Wait (bounded) until ``condition()`` holds; under the autojump clock this is cheap."""
-    with trio.fail_after(WAIT):
-        while not condition():  # type: ignore[operator]
-            await trio.sleep(0.05)
 
 
 @asynccontextmanager

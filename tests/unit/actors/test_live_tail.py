@@ -19,13 +19,14 @@ from tests.support.aio import AUTOJUMP
 from .actor_fakes import (
     MANY,
     SETTINGS,
-    WAIT,
     FakeWebSocket,
     Harness,
     crash_hub_at,
     hub_of,
+    receive_each,
     running,
     settle,
+    until,
 )
 
 pytestmark = AUTOJUMP
@@ -237,11 +238,7 @@ async def test_outage_resumes_every_member_with_one_resubscription(h: Harness) -
     assert not any(ws.closed.is_set() for ws in sockets)
     h.broker.set_available(True)
     await h.publish("rk", "e5")
-    for ws in sockets:
-        await ws.wait_frames(5)
-    await settle()
-    for ws in sockets:
-        assert ws.ordinals() == [1, 2, 3, 4, 5]
+    await receive_each(sockets, [1, 2, 3, 4, 5])
     assert h.broker.subscriptions_opened == 2
     assert h.broker.active_subscriptions == 1
     assert hub.state == "attached" and hub.subscriptions == 2
@@ -256,13 +253,9 @@ async def test_outage_before_the_first_event_resubscribes_from_next(h: Harness) 
     h.broker.set_available(False)
     await settle()
     h.broker.set_available(True)
-    with trio.fail_after(WAIT):
-        while not hub_of(h, record).attached:
-            await trio.sleep(0.01)
+    await until(lambda: hub_of(h, record).attached)
     await h.publish("rk", "e1")
-    for ws in sockets:
-        await ws.wait_frames(1)
-        assert ws.ordinals() == [1]
+    await receive_each(sockets, [1])
     assert h.broker.subscriptions_opened == 2
 
 
@@ -385,13 +378,9 @@ async def test_broker_down_when_joining_accepts_and_joins_later(h: Harness) -> N
     assert h.actor(record).live_tail is None  # no member: no hub left waiting
     await trio.sleep(30)
     h.broker.set_available(True)
-    with trio.fail_after(WAIT):
-        while any(consumer_state(c) != "shared" for c in h.actor(record).connections):
-            await trio.sleep(0.01)
+    await until(lambda: all(consumer_state(c) == "shared" for c in h.actor(record).connections))
     await h.publish("rk", "live")
-    for ws in sockets:
-        await ws.wait_frames(1)
-        assert ws.ordinals() == [1]
+    await receive_each(sockets, [1])
     assert h.broker.active_subscriptions == 1
 
 

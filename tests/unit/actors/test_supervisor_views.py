@@ -7,13 +7,11 @@ counts with :attr:`Supervisor.stream_count` and samples lag from
 
 from __future__ import annotations
 
-import trio
-
 from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_registry import MemoryRegistry
 from tests.support.aio import AUTOJUMP
 
-from .actor_fakes import running, settle, wall_clock
+from .actor_fakes import running, settle, until, wall_clock
 
 pytestmark = AUTOJUMP
 
@@ -28,8 +26,7 @@ async def test_streams_are_by_id_even_when_restored_after_a_create() -> None:
     async with running(registry=registry, broker=broker) as h:
         registry.set_available(True)
         created = await h.stream("c")  # added before the retried restore adds 1 and 2
-        while h.supervisor.stream_count < 3:
-            await trio.sleep(0.05)
+        await until(lambda: h.supervisor.stream_count == 3)
         assert [actor.record.id for actor in h.supervisor.streams] == [1, 2, created.id]
         assert created.id == 3
 
