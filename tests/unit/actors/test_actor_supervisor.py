@@ -19,9 +19,11 @@ from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import (
     SETTINGS,
+    TAKEOVER,
     WAIT,
     FakeWebSocket,
     Harness,
+    oldest_of_three_taken_over,
     running,
     settle,
     wait_queue_deleted,
@@ -30,7 +32,6 @@ from .actor_fakes import (
 
 pytestmark = AUTOJUMP
 
-TAKEOVER = (4001, "Replaced by a newer connection to this event stream")
 DELETED = (1000, "The stream has been deleted")
 SHUTDOWN = (1001, "The service is shutting down")
 
@@ -55,18 +56,7 @@ async def test_newest_connection_takes_over(h: Harness) -> None:
 
 
 async def test_policy_of_two_keeps_two_and_replaces_the_oldest() -> None:
-    async with running(replace(SETTINGS, max_connections_per_stream=2)) as h:
-        record = await h.stream()
-        first = await h.open(record)
-        second = await h.open(record)
-        await settle()
-        assert not first.closed.is_set() and not second.closed.is_set()
-        third = await h.open(record)
-        await first.wait_closed()
-        assert code(first) == TAKEOVER
-        await h.publish("rk", "x")
-        await second.wait_frames(1)
-        await third.wait_frames(1)
+    async with oldest_of_three_taken_over() as (_, _, second, third):
         assert not second.closed.is_set() and not third.closed.is_set()
 
 

@@ -23,6 +23,7 @@ from .actor_fakes import (
     Harness,
     crash_hub_at,
     hub_of,
+    oldest_of_three_taken_over,
     receive_each,
     running,
     settle,
@@ -293,16 +294,7 @@ async def test_delete_closes_every_member_and_the_shared_consumer(h: Harness) ->
 
 
 async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer() -> None:
-    async with running(replace(SETTINGS, max_connections_per_stream=2)) as h:
-        record = await h.stream()
-        first = await h.open(record)
-        second = await h.open(record)
-        third = await h.open(record)
-        await first.wait_closed()
-        assert first.close_code == 4001
-        await h.publish("rk", "x")
-        await second.wait_frames(1)
-        await third.wait_frames(1)
+    async with oldest_of_three_taken_over() as (h, record, _, _):
         await settle()
         assert h.broker.subscriptions_opened == 1
         assert h.broker.active_subscriptions == 1

@@ -22,7 +22,7 @@ from actors.ports.broker import BrokerUnavailable
 from actors.ports.registry import RegistryUnavailable, StreamRecord
 from tests.support.aio import AUTOJUMP
 
-from .actor_fakes import WAIT, Harness, running, settle, wait_queue_deleted, wall_clock
+from .actor_fakes import WAIT, Harness, running, settle, until, wait_queue_deleted, wall_clock
 
 pytestmark = AUTOJUMP
 
@@ -213,10 +213,8 @@ async def test_streams_are_restored_once_the_registry_is_reachable() -> None:
     async with running(broker=broker, registry=registry) as h:
         assert h.supervisor.find_stream(record.uuid) is None  # started, not restored
         registry.set_available(True)
-        await trio.sleep(WAIT)
-        ws = await h.open(record)
-        await h.publish("a", "x")
-        await ws.wait_frames(1)
+        await until(lambda: h.supervisor.find_stream(record.uuid) is not None)
+        await h.serves(record)
 
 
 async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_keeps_its_queue(
@@ -236,9 +234,7 @@ async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_ke
             assert shared.broker.deleted_streams == ["rk"]
             assert shared.broker.has_stream("rk") and shared.broker.is_bound("rk")  # declared again
             assert await shared.registry.pending_queue_deletions() == []
-            ws = await two.open(newcomer)
-            await two.publish("rk", "x")
-            await ws.wait_frames(1)
+            await two.serves(newcomer)
 
 
 async def test_a_post_whose_intent_another_replica_cleaned_up_keeps_its_queue(
