@@ -1,11 +1,10 @@
-"""Trio helpers of the tests: a bounded read of an async iterator; virtual time for a module."""
+"""Trio helpers of the tests: a bounded read of an async iterator; a runner in virtual time."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-import pytest
 import trio
 from trio.abc import Clock, Instrument
 from trio.testing import MockClock
@@ -37,12 +36,7 @@ def run_with_autojump(
 
     pytest-trio hands its runner the clock a test asks for by argument
     (``None`` when it asks for none); this one makes the test's time virtual
-    as pytest-trio's ``autojump_clock`` fixture does.
+    as pytest-trio's ``autojump_clock`` fixture does. The unit tests' mark
+    ``pytest.mark.autojump`` (``tests/unit/conftest.py``) runs a module's tests with it.
     """
     return trio.run(fn, clock=clock or MockClock(autojump_threshold=0), instruments=instruments)
-
-
-#: ``pytestmark = AUTOJUMP``: every async test of the module runs under
-#: :func:`run_with_autojump`, without each test naming ``autojump_clock``
-#: (``tests/unit/conftest.py`` gives the mark its effect).
-AUTOJUMP = pytest.mark.autojump

@@ -10,9 +10,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from tests.support.aio import AUTOJUMP
-
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 
 async def test_a_marked_async_test_runs_under_an_autojump_mock_clock() -> None:

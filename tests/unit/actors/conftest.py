@@ -15,7 +15,7 @@ async def h() -> AsyncIterator[Harness]:
 
     A test that wants other settings, or its own broker or registry, opens
     :func:`running` itself. The modules that use it run in virtual time
-    (``pytestmark = AUTOJUMP``, see ``tests/unit/conftest.py``).
+    (``pytestmark = pytest.mark.autojump``, see ``tests/unit/conftest.py``).
     """
     async with running() as harness:
         yield harness

@@ -13,11 +13,10 @@ from actors.delivery import SEND_BATCH, start_position
 from actors.ports.broker import FromOffset, FromTimestamp
 from actors.resubscription import RESUBSCRIBE_BACKOFF
 from actors.start import AfterOrdinal, AtOrAfterTime, LiveTail
-from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle, until, wall_clock
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 
 def test_start_positions() -> None:

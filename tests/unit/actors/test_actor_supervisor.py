@@ -15,7 +15,6 @@ from actors.adapters.memory_registry import MemoryRegistry
 from actors.ports.broker import BrokerUnavailable
 from actors.start import AfterOrdinal
 from actors.stream import StreamActor
-from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import (
     SETTINGS,
@@ -30,7 +29,7 @@ from .actor_fakes import (
     wall_clock,
 )
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 DELETED = (1000, "The stream has been deleted")
 SHUTDOWN = (1001, "The service is shutting down")

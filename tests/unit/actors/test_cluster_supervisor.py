@@ -23,11 +23,10 @@ from actors.cluster.messages import Closed, Message, StreamDeleted, decode
 from actors.ports.registry import StreamRecord
 from actors.start import LiveTail
 from actors.supervisor import REGISTRY_UNAVAILABLE, UNKNOWN_STREAM, Supervisor
-from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import SETTINGS, FakeWebSocket, until, wall_clock
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 
 @dataclass
@@ -109,7 +108,7 @@ async def cluster(count: int) -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 async def pair() -> AsyncIterator[Cluster]:
-    """Two replicas, running (in the virtual time of the module's ``AUTOJUMP``)."""
+    """Two replicas, running (in the virtual time of the module's ``pytest.mark.autojump``)."""
     async with cluster(2) as c:
         yield c
 

@@ -9,18 +9,18 @@ stopped reading shows how far behind it is even without a shared live tail.
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from actors.delivery import Delivery
 from actors.ports.broker import StreamEvent
 from actors.start import AfterOrdinal
-from tests.support.aio import AUTOJUMP
 from web.metrics import ServiceMetrics
 from web.operations import LagSampler
 
 from .actor_fakes import FakeWebSocket, running, settle
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 
 def event(offset: int) -> StreamEvent:

@@ -14,7 +14,6 @@ from actors.connection_actor import ConnectionActor
 from actors.hub import DEMOTE_GRACE
 from actors.ports.registry import StreamRecord
 from actors.start import AfterOrdinal
-from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import (
     MANY,
@@ -30,7 +29,7 @@ from .actor_fakes import (
     until,
 )
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 
 @pytest.fixture

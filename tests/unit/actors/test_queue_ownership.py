@@ -20,11 +20,10 @@ from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_registry import MemoryRegistry
 from actors.ports.broker import BrokerUnavailable
 from actors.ports.registry import RegistryUnavailable, StreamRecord
-from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import WAIT, Harness, running, settle, until, wait_queue_deleted, wall_clock
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 OnDeclare = Callable[[], Awaitable[None]] | None
 

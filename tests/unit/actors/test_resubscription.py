@@ -21,9 +21,8 @@ from actors.ports.broker import (
     SubscriptionLost,
 )
 from actors.resubscription import RESUBSCRIBE_PAUSE, Detached, keep_subscribed
-from tests.support.aio import AUTOJUMP
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 #: No jitter, so the pauses can be asserted exactly.
 POLICY = BackoffPolicy(initial=0.1, maximum=0.4, jitter=0.0)

@@ -11,7 +11,6 @@ import trio
 import actors.delivery
 from actors.formatting import Formatted, format_event
 from actors.start import AfterOrdinal
-from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import (
     MANY,
@@ -25,7 +24,7 @@ from .actor_fakes import (
     wall_clock,
 )
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 
 async def test_a_lost_consumer_is_replaced_at_once_without_gap_or_duplicate() -> None:

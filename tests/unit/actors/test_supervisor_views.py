@@ -7,13 +7,14 @@ counts with :attr:`Supervisor.stream_count` and samples lag from
 
 from __future__ import annotations
 
+import pytest
+
 from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_registry import MemoryRegistry
-from tests.support.aio import AUTOJUMP
 
 from .actor_fakes import running, settle, until, wall_clock
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 
 async def test_streams_are_by_id_even_when_restored_after_a_create() -> None:

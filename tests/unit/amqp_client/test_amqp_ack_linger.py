@@ -1,7 +1,7 @@
 """The writer holds acknowledgements of quiet channels back briefly, so they share writes.
 
 Against the scripted broker of ``test_amqp_fake_broker``, in virtual time
-(``AUTOJUMP``: the sleeps below model time passing between acks, they
+(``pytest.mark.autojump``: the sleeps below model time passing between acks, they
 synchronise nothing). Each client ``send`` on the socket is counted.
 """
 
@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from pamqp import commands
@@ -18,10 +19,9 @@ from pamqp import commands
 import amqp
 from amqp import ConnectionParameters
 from amqp.connection import ACK_BUSY, ACK_LINGER
-from tests.support.aio import AUTOJUMP
 from tests.unit.amqp_client.test_amqp_fake_broker import AnyioAdapter, FakeBroker
 
-pytestmark = AUTOJUMP
+pytestmark = pytest.mark.autojump
 
 #: Virtual seconds between the acks of different quiet channels.
 GAP = 0.002
