@@ -12,8 +12,9 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -58,6 +59,31 @@ def prefilled_service(
     finally:
         proc.stop()  # first: clean_up would delete 10,000 streams one request at a time
         proc.clean_up()  # the owned queues (of streams a test created) and the exchange
+
+
+@contextlib.asynccontextmanager
+async def watched_streams(
+    api_url: str, *routing_keys: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, list[dict[str, Any]]]]:
+    """A client of the API at ``api_url``, the streams it created and a websocket on the first.
+
+    Yields once the websocket's handshake is complete on the server's side
+    too (it answered a ping): the connection is in the actor tree. The
+    streams are deleted afterwards.
+    """
+    streams: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=api_url, timeout=30.0) as api:
+        try:
+            for routing_key in routing_keys:
+                response = await api.post("/event-stream/", json={"routing_key": routing_key})
+                assert response.status_code == 201, response.text
+                streams.append(response.json())
+            async with connect(streams[0]["location"]) as ws:
+                await ws.ping()
+                yield api, streams
+        finally:
+            for stream in streams:
+                await api.delete(f"/event-stream/{stream['id']}")
 
 
 @pytest.fixture(scope="module")
@@ -112,18 +138,10 @@ async def test_a_page_is_small_fast_and_pages_by_id(big_service: ServiceProcess)
 async def test_search_and_one_stream_show_a_connection_with_rate_and_lag(
     big_service: ServiceProcess, routing_key: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=big_service.api, timeout=30.0) as api:
-        created = (await api.post("/event-stream/", json={"routing_key": routing_key})).json()
-        try:
-            async with connect(created["location"]) as ws:
-                await (
-                    ws.ping()
-                )  # the server-side handshake completed: the connection is in the tree
-                found = (await api.get("/debug/actors", params={"q": routing_key})).json()
-                one, seconds = await timed_get(api, f"/debug/actors?stream={created['id']}")
-                busiest = (await api.get("/debug/actors?sort=connections&limit=1")).json()
-        finally:
-            await api.delete(f"/event-stream/{created['id']}")
+    async with watched_streams(big_service.api, routing_key) as (api, [created]):
+        found = (await api.get("/debug/actors", params={"q": routing_key})).json()
+        one, seconds = await timed_get(api, f"/debug/actors?stream={created['id']}")
+        busiest = (await api.get("/debug/actors?sort=connections&limit=1")).json()
     assert [row["id"] for row in found["streams"]] == [created["id"]]
     assert found["streams"][0]["connections"] == 1
     assert busiest["streams"][0]["id"] == created["id"]

@@ -19,14 +19,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from .client import connect
 from .service import ServiceProcess
-from .test_debug_at_scale import prefilled_service
+from .test_debug_at_scale import prefilled_service, watched_streams
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_FLAGS = [
@@ -207,28 +205,14 @@ HEADER = """Object.fromEntries(["stat-streams", "stat-websockets", "stat-broker"
 async def test_small_service_shows_the_connection_under_its_stream(
     service: ServiceProcess, routing_key: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=service.api, timeout=10.0) as api:
-        streams = []
-        for suffix in ("alpha", "beta"):
-            response = await api.post(
-                "/event-stream/", json={"routing_key": f"{routing_key}.{suffix}"}
-            )
-            assert response.status_code == 201
-            streams.append(response.json())
-        try:
-            async with connect(streams[0]["location"]) as ws, browser_page() as page:
-                await (
-                    ws.ping()
-                )  # the server-side handshake completed: the connection is in the tree
-                await page.open(f"{service.api}/debug/")
-                await page.evaluate(WAIT_FIRST_RENDER)
-                ids = await page.evaluate(search_for(routing_key))
-                alpha = await page.evaluate(open_stream(streams[0]["id"]))
-                await page.screenshot(ARTIFACTS / "debug-page.png")
-                beta = await page.evaluate(open_stream(streams[1]["id"]))
-        finally:
-            for stream in streams:
-                await api.delete(f"/event-stream/{stream['id']}")
+    keys = (f"{routing_key}.alpha", f"{routing_key}.beta")
+    async with watched_streams(service.api, *keys) as (_, streams), browser_page() as page:
+        await page.open(f"{service.api}/debug/")
+        await page.evaluate(WAIT_FIRST_RENDER)
+        ids = await page.evaluate(search_for(routing_key))
+        alpha = await page.evaluate(open_stream(streams[0]["id"]))
+        await page.screenshot(ARTIFACTS / "debug-page.png")
+        beta = await page.evaluate(open_stream(streams[1]["id"]))
     assert sorted(ids) == sorted(stream["id"] for stream in streams)
     assert [kind for kind, _ in alpha].count("connection") == 1, alpha
     assert "connection" not in [kind for kind, _ in beta], beta
@@ -247,22 +231,19 @@ def service_10k(
 async def test_at_10000_streams_renders_fast_searches_and_opens_a_stream(
     service_10k: ServiceProcess, routing_key: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=service_10k.api, timeout=30.0) as api:
-        created = (await api.post("/event-stream/", json={"routing_key": routing_key})).json()
-        try:
-            async with connect(created["location"]) as ws, browser_page() as page:
-                await ws.ping()
-                await page.open(f"{service_10k.api}/debug/")
-                first_render_ms = await page.evaluate(WAIT_FIRST_RENDER)
-                rows = await page.evaluate("document.querySelectorAll('#streams tbody tr').length")
-                await page.evaluate(WAIT_OVERVIEW)
-                header = await page.evaluate(HEADER)
-                await page.screenshot(ARTIFACTS / "debug-page-10k.png")
-                ids = await page.evaluate(search_for(routing_key))
-                nodes = await page.evaluate(open_stream(created["id"]))
-                await page.screenshot(ARTIFACTS / "debug-page-stream.png")
-        finally:
-            await api.delete(f"/event-stream/{created['id']}")
+    async with (
+        watched_streams(service_10k.api, routing_key) as (_, [created]),
+        browser_page() as page,
+    ):
+        await page.open(f"{service_10k.api}/debug/")
+        first_render_ms = await page.evaluate(WAIT_FIRST_RENDER)
+        rows = await page.evaluate("document.querySelectorAll('#streams tbody tr').length")
+        await page.evaluate(WAIT_OVERVIEW)
+        header = await page.evaluate(HEADER)
+        await page.screenshot(ARTIFACTS / "debug-page-10k.png")
+        ids = await page.evaluate(search_for(routing_key))
+        nodes = await page.evaluate(open_stream(created["id"]))
+        await page.screenshot(ARTIFACTS / "debug-page-stream.png")
     assert first_render_ms < 1000, first_render_ms
     assert rows == 100  # one page of the 10,001 streams, not all of them
     assert header["stat-streams"].replace(",", "") in (str(SCALE_STREAMS), str(SCALE_STREAMS + 1))

@@ -1,11 +1,13 @@
-"""Reading a bounded number of items from an async iterator, within a bound."""
+"""Trio helpers of the tests: a bounded read of an async iterator; a runner in virtual time."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import trio
+from trio.abc import Clock, Instrument
+from trio.testing import MockClock
 
 T = TypeVar("T")
 
@@ -22,3 +24,19 @@ async def take(items: AsyncIterable[T], count: int, timeout: float) -> list[T]:
             if len(received) == count:
                 break
     return received
+
+
+def run_with_autojump(
+    fn: Callable[[], Awaitable[object]],
+    *,
+    clock: Clock | None = None,
+    instruments: Sequence[Instrument] = (),
+) -> object:
+    """``trio.run`` for pytest-trio, under an autojump :class:`MockClock` unless given a clock.
+
+    pytest-trio hands its runner the clock a test asks for by argument
+    (``None`` when it asks for none); this one makes the test's time virtual
+    as pytest-trio's ``autojump_clock`` fixture does. The unit tests' mark
+    ``pytest.mark.autojump`` (``tests/unit/conftest.py``) runs a module's tests with it.
+    """
+    return trio.run(fn, clock=clock or MockClock(autojump_threshold=0), instruments=instruments)

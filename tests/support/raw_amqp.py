@@ -175,14 +175,7 @@ class RawPublisher:
 
     # -- publishing ----------------------------------------------------------
 
-    def frames(
-        self,
-        routing_key: str,
-        body: bytes,
-        properties: bytes = NO_PROPERTIES,
-        *,
-        mandatory: bool = False,
-    ) -> bytes:
+    def frames(self, routing_key: str, body: bytes, properties: bytes, *, mandatory: bool) -> bytes:
         """The frames of one publish to the default exchange (straight into the queue)."""
         return publish_frames(
             self.CHANNEL, "", routing_key, properties, body, self.frame_max, mandatory=mandatory
@@ -214,7 +207,8 @@ class RawPublisher:
         """
         for start in range(0, len(bodies), batch):
             data = b"".join(
-                self.frames(routing_key, body) for body in bodies[start : start + batch]
+                self.frames(routing_key, body, NO_PROPERTIES, mandatory=False)
+                for body in bodies[start : start + batch]
             )
             await self._stream.send_all(data)
             self._published += len(bodies[start : start + batch])

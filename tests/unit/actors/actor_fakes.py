@@ -327,6 +327,13 @@ class Harness:
         await ws.wait_accepted()
         return ws
 
+    async def serves(self, record: StreamRecord) -> FakeWebSocket:
+        """Open a websocket on ``record``; fail unless it receives an event published now."""
+        ws = await self.open(record)
+        await self.publish(record.routing_key, "x")
+        await ws.wait_frames(1)
+        return ws
+
     async def publish(self, routing_key: str, *bodies: bytes | str, **kwargs: object) -> None:
         for body in bodies:
             data = body.encode() if isinstance(body, str) else body
@@ -347,6 +354,35 @@ async def running(
         await nursery.start(supervisor.run)
         yield Harness(broker, registry, supervisor, nursery, settings)
         nursery.cancel_scope.cancel()
+
+
+#: How the server closes a websocket a newer one of the same stream replaced (SPEC).
+TAKEOVER = (4001, "Replaced by a newer connection to this event stream")
+
+
+@asynccontextmanager
+async def oldest_of_three_taken_over() -> AsyncIterator[
+    tuple[Harness, StreamRecord, FakeWebSocket, FakeWebSocket]
+]:
+    """Three websockets, one after the other, on a stream that allows two at once.
+
+    Checks that the first two are both served and that the third takes the
+    first's place (closed with :data:`TAKEOVER`); yields once the two kept
+    have received an event published after the takeover.
+    """
+    async with running(replace(SETTINGS, max_connections_per_stream=2)) as h:
+        record = await h.stream()
+        first = await h.open(record)
+        second = await h.open(record)
+        await settle()
+        assert not first.closed.is_set() and not second.closed.is_set()
+        third = await h.open(record)
+        await first.wait_closed()
+        assert (first.close_code, first.close_reason) == TAKEOVER
+        await h.publish("rk", "x")
+        await second.wait_frames(1)
+        await third.wait_frames(1)
+        yield h, record, second, third
 
 
 def hub_of(h: Harness, record: StreamRecord) -> LiveTailHub:
@@ -376,6 +412,22 @@ async def wait_queue_deleted(
         await broker.wait_deleted(routing_key)
     await settle()
     assert await registry.pending_queue_deletions() == []
+
+
+async def until(condition: Callable[[], object], timeout: float = WAIT) -> None:
+    """Wait (at most ``timeout``) until ``condition()`` holds (polling: cheap in virtual time)."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def receive_each(sockets: Sequence[FakeWebSocket], ordinals: list[int]) -> None:
+    """Wait until every websocket of ``sockets`` received ``ordinals``: these, in order, no more."""
+    for ws in sockets:
+        await ws.wait_frames(len(ordinals))
+    await settle()
+    for ws in sockets:
+        assert ws.ordinals() == ordinals
 
 
 async def settle() -> None:

@@ -14,8 +14,8 @@ async def h() -> AsyncIterator[Harness]:
     """A running supervisor with the default test settings (see :func:`running`).
 
     A test that wants other settings, or its own broker or registry, opens
-    :func:`running` itself. Each test still asks for ``autojump_clock``:
-    pytest-trio takes the clock from the test's own arguments only.
+    :func:`running` itself. The modules that use it run in virtual time
+    (``pytestmark = pytest.mark.autojump``, see ``tests/unit/conftest.py``).
     """
     async with running() as harness:
         yield harness

@@ -8,14 +8,15 @@ from dataclasses import replace
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 from actors.delivery import SEND_BATCH, start_position
 from actors.ports.broker import FromOffset, FromTimestamp
 from actors.resubscription import RESUBSCRIBE_BACKOFF
 from actors.start import AfterOrdinal, AtOrAfterTime, LiveTail
 
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle, wall_clock
+from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle, until, wall_clock
+
+pytestmark = pytest.mark.autojump
 
 
 def test_start_positions() -> None:
@@ -24,7 +25,7 @@ def test_start_positions() -> None:
     assert start_position(AtOrAfterTime(1_700_000_000_500)) == FromTimestamp(1_699_999_999)
 
 
-async def test_live_tail_attaches_before_accept(autojump_clock: MockClock, h: Harness) -> None:
+async def test_live_tail_attaches_before_accept(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", "before")
     # Published synchronously inside accept(): only a consumer attached
@@ -39,7 +40,7 @@ async def test_live_tail_attaches_before_accept(autojump_clock: MockClock, h: Ha
     assert not ws.closed.is_set()
 
 
-async def test_replay_from_ordinal_zero_and_k(autojump_clock: MockClock) -> None:
+async def test_replay_from_ordinal_zero_and_k() -> None:
     async with running(replace(SETTINGS, max_connections_per_stream=0)) as h:
         record = await h.stream()
         await h.publish("rk", *[f"e{n}" for n in range(1, 6)])
@@ -55,7 +56,7 @@ async def test_replay_from_ordinal_zero_and_k(autojump_clock: MockClock) -> None
         assert from_three.sent[0].startswith("e4|ordinal: 4|timestamp: ")
 
 
-async def test_ordinal_beyond_the_end_waits_for_it(autojump_clock: MockClock, h: Harness) -> None:
+async def test_ordinal_beyond_the_end_waits_for_it(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", "e1", "e2")
     ws = await h.open(record, AfterOrdinal(4))
@@ -64,9 +65,7 @@ async def test_ordinal_beyond_the_end_waits_for_it(autojump_clock: MockClock, h:
     assert ws.ordinals() == [5, 6]
 
 
-async def test_ordinal_gone_by_retention_starts_at_the_oldest(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_ordinal_gone_by_retention_starts_at_the_oldest(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", *[f"e{n}" for n in range(1, 6)])
     h.broker.truncate_before("rk", 3)
@@ -75,10 +74,7 @@ async def test_ordinal_gone_by_retention_starts_at_the_oldest(
     assert ws.ordinals() == [4, 5]
 
 
-async def test_timestamp_start_never_delivers_an_event_stamped_before_it(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_timestamp_start_never_delivers_an_event_stamped_before_it(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", "old")  # a broker second far before: positioned away
     await trio.sleep(100)
@@ -101,10 +97,7 @@ async def test_timestamp_start_never_delivers_an_event_stamped_before_it(
     assert stamps == sorted(stamps), "ess_timestamp decreased along the connection"
 
 
-async def test_events_without_own_time_are_positioned_by_the_broker(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_events_without_own_time_are_positioned_by_the_broker(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", "n0")
     await trio.sleep(10)
@@ -117,7 +110,7 @@ async def test_events_without_own_time_are_positioned_by_the_broker(
     assert [text.split("|")[0] for text in ws.sent] == ["n1"]
 
 
-async def test_json_and_text_formatting(autojump_clock: MockClock, h: Harness) -> None:
+async def test_json_and_text_formatting(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record, AfterOrdinal(0))
     await h.publish("rk", '{"kind": "é", "n": 1}', timestamp_ms=42)
@@ -131,9 +124,7 @@ async def test_json_and_text_formatting(autojump_clock: MockClock, h: Harness) -
     assert connection.bytes_sent == sum(len(text.encode()) for text in ws.sent)
 
 
-async def test_bad_bodies_are_skipped_without_closing(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_bad_bodies_are_skipped_without_closing(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record, AfterOrdinal(0))
     await h.publish("rk", b"\xff\xfe", b"{not json", b"[1]", b"{}")
@@ -148,9 +139,7 @@ async def test_bad_bodies_are_skipped_without_closing(
     assert subscription.acked_offset == 3
 
 
-async def test_skipped_events_are_not_replayed_after_an_outage(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_skipped_events_are_not_replayed_after_an_outage(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record, AfterOrdinal(0))
     await h.publish("rk", b"ok", b"\xff")
@@ -165,7 +154,7 @@ async def test_skipped_events_are_not_replayed_after_an_outage(
     assert h.actor(record).connections[0].messages_skipped == 1
 
 
-async def test_poison_closes_normally(autojump_clock: MockClock, h: Harness) -> None:
+async def test_poison_closes_normally(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record)
     await h.publish("rk", "a", "POISON", "b")
@@ -177,7 +166,7 @@ async def test_poison_closes_normally(autojump_clock: MockClock, h: Harness) -> 
     assert h.broker.active_subscriptions == 0
 
 
-async def test_missing_queue_closes_1013(autojump_clock: MockClock, h: Harness) -> None:
+async def test_missing_queue_closes_1013(h: Harness) -> None:
     record = await h.stream()
     await h.broker.delete_stream("rk")
     ws = h.connect(record)
@@ -186,9 +175,7 @@ async def test_missing_queue_closes_1013(autojump_clock: MockClock, h: Harness) 
     assert (ws.close_code, ws.close_reason) == (1013, "The stream queue does not exist")
 
 
-async def test_queue_deleted_under_a_connection_closes_1013(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_queue_deleted_under_a_connection_closes_1013(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record)
     await h.broker.delete_stream("rk")
@@ -196,10 +183,7 @@ async def test_queue_deleted_under_a_connection_closes_1013(
     assert ws.close_code == 1013
 
 
-async def test_outage_keeps_the_websocket_and_resumes_without_gap_or_duplicate(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_outage_keeps_the_websocket_and_resumes_without_gap_or_duplicate(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record, AfterOrdinal(0))
     await h.publish("rk", "e1", "e2", "e3")
@@ -221,7 +205,7 @@ async def test_outage_keeps_the_websocket_and_resumes_without_gap_or_duplicate(
     assert connection.snapshot()["children"][0]["state"] == "attached"  # type: ignore[index]
 
 
-async def test_outage_with_unacked_events_in_flight(autojump_clock: MockClock, h: Harness) -> None:
+async def test_outage_with_unacked_events_in_flight(h: Harness) -> None:
     record = await h.stream()
     ws = FakeWebSocket(read_budget=2)
     await h.open(record, AfterOrdinal(0), ws)
@@ -237,26 +221,21 @@ async def test_outage_with_unacked_events_in_flight(autojump_clock: MockClock, h
     assert ws.ordinals() == [1, 2, 3, 4, 5, 6]
 
 
-async def test_broker_down_at_first_subscribe_accepts_and_waits(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_broker_down_at_first_subscribe_accepts_and_waits(h: Harness) -> None:
     record = await h.stream()
     h.broker.set_available(False)
     ws = await h.open(record)
     await trio.sleep(60)
     assert not ws.closed.is_set()
     h.broker.set_available(True)
-    with trio.fail_after(RESUBSCRIBE_BACKOFF.maximum):
-        while h.broker.active_subscriptions == 0:
-            await trio.sleep(0.01)  # virtual time: waits for the jittered resubscribe
+    # Virtual time: waits for the jittered resubscribe.
+    await until(lambda: h.broker.active_subscriptions > 0, RESUBSCRIBE_BACKOFF.maximum)
     await h.publish("rk", "live")
     await ws.wait_frames(1)
     assert ws.ordinals() == [1]
 
 
-async def test_slow_client_closed_1008_after_send_timeout(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_slow_client_closed_1008_after_send_timeout(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record, websocket=FakeWebSocket(reading=False))
     start = trio.current_time()
@@ -268,10 +247,7 @@ async def test_slow_client_closed_1008_after_send_timeout(
     assert SETTINGS.send_timeout <= ws.close_time - start < SETTINGS.send_timeout + 1
 
 
-async def test_slow_client_aborted_when_the_close_cannot_complete(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_slow_client_aborted_when_the_close_cannot_complete(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record, websocket=FakeWebSocket(reading=False, close_blocks=True))
     await h.publish("rk", "x")
@@ -282,7 +258,7 @@ async def test_slow_client_aborted_when_the_close_cannot_complete(
         await ws.served.wait()
 
 
-async def test_dead_peer_aborted_after_ping_timeout(autojump_clock: MockClock, h: Harness) -> None:
+async def test_dead_peer_aborted_after_ping_timeout(h: Harness) -> None:
     record = await h.stream()
     live = await h.open(await h.stream("other"))
     start = trio.current_time()
@@ -297,7 +273,7 @@ async def test_dead_peer_aborted_after_ping_timeout(autojump_clock: MockClock, h
     assert not live.closed.is_set()
 
 
-async def test_reader_drains_client_frames(autojump_clock: MockClock, h: Harness) -> None:
+async def test_reader_drains_client_frames(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record)
     with trio.fail_after(WAIT):
@@ -307,10 +283,7 @@ async def test_reader_drains_client_frames(autojump_clock: MockClock, h: Harness
     await ws.wait_frames(1)
 
 
-async def test_client_leaving_ends_the_connection_and_its_consumer(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_client_leaving_ends_the_connection_and_its_consumer(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record)
     assert h.broker.active_subscriptions == 1
@@ -323,7 +296,7 @@ async def test_client_leaving_ends_the_connection_and_its_consumer(
 
 
 async def test_crash_in_a_connection_closes_1011_and_nothing_else(
-    autojump_clock: MockClock, h: Harness, caplog: pytest.LogCaptureFixture
+    h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     record = await h.stream()
     other = await h.stream("other")
@@ -344,7 +317,7 @@ async def test_crash_in_a_connection_closes_1011_and_nothing_else(
     assert h.actor(record).restarts == 0
 
 
-async def test_backpressure_reaches_the_broker(autojump_clock: MockClock) -> None:
+async def test_backpressure_reaches_the_broker() -> None:
     settings = replace(SETTINGS, prefetch=4, send_timeout=1000.0)
     async with running(settings) as h:
         record = await h.stream()
@@ -366,7 +339,7 @@ async def test_backpressure_reaches_the_broker(autojump_clock: MockClock) -> Non
 
 
 async def test_stats_are_logged_and_logs_never_hold_the_uuid(
-    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with running() as h:
@@ -388,7 +361,7 @@ async def test_stats_are_logged_and_logs_never_hold_the_uuid(
     assert conn_lines and all(f"stream={record.id} " in m for m in conn_lines)
 
 
-async def test_connection_snapshot(autojump_clock: MockClock, h: Harness) -> None:
+async def test_connection_snapshot(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record, AfterOrdinal(0))
     await h.publish("rk", "abc", b"\xff")
@@ -420,10 +393,7 @@ async def test_connection_snapshot(autojump_clock: MockClock, h: Harness) -> Non
     }
 
 
-async def test_a_replay_burst_is_written_in_batches_and_a_live_event_alone(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_a_replay_burst_is_written_in_batches_and_a_live_event_alone(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", *[f"e{n}" for n in range(1, 101)])
     ws = await h.open(record, AfterOrdinal(0))
@@ -438,7 +408,7 @@ async def test_a_replay_burst_is_written_in_batches_and_a_live_event_alone(
 
 
 async def test_every_line_of_a_stream_or_connection_carries_its_log_context(
-    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with running(replace(SETTINGS, max_connections_per_stream=0)) as h:

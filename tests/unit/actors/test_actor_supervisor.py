@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_registry import MemoryRegistry
@@ -19,16 +18,19 @@ from actors.stream import StreamActor
 
 from .actor_fakes import (
     SETTINGS,
+    TAKEOVER,
     WAIT,
     FakeWebSocket,
     Harness,
+    oldest_of_three_taken_over,
     running,
     settle,
     wait_queue_deleted,
     wall_clock,
 )
 
-TAKEOVER = (4001, "Replaced by a newer connection to this event stream")
+pytestmark = pytest.mark.autojump
+
 DELETED = (1000, "The stream has been deleted")
 SHUTDOWN = (1001, "The service is shutting down")
 
@@ -37,7 +39,7 @@ def code(ws: FakeWebSocket) -> tuple[int | None, str | None]:
     return ws.close_code, ws.close_reason
 
 
-async def test_newest_connection_takes_over(autojump_clock: MockClock, h: Harness) -> None:
+async def test_newest_connection_takes_over(h: Harness) -> None:
     record = await h.stream()
     first = await h.open(record)
     second = await h.open(record)
@@ -52,23 +54,12 @@ async def test_newest_connection_takes_over(autojump_clock: MockClock, h: Harnes
     assert h.broker.active_subscriptions == 1
 
 
-async def test_policy_of_two_keeps_two_and_replaces_the_oldest(autojump_clock: MockClock) -> None:
-    async with running(replace(SETTINGS, max_connections_per_stream=2)) as h:
-        record = await h.stream()
-        first = await h.open(record)
-        second = await h.open(record)
-        await settle()
-        assert not first.closed.is_set() and not second.closed.is_set()
-        third = await h.open(record)
-        await first.wait_closed()
-        assert code(first) == TAKEOVER
-        await h.publish("rk", "x")
-        await second.wait_frames(1)
-        await third.wait_frames(1)
+async def test_policy_of_two_keeps_two_and_replaces_the_oldest() -> None:
+    async with oldest_of_three_taken_over() as (_, _, second, third):
         assert not second.closed.is_set() and not third.closed.is_set()
 
 
-async def test_policy_zero_is_unlimited(autojump_clock: MockClock) -> None:
+async def test_policy_zero_is_unlimited() -> None:
     async with running(replace(SETTINGS, max_connections_per_stream=0)) as h:
         record = await h.stream()
         sockets = [await h.open(record) for _ in range(5)]
@@ -78,17 +69,14 @@ async def test_policy_zero_is_unlimited(autojump_clock: MockClock) -> None:
         assert not any(ws.closed.is_set() for ws in sockets)
 
 
-async def test_takeover_is_per_stream(autojump_clock: MockClock, h: Harness) -> None:
+async def test_takeover_is_per_stream(h: Harness) -> None:
     one = await h.open(await h.stream("a"))
     two = await h.open(await h.stream("a"))  # another stream, same routing key
     await settle()
     assert not one.closed.is_set() and not two.closed.is_set()
 
 
-async def test_delete_closes_with_1000_and_returns_after_the_close(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_delete_closes_with_1000_and_returns_after_the_close(h: Harness) -> None:
     record = await h.stream()
     other = await h.stream("other")
     bystander = await h.open(other)
@@ -109,9 +97,7 @@ async def test_delete_closes_with_1000_and_returns_after_the_close(
     assert not bystander.closed.is_set()
 
 
-async def test_delete_with_a_pending_handshake_closes_it(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_delete_with_a_pending_handshake_closes_it(h: Harness) -> None:
     record = await h.stream()
     actor = h.actor(record)
     ws = h.connect(record, websocket=FakeWebSocket(accept_delay=1.0))
@@ -126,7 +112,7 @@ async def test_delete_with_a_pending_handshake_closes_it(
     assert code(late) == DELETED
 
 
-async def test_delete_unknown_and_twice(autojump_clock: MockClock, h: Harness) -> None:
+async def test_delete_unknown_and_twice(h: Harness) -> None:
     assert await h.supervisor.delete_stream(999) is False
     record = await h.stream()
     ws = await h.open(record, websocket=FakeWebSocket(close_delay=1.0))
@@ -143,10 +129,7 @@ async def _append(results: list[bool], call: object) -> None:
     results.append(await call)  # type: ignore[misc]
 
 
-async def test_delete_hands_queue_ownership_to_a_stream_sharing_the_key(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_delete_hands_queue_ownership_to_a_stream_sharing_the_key(h: Harness) -> None:
     first = await h.stream("shared")
     second = await h.stream("shared")
     third = await h.stream("shared")
@@ -161,10 +144,7 @@ async def test_delete_hands_queue_ownership_to_a_stream_sharing_the_key(
     assert not h.broker.has_stream("shared")
 
 
-async def test_queue_created_by_the_account_server_is_never_deleted(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_queue_created_by_the_account_server_is_never_deleted(h: Harness) -> None:
     h.broker.create_stream("as-made")
     record = await h.stream("as-made")
     assert record.owns_queue is False
@@ -173,19 +153,14 @@ async def test_queue_created_by_the_account_server_is_never_deleted(
     assert h.broker.has_stream("as-made")
 
 
-async def test_create_fails_cleanly_when_the_broker_is_down(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_create_fails_cleanly_when_the_broker_is_down(h: Harness) -> None:
     h.broker.set_available(False)
     with pytest.raises(BrokerUnavailable):
         await h.stream()
     assert await h.supervisor.list_streams() == []
 
 
-async def test_pending_queue_deletion_runs_when_the_broker_returns(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_pending_queue_deletion_runs_when_the_broker_returns(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record)
     h.broker.set_available(False)
@@ -199,10 +174,7 @@ async def test_pending_queue_deletion_runs_when_the_broker_returns(
     await wait_queue_deleted(h.broker, h.registry)
 
 
-async def test_pending_deletion_is_cancelled_by_a_new_stream_of_the_key(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_pending_deletion_is_cancelled_by_a_new_stream_of_the_key(h: Harness) -> None:
     record = await h.stream()
     h.broker.set_available(False)
     await h.supervisor.delete_stream(record.id)
@@ -215,7 +187,7 @@ async def test_pending_deletion_is_cancelled_by_a_new_stream_of_the_key(
     assert (await h.registry.get(again.id)).owns_queue  # type: ignore[union-attr]
 
 
-async def test_pending_deletion_restored_at_start_is_retried(autojump_clock: MockClock) -> None:
+async def test_pending_deletion_restored_at_start_is_retried() -> None:
     broker = MemoryBroker(clock=wall_clock)
     broker.create_stream("leftover")
     registry = MemoryRegistry()
@@ -225,7 +197,7 @@ async def test_pending_deletion_restored_at_start_is_retried(autojump_clock: Moc
             await broker.wait_deleted("leftover")
 
 
-async def test_streams_are_restored_from_the_registry(autojump_clock: MockClock) -> None:
+async def test_streams_are_restored_from_the_registry() -> None:
     broker = MemoryBroker(clock=wall_clock)
     registry = MemoryRegistry()
     await broker.ensure_stream("a")
@@ -242,7 +214,7 @@ async def test_streams_are_restored_from_the_registry(autojump_clock: MockClock)
         assert missing.close_code == 1013
 
 
-async def test_idle_streams_have_no_task(autojump_clock: MockClock, h: Harness) -> None:
+async def test_idle_streams_have_no_task(h: Harness) -> None:
     records = [await h.stream(f"k{n}") for n in range(3)]
     assert not any(h.actor(r).running for r in records)
     ws = await h.open(records[0])
@@ -257,9 +229,7 @@ async def test_idle_streams_have_no_task(autojump_clock: MockClock, h: Harness) 
     await again.wait_frames(1)
 
 
-async def test_handler_cancelled_closes_its_connection(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_handler_cancelled_closes_its_connection(h: Harness) -> None:
     record = await h.stream()
     ws = FakeWebSocket()
     actor = h.actor(record)
@@ -271,7 +241,7 @@ async def test_handler_cancelled_closes_its_connection(
 
 
 async def test_crashed_stream_actor_is_restarted_with_backoff(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     crash = trio.Event()
     original = StreamActor._host
@@ -304,9 +274,7 @@ async def test_crashed_stream_actor_is_restarted_with_backoff(
         assert not bystander.closed.is_set()
 
 
-async def test_restart_backoff_doubles(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_restart_backoff_doubles(monkeypatch: pytest.MonkeyPatch) -> None:
     async def host(self: StreamActor) -> None:
         await trio.lowlevel.checkpoint()
         raise RuntimeError("always")
@@ -326,7 +294,7 @@ async def test_restart_backoff_doubles(
         assert await h.supervisor.delete_stream(record.id)  # also during a backoff
 
 
-async def test_shutdown_closes_everything_with_1001(autojump_clock: MockClock) -> None:
+async def test_shutdown_closes_everything_with_1001() -> None:
     async with running(replace(SETTINGS, max_connections_per_stream=0)) as h:
         one = await h.stream("a")
         two = await h.stream("b")
@@ -350,7 +318,7 @@ async def test_shutdown_closes_everything_with_1001(autojump_clock: MockClock) -
         assert code(later) == SHUTDOWN
 
 
-async def test_supervisor_cancelled_closes_with_1001(autojump_clock: MockClock) -> None:
+async def test_supervisor_cancelled_closes_with_1001() -> None:
     broker = MemoryBroker(clock=wall_clock)
     async with running(broker=broker) as h:
         ws = await h.open(await h.stream())
@@ -358,7 +326,7 @@ async def test_supervisor_cancelled_closes_with_1001(autojump_clock: MockClock) 
     assert code(ws) == SHUTDOWN
 
 
-async def test_snapshot_shows_the_tree(autojump_clock: MockClock, h: Harness) -> None:
+async def test_snapshot_shows_the_tree(h: Harness) -> None:
     record = await h.stream("rk")
     idle = await h.stream("quiet")
     ws = await h.open(record, AfterOrdinal(0))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_control import MemoryControl, MemoryControlBus
@@ -25,7 +24,9 @@ from actors.ports.registry import StreamRecord
 from actors.start import LiveTail
 from actors.supervisor import REGISTRY_UNAVAILABLE, UNKNOWN_STREAM, Supervisor
 
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, wall_clock
+from .actor_fakes import SETTINGS, FakeWebSocket, until, wall_clock
+
+pytestmark = pytest.mark.autojump
 
 
 @dataclass
@@ -84,13 +85,6 @@ class Cluster:
     replicas: list[Replica]
 
 
-async def until(condition: object) -> None:
-    """Wait (bounded) until ``condition()`` holds; under the autojump clock this is cheap."""
-    with trio.fail_after(WAIT):
-        while not condition():  # type: ignore[operator]
-            await trio.sleep(0.05)
-
-
 @asynccontextmanager
 async def cluster(count: int) -> AsyncIterator[Cluster]:
     broker = MemoryBroker(clock=wall_clock)
@@ -114,11 +108,7 @@ async def cluster(count: int) -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 async def pair() -> AsyncIterator[Cluster]:
-    """Two replicas, running.
-
-    pytest-trio takes the clock from the test's own arguments only, so each
-    test asks for ``autojump_clock`` itself.
-    """
+    """Two replicas, running (in the virtual time of the module's ``pytest.mark.autojump``)."""
     async with cluster(2) as c:
         yield c
 
@@ -133,9 +123,7 @@ def code(ws: FakeWebSocket) -> CloseReason:
     return CloseReason(ws.close_code, ws.close_reason)
 
 
-async def test_delete_closes_the_websockets_of_every_replica_before_it_returns(
-    autojump_clock: MockClock,
-) -> None:
+async def test_delete_closes_the_websockets_of_every_replica_before_it_returns() -> None:
     async with cluster(3) as c:
         a, b, other = c.replicas
         record = await a.supervisor.create_stream("rk")
@@ -151,15 +139,11 @@ async def test_delete_closes_the_websockets_of_every_replica_before_it_returns(
             assert await replica.refused(record.uuid) == UNKNOWN_STREAM
 
 
-async def test_delete_of_an_unknown_stream_is_false_on_every_replica(
-    autojump_clock: MockClock,
-    pair: Cluster,
-) -> None:
+async def test_delete_of_an_unknown_stream_is_false_on_every_replica(pair: Cluster) -> None:
     assert await pair.replicas[0].supervisor.delete_stream(999) is False
 
 
 async def test_a_replica_that_does_not_confirm_is_presumed_gone_after_the_bound(
-    autojump_clock: MockClock,
     pair: Cluster,
 ) -> None:
     a, b = pair.replicas
@@ -178,10 +162,7 @@ async def test_a_replica_that_does_not_confirm_is_presumed_gone_after_the_bound(
     assert code(on_b) == DELETED
 
 
-async def test_a_cut_off_replica_checks_the_registry_before_serving(
-    autojump_clock: MockClock,
-    pair: Cluster,
-) -> None:
+async def test_a_cut_off_replica_checks_the_registry_before_serving(pair: Cluster) -> None:
     a, b = pair.replicas
     record = await a.supervisor.create_stream("rk")
     kept = await a.supervisor.create_stream("kept")
@@ -194,10 +175,7 @@ async def test_a_cut_off_replica_checks_the_registry_before_serving(
     assert not served.closed.is_set()
 
 
-async def test_a_newer_connection_on_another_replica_takes_over_with_4001(
-    autojump_clock: MockClock,
-    pair: Cluster,
-) -> None:
+async def test_a_newer_connection_on_another_replica_takes_over_with_4001(pair: Cluster) -> None:
     a, b = pair.replicas
     record = await a.supervisor.create_stream("rk")
     old = await a.open(record)
@@ -209,10 +187,7 @@ async def test_a_newer_connection_on_another_replica_takes_over_with_4001(
     assert not new.closed.is_set()
 
 
-async def test_a_duplicated_deletion_is_answered_again_and_harms_nothing(
-    autojump_clock: MockClock,
-    pair: Cluster,
-) -> None:
+async def test_a_duplicated_deletion_is_answered_again_and_harms_nothing(pair: Cluster) -> None:
     a, b = pair.replicas
     record = await a.supervisor.create_stream("rk")
     kept = await a.supervisor.create_stream("kept")
@@ -227,7 +202,6 @@ async def test_a_duplicated_deletion_is_answered_again_and_harms_nothing(
 
 
 async def test_cut_off_from_broker_and_registry_serves_what_it_knows_and_refuses_the_rest(
-    autojump_clock: MockClock,
     pair: Cluster,
 ) -> None:
     a, b = pair.replicas

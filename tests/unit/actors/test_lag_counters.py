@@ -9,8 +9,8 @@ stopped reading shows how far behind it is even without a shared live tail.
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
-from trio.testing import MockClock
 
 from actors.delivery import Delivery
 from actors.ports.broker import StreamEvent
@@ -19,6 +19,8 @@ from web.metrics import ServiceMetrics
 from web.operations import LagSampler
 
 from .actor_fakes import FakeWebSocket, running, settle
+
+pytestmark = pytest.mark.autojump
 
 
 def event(offset: int) -> StreamEvent:
@@ -35,9 +37,7 @@ def test_newest_offset_is_the_highest_received_filtered_or_not() -> None:
     assert core.newest_offset == 7
 
 
-async def test_a_client_that_stopped_reading_lags_in_the_metrics(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_client_that_stopped_reading_lags_in_the_metrics() -> None:
     async with running() as h:
         record = await h.stream()
         await h.publish("rk", *[f'{{"n": {n}}}' for n in range(3)])

@@ -9,7 +9,6 @@ from typing import NamedTuple
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 from actors.connection_actor import ConnectionActor
 from actors.hub import DEMOTE_GRACE
@@ -19,14 +18,18 @@ from actors.start import AfterOrdinal
 from .actor_fakes import (
     MANY,
     SETTINGS,
-    WAIT,
     FakeWebSocket,
     Harness,
     crash_hub_at,
     hub_of,
+    oldest_of_three_taken_over,
+    receive_each,
     running,
     settle,
+    until,
 )
+
+pytestmark = pytest.mark.autojump
 
 
 @pytest.fixture
@@ -34,9 +37,6 @@ async def h() -> AsyncIterator[Harness]:
     """A running supervisor that shares a hub between live connections (``MANY``).
 
     It stands in, in this module, for the default ``h`` of the actors' conftest.
-
-    Each test still asks for ``autojump_clock`` itself: pytest-trio takes the
-    clock from the test's own arguments only.
     """
     async with running(MANY) as harness:
         yield harness
@@ -47,9 +47,7 @@ def consumer_state(connection: ConnectionActor) -> str:
     return str(consumer["state"])
 
 
-async def test_many_live_connections_share_one_broker_consumer(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_many_live_connections_share_one_broker_consumer(h: Harness) -> None:
     record = await h.stream()
     sockets = [h.connect(record) for _ in range(10)]  # concurrently: some join while attaching
     for ws in sockets:
@@ -83,9 +81,7 @@ class PacedWebSocket(FakeWebSocket):
         await super().send_text(text)
 
 
-async def test_a_burst_larger_than_the_buffers_demotes_nobody(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_a_burst_larger_than_the_buffers_demotes_nobody(h: Harness) -> None:
     record = await h.stream()
     pace = DEMOTE_GRACE / 50  # the burst takes 0.6 grace to absorb
     sockets = [await h.open(record, websocket=PacedWebSocket(pace)) for _ in range(3)]
@@ -105,10 +101,7 @@ async def test_a_burst_larger_than_the_buffers_demotes_nobody(
     assert h.broker.subscriptions[0].max_in_flight <= SETTINGS.prefetch
 
 
-async def test_late_joiner_gets_what_follows_its_join_and_nothing_before(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_late_joiner_gets_what_follows_its_join_and_nothing_before(h: Harness) -> None:
     record = await h.stream()
     early = await h.open(record)
     await h.publish("rk", "e1", "e2", "e3")
@@ -128,9 +121,7 @@ async def test_late_joiner_gets_what_follows_its_join_and_nothing_before(
     assert h.broker.subscriptions_opened == 1
 
 
-async def test_slow_member_is_demoted_then_catches_up_on_its_own_consumer(
-    autojump_clock: MockClock,
-) -> None:
+async def test_slow_member_is_demoted_then_catches_up_on_its_own_consumer() -> None:
     settings = replace(MANY, send_timeout=1000.0)
     async with running(settings) as h:
         record = await h.stream()
@@ -192,10 +183,7 @@ async def burst_past_stuck_members(h: Harness, stuck: int) -> StuckBurst:
     return StuckBurst(record, fast, members, start)
 
 
-async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(h: Harness) -> None:
     record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
     await fast.wait_frames(20)
     await stuck.wait_closed()
@@ -210,10 +198,7 @@ async def test_demoted_client_that_never_reads_is_closed_by_the_send_timeout(
     assert h.broker.active_subscriptions == 1
 
 
-async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(h: Harness) -> None:
     record, fast, stuck, start = await burst_past_stuck_members(h, 5)
     await fast.wait_frames(20)
     assert trio.current_time() - start <= DEMOTE_GRACE + 0.01
@@ -226,10 +211,7 @@ async def test_many_stuck_members_stall_the_others_for_one_grace_at_most(
         assert ws.ordinals() == list(range(1, 21))
 
 
-async def test_a_full_member_that_leaves_releases_the_hub_at_once(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_a_full_member_that_leaves_releases_the_hub_at_once(h: Harness) -> None:
     record, fast, [stuck], start = await burst_past_stuck_members(h, 1)
     await settle()  # the hub waits for the stuck member's buffer to have room
     assert trio.current_time() == start
@@ -241,10 +223,7 @@ async def test_a_full_member_that_leaves_releases_the_hub_at_once(
     assert hub_of(h, record).demoted == 0
 
 
-async def test_outage_resumes_every_member_with_one_resubscription(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_outage_resumes_every_member_with_one_resubscription(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(3)]
     await h.publish("rk", "e1", "e2", "e3")
@@ -259,11 +238,7 @@ async def test_outage_resumes_every_member_with_one_resubscription(
     assert not any(ws.closed.is_set() for ws in sockets)
     h.broker.set_available(True)
     await h.publish("rk", "e5")
-    for ws in sockets:
-        await ws.wait_frames(5)
-    await settle()
-    for ws in sockets:
-        assert ws.ordinals() == [1, 2, 3, 4, 5]
+    await receive_each(sockets, [1, 2, 3, 4, 5])
     assert h.broker.subscriptions_opened == 2
     assert h.broker.active_subscriptions == 1
     assert hub.state == "attached" and hub.subscriptions == 2
@@ -272,29 +247,19 @@ async def test_outage_resumes_every_member_with_one_resubscription(
         assert connection.state == "open"
 
 
-async def test_outage_before_the_first_event_resubscribes_from_next(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_outage_before_the_first_event_resubscribes_from_next(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(2)]
     h.broker.set_available(False)
     await settle()
     h.broker.set_available(True)
-    with trio.fail_after(WAIT):
-        while not hub_of(h, record).attached:
-            await trio.sleep(0.01)
+    await until(lambda: hub_of(h, record).attached)
     await h.publish("rk", "e1")
-    for ws in sockets:
-        await ws.wait_frames(1)
-        assert ws.ordinals() == [1]
+    await receive_each(sockets, [1])
     assert h.broker.subscriptions_opened == 2
 
 
-async def test_last_member_leaving_releases_the_broker_consumer(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_last_member_leaving_releases_the_broker_consumer(h: Harness) -> None:
     record = await h.stream()
     one = await h.open(record)
     two = await h.open(record)
@@ -315,10 +280,7 @@ async def test_last_member_leaving_releases_the_broker_consumer(
     assert h.broker.subscriptions_opened == 2
 
 
-async def test_delete_closes_every_member_and_the_shared_consumer(
-    autojump_clock: MockClock,
-    h: Harness,
-) -> None:
+async def test_delete_closes_every_member_and_the_shared_consumer(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(3)]
     await h.publish("rk", "e1")
@@ -330,28 +292,15 @@ async def test_delete_closes_every_member_and_the_shared_consumer(
     assert h.broker.active_subscriptions == 0
 
 
-async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer(
-    autojump_clock: MockClock,
-) -> None:
-    async with running(replace(SETTINGS, max_connections_per_stream=2)) as h:
-        record = await h.stream()
-        first = await h.open(record)
-        second = await h.open(record)
-        third = await h.open(record)
-        await first.wait_closed()
-        assert first.close_code == 4001
-        await h.publish("rk", "x")
-        await second.wait_frames(1)
-        await third.wait_frames(1)
+async def test_takeover_closes_the_oldest_member_and_keeps_the_consumer() -> None:
+    async with oldest_of_three_taken_over() as (h, record, _, _):
         await settle()
         assert h.broker.subscriptions_opened == 1
         assert h.broker.active_subscriptions == 1
         assert hub_of(h, record).members == 2
 
 
-async def test_replay_connections_get_their_own_consumer(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_replay_connections_get_their_own_consumer(h: Harness) -> None:
     record = await h.stream()
     await h.publish("rk", "e1", "e2")
     live = await h.open(record)
@@ -369,9 +318,7 @@ async def test_replay_connections_get_their_own_consumer(
     assert states == ["shared", "attached", "attached"]
 
 
-async def test_missing_queue_closes_every_member_1013(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_missing_queue_closes_every_member_1013(h: Harness) -> None:
     record = await h.stream()
     sockets = [await h.open(record) for _ in range(2)]
     await h.broker.delete_stream("rk")
@@ -384,7 +331,7 @@ async def test_missing_queue_closes_every_member_1013(
 
 
 async def test_a_crashed_hub_sends_members_to_their_own_consumers(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     crash_hub_at(monkeypatch, 2)
     async with running(MANY) as h:
@@ -414,9 +361,7 @@ async def test_a_crashed_hub_sends_members_to_their_own_consumers(
         assert again.ordinals() == [6]
 
 
-async def test_broker_down_when_joining_accepts_and_joins_later(
-    autojump_clock: MockClock, h: Harness
-) -> None:
+async def test_broker_down_when_joining_accepts_and_joins_later(h: Harness) -> None:
     record = await h.stream()
     h.broker.set_available(False)
     sockets = [await h.open(record) for _ in range(3)]
@@ -424,17 +369,13 @@ async def test_broker_down_when_joining_accepts_and_joins_later(
     assert h.actor(record).live_tail is None  # no member: no hub left waiting
     await trio.sleep(30)
     h.broker.set_available(True)
-    with trio.fail_after(WAIT):
-        while any(consumer_state(c) != "shared" for c in h.actor(record).connections):
-            await trio.sleep(0.01)
+    await until(lambda: all(consumer_state(c) == "shared" for c in h.actor(record).connections))
     await h.publish("rk", "live")
-    for ws in sockets:
-        await ws.wait_frames(1)
-        assert ws.ordinals() == [1]
+    await receive_each(sockets, [1])
     assert h.broker.active_subscriptions == 1
 
 
-async def test_snapshot_shows_the_shared_consumer(autojump_clock: MockClock, h: Harness) -> None:
+async def test_snapshot_shows_the_shared_consumer(h: Harness) -> None:
     record = await h.stream()
     for _ in range(2):
         await h.open(record)
@@ -461,7 +402,7 @@ async def test_snapshot_shows_the_shared_consumer(autojump_clock: MockClock, h: 
         assert consumer["counters"]["start"] == "next"
 
 
-async def test_join_is_synchronous_once_attached(autojump_clock: MockClock, h: Harness) -> None:
+async def test_join_is_synchronous_once_attached(h: Harness) -> None:
     record = await h.stream()
     await h.open(record)
     hub = hub_of(h, record)

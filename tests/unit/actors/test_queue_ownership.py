@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_registry import MemoryRegistry
 from actors.ports.broker import BrokerUnavailable
 from actors.ports.registry import RegistryUnavailable, StreamRecord
 
-from .actor_fakes import WAIT, Harness, running, settle, wait_queue_deleted, wall_clock
+from .actor_fakes import WAIT, Harness, running, settle, until, wait_queue_deleted, wall_clock
+
+pytestmark = pytest.mark.autojump
 
 OnDeclare = Callable[[], Awaitable[None]] | None
 
@@ -88,9 +89,7 @@ class FailingCreateRegistry(MemoryRegistry):
 
 
 @pytest.mark.parametrize("failure", ["the bind fails", "the registry fails", "the caller hangs up"])
-async def test_a_failure_after_the_declare_deletes_the_queue_again(
-    autojump_clock: MockClock, failure: str
-) -> None:
+async def test_a_failure_after_the_declare_deletes_the_queue_again(failure: str) -> None:
     broker = StepBroker()
     broker.fail_bind = failure == "the bind fails"
     broker.stall_bind = failure == "the caller hangs up"
@@ -112,10 +111,7 @@ async def test_a_failure_after_the_declare_deletes_the_queue_again(
         assert await registry.list() == []
 
 
-async def test_crash_after_the_declare_is_cleaned_up_by_the_next_start(
-    autojump_clock: MockClock,
-    shared: Shared,
-) -> None:
+async def test_crash_after_the_declare_is_cleaned_up_by_the_next_start(shared: Shared) -> None:
     shared.broker.stall_bind = True
     async with shared.replica() as crashed:
         crashed.nursery.start_soon(crashed.stream, "rk")
@@ -128,9 +124,7 @@ async def test_crash_after_the_declare_is_cleaned_up_by_the_next_start(
         crashed.nursery.cancel_scope.cancel()
 
 
-async def test_queue_declared_meanwhile_by_someone_else_is_not_owned(
-    autojump_clock: MockClock,
-) -> None:
+async def test_queue_declared_meanwhile_by_someone_else_is_not_owned() -> None:
     broker = StepBroker()
     broker.declared_meanwhile = True
     async with running(broker=broker) as h:
@@ -142,10 +136,7 @@ async def test_queue_declared_meanwhile_by_someone_else_is_not_owned(
         assert broker.has_stream("rk")
 
 
-async def test_delete_records_the_pending_deletion_before_asking_the_broker(
-    autojump_clock: MockClock,
-    shared: Shared,
-) -> None:
+async def test_delete_records_the_pending_deletion_before_asking_the_broker(shared: Shared) -> None:
     async with shared.replica() as crashed:
         record = await crashed.stream("rk")
         shared.broker.stall_delete = True
@@ -161,9 +152,7 @@ async def test_delete_records_the_pending_deletion_before_asking_the_broker(
         crashed.nursery.cancel_scope.cancel()
 
 
-async def test_ownership_is_handed_to_a_stream_another_replica_created(
-    autojump_clock: MockClock,
-) -> None:
+async def test_ownership_is_handed_to_a_stream_another_replica_created() -> None:
     broker = MemoryBroker(clock=wall_clock)
     registry = MemoryRegistry()
     async with running(broker=broker, registry=registry) as one:
@@ -183,9 +172,7 @@ async def test_ownership_is_handed_to_a_stream_another_replica_created(
             assert broker.deleted_streams == ["shared"]  # exactly once
 
 
-async def test_delete_while_the_registry_is_unavailable_changes_nothing(
-    autojump_clock: MockClock,
-) -> None:
+async def test_delete_while_the_registry_is_unavailable_changes_nothing() -> None:
     async with running() as h:
         record = await h.stream("rk")
         ws = await h.open(record)
@@ -203,7 +190,7 @@ async def test_delete_while_the_registry_is_unavailable_changes_nothing(
         assert not h.broker.has_stream("rk")
 
 
-async def test_pending_deletion_waits_for_the_registry(autojump_clock: MockClock) -> None:
+async def test_pending_deletion_waits_for_the_registry() -> None:
     async with running() as h:
         record = await h.stream("rk")
         h.broker.set_available(False)
@@ -216,9 +203,7 @@ async def test_pending_deletion_waits_for_the_registry(autojump_clock: MockClock
         await wait_queue_deleted(h.broker, h.registry)
 
 
-async def test_streams_are_restored_once_the_registry_is_reachable(
-    autojump_clock: MockClock,
-) -> None:
+async def test_streams_are_restored_once_the_registry_is_reachable() -> None:
     broker = MemoryBroker(clock=wall_clock)
     registry = MemoryRegistry()
     await broker.ensure_stream("a")
@@ -227,14 +212,11 @@ async def test_streams_are_restored_once_the_registry_is_reachable(
     async with running(broker=broker, registry=registry) as h:
         assert h.supervisor.find_stream(record.uuid) is None  # started, not restored
         registry.set_available(True)
-        await trio.sleep(WAIT)
-        ws = await h.open(record)
-        await h.publish("a", "x")
-        await ws.wait_frames(1)
+        await until(lambda: h.supervisor.find_stream(record.uuid) is not None)
+        await h.serves(record)
 
 
 async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_keeps_its_queue(
-    autojump_clock: MockClock,
     shared: Shared,
 ) -> None:
     async with shared.replica() as one:
@@ -251,13 +233,10 @@ async def test_a_stream_recorded_on_another_replica_during_the_queue_deletion_ke
             assert shared.broker.deleted_streams == ["rk"]
             assert shared.broker.has_stream("rk") and shared.broker.is_bound("rk")  # declared again
             assert await shared.registry.pending_queue_deletions() == []
-            ws = await two.open(newcomer)
-            await two.publish("rk", "x")
-            await ws.wait_frames(1)
+            await two.serves(newcomer)
 
 
 async def test_a_post_whose_intent_another_replica_cleaned_up_keeps_its_queue(
-    autojump_clock: MockClock,
     shared: Shared,
 ) -> None:
     shared.broker.stall_bind = True

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 from actors.backoff import BackoffPolicy
 from actors.logcontext import LogContext
@@ -22,6 +21,8 @@ from actors.ports.broker import (
     SubscriptionLost,
 )
 from actors.resubscription import RESUBSCRIBE_PAUSE, Detached, keep_subscribed
+
+pytestmark = pytest.mark.autojump
 
 #: No jitter, so the pauses can be asserted exactly.
 POLICY = BackoffPolicy(initial=0.1, maximum=0.4, jitter=0.0)
@@ -98,9 +99,7 @@ def gaps(owner: Owner) -> list[float]:
     return [round(b - a, 3) for a, b in itertools.pairwise(times)]
 
 
-async def test_a_lost_subscription_is_replaced_at_once_from_the_owners_position(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_lost_subscription_is_replaced_at_once_from_the_owners_position() -> None:
     owner = Owner(["lost", "lost", "lost", "missing"])
     await run(owner)
     assert gaps(owner) == [0, 0, 0]
@@ -108,13 +107,13 @@ async def test_a_lost_subscription_is_replaced_at_once_from_the_owners_position(
     assert owner.detaches == [Detached.LOST] * 3
 
 
-async def test_lost_again_without_progress_pauses(autojump_clock: MockClock) -> None:
+async def test_lost_again_without_progress_pauses() -> None:
     owner = Owner(["lost-idle", "lost-idle", "missing"])
     await run(owner)
     assert gaps(owner) == [0.1, 0.1]  # never a busy loop
 
 
-async def test_unavailable_waits_for_the_broker_then_backs_off(autojump_clock: MockClock) -> None:
+async def test_unavailable_waits_for_the_broker_then_backs_off() -> None:
     broker = Broker()
     owner = Owner(["dropped", "refused", "refused", "refused", "ended", "missing"])
     broker.up = trio.Event()  # down until set below

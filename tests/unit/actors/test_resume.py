@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 import trio
-from trio.testing import MockClock
 
 import actors.delivery
 from actors.formatting import Formatted, format_event
@@ -25,10 +24,10 @@ from .actor_fakes import (
     wall_clock,
 )
 
+pytestmark = pytest.mark.autojump
 
-async def test_a_lost_consumer_is_replaced_at_once_without_gap_or_duplicate(
-    autojump_clock: MockClock,
-) -> None:
+
+async def test_a_lost_consumer_is_replaced_at_once_without_gap_or_duplicate() -> None:
     async with running(broker=LossyBroker(lose_after=3)) as h:
         record = await h.stream()
         await h.publish("rk", *[f"e{n}" for n in range(1, 21)])
@@ -44,9 +43,7 @@ async def test_a_lost_consumer_is_replaced_at_once_without_gap_or_duplicate(
         assert not ws.closed.is_set()
 
 
-async def test_a_slow_client_whose_consumer_overflows_keeps_every_event_in_order(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_slow_client_whose_consumer_overflows_keeps_every_event_in_order() -> None:
     settings = replace(SETTINGS, send_timeout=1000.0)
     async with running(settings, broker=LossyBroker(lose_after=4)) as h:
         record = await h.stream()
@@ -61,9 +58,7 @@ async def test_a_slow_client_whose_consumer_overflows_keeps_every_event_in_order
         assert all(s.max_in_flight <= settings.prefetch for s in h.broker.subscriptions)
 
 
-async def test_a_client_that_never_reads_is_closed_by_the_send_timeout_despite_losses(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_client_that_never_reads_is_closed_by_the_send_timeout_despite_losses() -> None:
     async with running(broker=LossyBroker(lose_after=2)) as h:
         record = await h.stream()
         ws = await h.open(record, AfterOrdinal(0), FakeWebSocket(reading=False))
@@ -75,9 +70,7 @@ async def test_a_client_that_never_reads_is_closed_by_the_send_timeout_despite_l
         assert SETTINGS.send_timeout <= ws.close_time - start < SETTINGS.send_timeout + 1
 
 
-async def test_the_hub_replaces_a_lost_consumer_at_once_for_every_member(
-    autojump_clock: MockClock,
-) -> None:
+async def test_the_hub_replaces_a_lost_consumer_at_once_for_every_member() -> None:
     async with running(MANY, broker=LossyBroker(lose_after=2)) as h:
         record = await h.stream()
         sockets = [await h.open(record) for _ in range(3)]
@@ -93,9 +86,7 @@ async def test_the_hub_replaces_a_lost_consumer_at_once_for_every_member(
         assert hub.subscriptions >= 5 and hub.demoted == 0 and hub.members == 3
 
 
-async def test_a_hub_that_received_nothing_loses_nothing_published_during_an_outage(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_hub_that_received_nothing_loses_nothing_published_during_an_outage() -> None:
     async with running(MANY) as h:
         record = await h.stream()
         early = await h.open(record)
@@ -123,7 +114,7 @@ async def test_a_hub_that_received_nothing_loses_nothing_published_during_an_out
 
 
 async def test_a_live_connection_that_received_nothing_resumes_from_its_attach_time(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     crash_hub_at(monkeypatch, 1)  # its first event: nobody received anything yet
     async with running(MANY) as h:
@@ -142,9 +133,7 @@ async def test_a_live_connection_that_received_nothing_resumes_from_its_attach_t
 
 
 async def test_a_message_that_cannot_be_formatted_is_skipped_and_logged(
-    autojump_clock: MockClock,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def fragile(body: bytes, ordinal: int, timestamp_ms: int) -> Formatted:
         if body == b"bad":

@@ -7,18 +7,17 @@ counts with :attr:`Supervisor.stream_count` and samples lag from
 
 from __future__ import annotations
 
-import trio
-from trio.testing import MockClock
+import pytest
 
 from actors.adapters.memory_broker import MemoryBroker
 from actors.adapters.memory_registry import MemoryRegistry
 
-from .actor_fakes import running, settle, wall_clock
+from .actor_fakes import running, settle, until, wall_clock
+
+pytestmark = pytest.mark.autojump
 
 
-async def test_streams_are_by_id_even_when_restored_after_a_create(
-    autojump_clock: MockClock,
-) -> None:
+async def test_streams_are_by_id_even_when_restored_after_a_create() -> None:
     registry = MemoryRegistry()
     broker = MemoryBroker(clock=wall_clock)
     for key in ("a", "b"):
@@ -28,13 +27,12 @@ async def test_streams_are_by_id_even_when_restored_after_a_create(
     async with running(registry=registry, broker=broker) as h:
         registry.set_available(True)
         created = await h.stream("c")  # added before the retried restore adds 1 and 2
-        while h.supervisor.stream_count < 3:
-            await trio.sleep(0.05)
+        await until(lambda: h.supervisor.stream_count == 3)
         assert [actor.record.id for actor in h.supervisor.streams] == [1, 2, created.id]
         assert created.id == 3
 
 
-async def test_stream_count_follows_creates_and_deletes(autojump_clock: MockClock) -> None:
+async def test_stream_count_follows_creates_and_deletes() -> None:
     async with running() as h:
         assert h.supervisor.stream_count == 0
         records = [await h.stream(f"k{n}") for n in range(3)]
@@ -44,7 +42,7 @@ async def test_stream_count_follows_creates_and_deletes(autojump_clock: MockCloc
         assert [a.record.id for a in h.supervisor.streams] == [records[0].id, records[2].id]
 
 
-async def test_busy_streams_are_those_with_a_running_task(autojump_clock: MockClock) -> None:
+async def test_busy_streams_are_those_with_a_running_task() -> None:
     async with running() as h:
         quiet, busy, other = [await h.stream(f"k{n}") for n in range(3)]
         assert h.supervisor.busy_streams == []

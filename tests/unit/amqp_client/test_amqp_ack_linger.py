@@ -1,7 +1,7 @@
 """The writer holds acknowledgements of quiet channels back briefly, so they share writes.
 
-Against the scripted broker of ``test_amqp_fake_broker`` on a MockClock
-(virtual time: the sleeps below model time passing between acks, they
+Against the scripted broker of ``test_amqp_fake_broker``, in virtual time
+(``pytest.mark.autojump``: the sleeps below model time passing between acks, they
 synchronise nothing). Each client ``send`` on the socket is counted.
 """
 
@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from pamqp import commands
@@ -19,6 +20,8 @@ import amqp
 from amqp import ConnectionParameters
 from amqp.connection import ACK_BUSY, ACK_LINGER
 from tests.unit.amqp_client.test_amqp_fake_broker import AnyioAdapter, FakeBroker
+
+pytestmark = pytest.mark.autojump
 
 #: Virtual seconds between the acks of different quiet channels.
 GAP = 0.002
@@ -70,9 +73,7 @@ async def connected() -> AsyncIterator[tuple[amqp.Connection, CountingAdapter, A
         nursery.cancel_scope.cancel()
 
 
-async def test_acks_of_quiet_channels_share_one_write(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_acks_of_quiet_channels_share_one_write() -> None:
     async with connected() as (connection, adapter, log):
         assert 2 * GAP < ACK_LINGER
         channels = [await connection.channel() for _ in range(3)]
@@ -89,9 +90,7 @@ async def test_acks_of_quiet_channels_share_one_write(
         assert all(at - start <= ACK_LINGER + 1e-9 for _, _, at in log.acks)
 
 
-async def test_any_other_frame_takes_the_held_acks_along_at_once(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_any_other_frame_takes_the_held_acks_along_at_once() -> None:
     async with connected() as (connection, _, log):
         channel = await connection.channel()
         start = trio.current_time()
@@ -101,9 +100,7 @@ async def test_any_other_frame_takes_the_held_acks_along_at_once(
         assert log.acks[0][2] == start
 
 
-async def test_a_busy_channel_is_acknowledged_at_once(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_a_busy_channel_is_acknowledged_at_once() -> None:
     async with connected() as (connection, _, log):
         channel = await connection.channel()
         first = trio.current_time()

@@ -13,8 +13,10 @@ from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
 
-from amqp import Properties, codec
+from amqp import codec
 from amqp.frames import FrameDecoder
+
+from .every_property import ess_properties
 
 WEIRD_NAMES = [
     "a b",
@@ -201,21 +203,7 @@ def test_names_over_255_bytes_are_refused() -> None:
 
 def test_publish_splits_the_body_at_frame_max_and_round_trips() -> None:
     body = bytes(range(256)) * 100  # 25,600 bytes
-    props = Properties(
-        content_type="application/json",
-        content_encoding="utf-8",
-        headers={"timestamp_in_ms": 1_700_000_000_123, "s": "v", "nested": {"a": [1, "b"]}},
-        delivery_mode=2,
-        priority=3,
-        correlation_id="c",
-        reply_to="r",
-        expiration="60000",
-        message_id="m",
-        timestamp=datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
-        type="t",
-        user_id="guest",
-        app_id="ess",
-    )
+    props = ess_properties()
     data = codec.basic_publish(1, "ex", "rk", body, props, 4096)
     frames = []
     rest = data

@@ -23,6 +23,8 @@ from amqp.frames import HEARTBEAT, ConfirmAck, FrameDecoder
 from amqp.message import ReturnedMessage
 from amqp.table import decode_table
 
+from .every_property import pamqp_properties
+
 
 def deliver(
     channel: int,
@@ -206,29 +208,16 @@ def test_deliver_with_any_utf8_names() -> None:
 
 
 def test_all_properties_decode_like_pamqp() -> None:
-    props = commands.Basic.Properties(
-        content_type="text/plain",
-        content_encoding="gzip",
-        headers={"a": 1},
-        delivery_mode=1,
-        priority=9,
-        correlation_id="corr",
-        reply_to="reply",
-        expiration="1000",
-        message_id="mid",
-        timestamp=datetime.datetime(2023, 3, 4, 5, 6, 7, tzinfo=datetime.UTC),
-        message_type="type",
-        user_id="guest",
-        app_id="app",
-    )
+    props = pamqp_properties()
     [(_, message)] = FrameDecoder().feed(deliver(1, 1, b"b", properties=props))
     assert isinstance(message, DeliveredMessage)
     p = message.properties
-    assert (p.content_type, p.content_encoding, p.headers) == ("text/plain", "gzip", {"a": 1})
-    assert (p.delivery_mode, p.priority, p.correlation_id) == (1, 9, "corr")
-    assert (p.reply_to, p.expiration, p.message_id) == ("reply", "1000", "mid")
+    assert (p.content_type, p.content_encoding) == ("application/json", "utf-8")
+    assert p.headers == {"timestamp_in_ms": 1_700_000_000_123, "s": "v", "nested": {"a": [1, "b"]}}
+    assert (p.delivery_mode, p.priority, p.correlation_id) == (2, 3, "c")
+    assert (p.reply_to, p.expiration, p.message_id) == ("r", "60000", "m")
     assert p.timestamp_datetime == props.timestamp
-    assert (p.type, p.user_id, p.app_id) == ("type", "guest", "app")
+    assert (p.type, p.user_id, p.app_id) == ("t", "guest", "ess")
 
 
 TABLE = {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +69,16 @@ FULL_ENV = {
     "ESS_REPLICA_NAME": "ess-a",
 }
 
+#: What the actor variables of ``FULL_ENV`` read as, in a Config and in ActorSettings alike.
+FULL_ACTOR_VALUES: dict[str, Any] = {
+    "max_connections_per_stream": 0,
+    "prefetch": 1000,
+    "send_timeout": 5.0,
+    "ping_interval": 1.5,
+    "ping_timeout": 2.5,
+    "close_timeout": 0.5,
+}
+
 
 def test_every_variable_is_read() -> None:
     config = load_config(FULL_ENV)
@@ -85,12 +97,7 @@ def test_every_variable_is_read() -> None:
         host="127.0.0.1",
         log_level="DEBUG",
         log_format="json",
-        max_connections_per_stream=0,
-        prefetch=1000,
-        send_timeout=5.0,
-        ping_interval=1.5,
-        ping_timeout=2.5,
-        close_timeout=0.5,
+        **FULL_ACTOR_VALUES,
         shutdown_grace=3.0,
         amqp_pool_size=4,
         request_timeout=7.0,
@@ -101,15 +108,7 @@ def test_every_variable_is_read() -> None:
 
 def test_actor_settings() -> None:
     settings = load_config(FULL_ENV).actor_settings()
-    assert settings == ActorSettings(
-        max_connections_per_stream=0,
-        prefetch=1000,
-        send_timeout=5.0,
-        ping_interval=1.5,
-        ping_timeout=2.5,
-        close_timeout=0.5,
-        stats_interval=10,
-    )
+    assert settings == ActorSettings(**FULL_ACTOR_VALUES, stats_interval=10)
 
 
 def test_several_amqp_urls_are_kept_in_order() -> None:
@@ -317,20 +316,6 @@ def test_secrets_are_not_in_repr() -> None:
     assert "amqp://user:***@host/" in repr(config)
 
 
-@pytest.mark.parametrize(
-    ("url", "redacted"),
-    [
-        ("amqp://u:p@h/", "amqp://u:***@h/"),
-        ("amqp://u@h/", "amqp://u@h/"),
-        ("amqp://h/", "amqp://h/"),
-        ("amqp://u:p@ss@h/", "amqp://u:***@h/"),
-        ("not a url", "not a url"),
-    ],
-)
-def test_redact_url(url: str, redacted: str) -> None:
-    assert redact_url(url) == redacted
-
-
 def test_overrides_win_over_environment() -> None:
     config = load_config(
         {"ESS_PUBLIC_PORT": "9000", "ESS_HOST": "127.0.0.1"},
@@ -375,13 +360,24 @@ def test_every_field_is_loadable_and_overridable() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "redacted"),
+    ("redact", "text", "redacted"),
     [
-        ("at postgresql://u:pw@db:5432/x failed", "at postgresql://u:***@db:5432/x failed"),
-        ("amqp://a:1@h/, amqps://b:2@k/", "amqp://a:***@h/, amqps://b:***@k/"),
-        ("no url here: a:b@c", "no url here: a:b@c"),
-        ("postgresql://user@db/x", "postgresql://user@db/x"),
+        # redact_url: one URL, its password masked.
+        (redact_url, "amqp://u:p@h/", "amqp://u:***@h/"),
+        (redact_url, "amqp://u@h/", "amqp://u@h/"),
+        (redact_url, "amqp://h/", "amqp://h/"),
+        (redact_url, "amqp://u:p@ss@h/", "amqp://u:***@h/"),
+        (redact_url, "not a url", "not a url"),
+        # redact_passwords: every URL of a text (an error message), only URLs.
+        (
+            redact_passwords,
+            "at postgresql://u:pw@db:5432/x failed",
+            "at postgresql://u:***@db:5432/x failed",
+        ),
+        (redact_passwords, "amqp://a:1@h/, amqps://b:2@k/", "amqp://a:***@h/, amqps://b:***@k/"),
+        (redact_passwords, "no url here: a:b@c", "no url here: a:b@c"),
+        (redact_passwords, "postgresql://user@db/x", "postgresql://user@db/x"),
     ],
 )
-def test_redact_passwords(text: str, redacted: str) -> None:
-    assert redact_passwords(text) == redacted
+def test_redaction(redact: Callable[[str], str], text: str, redacted: str) -> None:
+    assert redact(text) == redacted

@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.adapters.rabbitmq import RabbitMQBroker
 from ess.metrics_bridge import report_broker
-from web.api import create_app
 from web.metrics import ServiceMetrics
 from web.operations import LAG_BATCH, LAG_SAMPLE_INTERVAL, LagSampler
 
 from .web_fakes import FakeActor, FakeDirectory
+from .web_servers import make_app
 
 Json = dict[str, object]
 
@@ -58,17 +58,10 @@ def live_tail(last_offset: int) -> Json:
     return {"kind": "consumer", "name": "live-tail", "counters": {"last_offset": last_offset}}
 
 
-def make_app(directory: FakeDirectory, metrics: ServiceMetrics) -> Any:
-    return create_app(
-        directory,
-        ingress_location="localhost:8080",
-        ingress_secure=False,
-        internal_token=None,
-        readiness=lambda: None,
-        name="ess",
-        version="0.1.0",
-        metrics=metrics,
-        replica="ess-a",
+def replica_app(directory: FakeDirectory, metrics: ServiceMetrics | None = None) -> Any:
+    """The app of replica ``ess-a`` over ``directory``; fresh metrics unless given ``metrics``."""
+    return make_app(
+        directory, metrics=metrics or ServiceMetrics(CollectorRegistry()), replica="ess-a"
     )
 
 
@@ -89,7 +82,7 @@ async def test_a_scrape_counts_streams_without_the_registry_or_a_walk() -> None:
     for key in ("a", "b", "c"):
         await FakeDirectory.create_stream(directory, key)
     metrics = ServiceMetrics(CollectorRegistry())
-    found = await scrape(make_app(directory, metrics))
+    found = await scrape(replica_app(directory, metrics))
     assert found["ess_event_streams"] == {"ess_event_streams{}": 3.0}
     assert directory.walks == 0
     assert found["ess_replica_info"] == {"ess_replica_info{replica=ess-a}": 1.0}
@@ -105,7 +98,7 @@ async def test_lag_is_sampled_from_the_busy_streams_into_a_histogram_and_a_max()
     # Stream b: its own consumer received offset 1004 but sent only up to ordinal 5;
     # a second connection has sent nothing yet (no lag known).
     b.connections = [connection("c3", 5, last_offset=1004), connection("c4", None)]
-    found = await scrape(make_app(directory, ServiceMetrics(CollectorRegistry())))
+    found = await scrape(replica_app(directory))
     lag = found["ess_connection_lag_events"]
     assert lag["ess_connection_lag_events_count{}"] == 3  # 0, 60 and 1000 events behind
     assert lag["ess_connection_lag_events_sum{}"] == 1060
@@ -119,7 +112,7 @@ async def test_lag_is_sampled_from_the_busy_streams_into_a_histogram_and_a_max()
 async def test_without_busy_streams_the_max_is_zero_and_nothing_is_observed() -> None:
     directory = ScrapeOnlyDirectory()
     await FakeDirectory.create_stream(directory, "a")
-    found = await scrape(make_app(directory, ServiceMetrics(CollectorRegistry())))
+    found = await scrape(replica_app(directory))
     assert found["ess_connection_lag_events"]["ess_connection_lag_events_count{}"] == 0
     assert found["ess_connection_lag_events_max"] == {"ess_connection_lag_events_max{}": 0}
 
@@ -182,13 +175,13 @@ async def test_the_broker_pool_is_reported_at_scrape_time(up: int) -> None:
     report_broker(metrics, broker)
     broker.pool.connections.extend([object()] * up)  # type: ignore[list-item]
     broker.pool.reconnects, broker.pool.connection_attempts = 4, 7
-    found = await scrape(make_app(FakeDirectory(), metrics))
+    found = await scrape(replica_app(FakeDirectory(), metrics))
     assert found["ess_broker_connections"] == {"ess_broker_connections{}": up}
     assert found["ess_broker_reconnects"] == {"ess_broker_reconnects_total{}": 4}
     assert found["ess_broker_connection_attempts"] == {"ess_broker_connection_attempts_total{}": 7}
 
 
 async def test_without_a_pool_the_connections_gauge_is_not_exported() -> None:
-    found = await scrape(make_app(FakeDirectory(), ServiceMetrics(CollectorRegistry())))
+    found = await scrape(replica_app(FakeDirectory()))
     assert "ess_broker_connections" not in found
     assert "ess_broker_reconnects" in found

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from web.api import MAX_BODY_BYTES, create_app
+from web.api import MAX_BODY_BYTES
 from web.metrics import ServiceMetrics
 
 from .web_fakes import FakeDirectory
-from .web_servers import running_api
+from .web_servers import make_app, running_api
 
 Make = Callable[..., Any]
 
@@ -22,19 +22,6 @@ Make = Callable[..., Any]
 @pytest.fixture
 def directory() -> FakeDirectory:
     return FakeDirectory()
-
-
-def make_app(directory: FakeDirectory, **overrides: Any) -> Any:
-    options: dict[str, Any] = {
-        "ingress_location": "events.example.com",
-        "ingress_secure": False,
-        "internal_token": None,
-        "readiness": lambda: None,
-        "name": "ess-test",
-        "version": "1.2.3",
-    }
-    options.update(overrides)
-    return create_app(directory, **options)
 
 
 @pytest.fixture

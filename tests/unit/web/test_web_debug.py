@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from web.api import create_app
-
 from .web_fakes import FakeDirectory
-
-
-def make_app(token: str | None = None) -> Any:
-    return create_app(
-        FakeDirectory(),
-        ingress_location="localhost:8080",
-        ingress_secure=False,
-        internal_token=token,
-        readiness=lambda: None,
-        name="ess",
-        version="0.1.0",
-    )
+from .web_servers import make_app
 
 
 @pytest.mark.parametrize("path", ["/debug/", "/debug"])
 async def test_page_references_its_script_and_styles(path: str) -> None:
-    client = make_app().test_client()
+    client = make_app(FakeDirectory()).test_client()
     response = await client.get(path)
     assert response.status_code == 200
     assert response.content_type.startswith("text/html")
@@ -43,7 +28,9 @@ async def test_page_references_its_script_and_styles(path: str) -> None:
     ],
 )
 async def test_static_files_are_served(name: str, content_type: str, marker: str) -> None:
-    client = make_app(token="secret").test_client()  # static files need no token
+    client = make_app(
+        FakeDirectory(), internal_token="secret"
+    ).test_client()  # static files need no token
     response = await client.get(f"/debug/static/{name}")
     assert response.status_code == 200
     assert response.content_type.startswith(content_type)
@@ -51,14 +38,14 @@ async def test_static_files_are_served(name: str, content_type: str, marker: str
 
 
 async def test_script_never_builds_markup_from_data() -> None:
-    client = make_app().test_client()
+    client = make_app(FakeDirectory()).test_client()
     script = await (await client.get("/debug/static/debug.js")).get_data(as_text=True)
     assert "innerHTML" not in script and "insertAdjacentHTML" not in script
     assert "Bearer" in script and "#token=" in script
 
 
 async def test_actor_data_needs_the_token_but_the_page_does_not() -> None:
-    client = make_app(token="secret").test_client()
+    client = make_app(FakeDirectory(), internal_token="secret").test_client()
     assert (await client.get("/debug/")).status_code == 200
     assert (await client.get("/debug/actors")).status_code == 401
     response = await client.get("/debug/actors", headers={"Authorization": "Bearer secret"})
@@ -67,6 +54,6 @@ async def test_actor_data_needs_the_token_but_the_page_does_not() -> None:
 
 
 async def test_missing_static_file_is_json_404() -> None:
-    response = await make_app().test_client().get("/debug/static/nope.js")
+    response = await make_app(FakeDirectory()).test_client().get("/debug/static/nope.js")
     assert response.status_code == 404
     assert await response.get_json() == {"detail": "Not found"}

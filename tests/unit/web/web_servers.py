@@ -11,9 +11,24 @@ import trio
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
+from web.api import create_app
 from web.http_server import hypercorn_config, shield_sends
 from web.ports import StreamDirectory
 from web.websocket import serve_public_websockets
+
+
+def make_app(directory: StreamDirectory, **overrides: Any) -> QuartTrio:
+    """The internal API app over ``directory``, with test defaults for what ``overrides`` omits."""
+    options: dict[str, Any] = {
+        "ingress_location": "events.example.com",
+        "ingress_secure": False,
+        "internal_token": None,
+        "readiness": lambda: None,
+        "name": "ess-test",
+        "version": "1.2.3",
+    }
+    options.update(overrides)
+    return create_app(directory, **options)
 
 
 @asynccontextmanager
