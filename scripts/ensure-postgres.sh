@@ -57,3 +57,10 @@ if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -w -Atqc "SELECT 1 FROM pg_dat
     echo "ensure-postgres: creating database test" >&2
     psql -h 127.0.0.1 -U postgres -d postgres -w -qc 'CREATE DATABASE test'
 fi
+
+# tests/e2e/test_replica_failures.py runs a PostgreSQL of its own (initdb,
+# pg_ctl on a free port): it needs the server binaries even when the server on
+# 5432 is not a local Debian one. Installed only when we are root.
+if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null && [ "$(id -u)" -eq 0 ]; then
+    debian_install ensure-postgres "PostgreSQL's server binaries" postgresql
+fi

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,18 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import trio
 
 import amqp
+from tests.support.net import free_port as free_port  # tests import it from here
 
 STARTUP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+#: How long replicas may take to hear of each other (alive every 2 s).
+MEMBERSHIP_TIMEOUT = 20.0
 
 
 @dataclass
@@ -152,7 +148,7 @@ class ServiceProcess:
                 contextlib.suppress(httpx.HTTPError),
                 httpx.Client(base_url=self.api, timeout=10.0, headers=self._auth()) as client,
             ):
-                for stream in client.get("/event-stream/").json()["event_streams"]:
+                for stream in client.get("/event-stream/").json().get("event_streams", []):
                     client.delete(f"/event-stream/{stream['id']}")
         code = self.stop()
         # Streams a stopped or killed process could not delete: their owned
@@ -161,11 +157,17 @@ class ServiceProcess:
         return code
 
     def _owned_queues(self) -> list[str]:
-        if not self.database.exists():
+        query = "SELECT routing_key FROM streams WHERE owns_queue"
+        database = self.env()["ESS_DATABASE"]
+        if database.startswith("postgresql://"):
+            # Only while that server is up: a test that stopped it for good cleans up itself.
+            with contextlib.suppress(psycopg.Error), psycopg.connect(database) as conn:
+                return [str(row[0]) for row in conn.execute(query).fetchall()]
             return []
-        with contextlib.closing(sqlite3.connect(self.database)) as db:
-            rows = db.execute("SELECT routing_key FROM streams WHERE owns_queue = 1").fetchall()
-        return [str(row[0]) for row in rows]
+        if not Path(database).exists():
+            return []
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            return [str(row[0]) for row in db.execute(query).fetchall()]
 
     def _auth(self) -> dict[str, str]:
         token = self.extra_env.get("ESS_INTERNAL_TOKEN")
@@ -186,3 +188,72 @@ async def _delete_leftovers(amqp_url: str, exchange: str, queues: list[str]) -> 
                         await channel.queue_delete(queue)
             async with connection.channel() as channel:
                 await channel.exchange_delete(exchange)
+
+
+def start_replicas(
+    workdir: Path,
+    amqp_url: str,
+    count: int,
+    *,
+    last_url: str | None = None,
+    database: str | None = None,
+) -> list[ServiceProcess]:
+    """``count`` replicas (SPEC section 7) on one registry and one exchange, each ready.
+
+    The registry is ``database`` (a PostgreSQL URL) or else the first
+    replica's SQLite file. ``last_url``: the broker URL of the last replica
+    (to name its connections). They are named ``replica-1`` ... in
+    ``ESS_REPLICA_NAME``.
+    """
+    first = ServiceProcess(workdir=workdir / "replica-1", amqp_url=amqp_url)
+    shared = database if database is not None else str(first.database)
+    replicas = [first]
+    for n in range(2, count + 1):
+        url = last_url if last_url is not None and n == count else amqp_url
+        replicas.append(
+            ServiceProcess(workdir=workdir / f"replica-{n}", amqp_url=url, exchange=first.exchange)
+        )
+    for n, replica in enumerate(replicas, start=1):
+        replica.extra_env["ESS_REPLICA_NAME"] = f"replica-{n}"
+        replica.extra_env["ESS_DATABASE"] = shared
+        replica.start()
+    return replicas
+
+
+def replica_name(replica: ServiceProcess) -> str:
+    return replica.extra_env["ESS_REPLICA_NAME"]
+
+
+def running(replica: ServiceProcess) -> bool:
+    return replica.process is not None and replica.process.poll() is None
+
+
+def wait_until_all_listed(replicas: list[ServiceProcess]) -> None:
+    """Return once every running replica lists every running replica as live."""
+    expected = sorted(replica_name(r) for r in replicas if running(r))
+    deadline = time.monotonic() + MEMBERSHIP_TIMEOUT
+    listed: list[str] = []
+    with httpx.Client(timeout=5.0) as client:
+        for replica in filter(running, replicas):
+            while True:
+                body = client.get(f"{replica.api}/debug/replicas").json()
+                listed = sorted(entry["name"] for entry in body["replicas"])
+                if listed == expected:
+                    break
+                assert time.monotonic() < deadline, f"{replica.api} lists {listed}"
+                time.sleep(0.1)  # polling the membership, the event we wait on
+
+
+async def create_stream(replica: ServiceProcess, routing_key: str) -> tuple[int, str]:
+    """POST on ``replica``, which must answer 201; returns the id and the websocket uuid."""
+    async with httpx.AsyncClient(base_url=replica.api, timeout=10.0) as api:
+        response = await api.post("/event-stream/", json={"routing_key": routing_key})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["id"], body["location"].rsplit("/", 1)[-1]
+
+
+def clean_up_all(replicas: list[ServiceProcess]) -> None:
+    """:meth:`ServiceProcess.clean_up` for each (the first running one deletes every stream)."""
+    for replica in replicas:
+        replica.clean_up()

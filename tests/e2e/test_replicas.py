@@ -13,6 +13,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -24,61 +25,13 @@ from actors.adapters.rabbitmq import RabbitMQBroker
 from tests.integration.amqp_client.conftest import close_connection_named
 
 from .client import connect, receive, wait_closed
-from .service import ServiceProcess
-
-#: How long the replicas may take to hear of each other (alive every 2 s).
-MEMBERSHIP_TIMEOUT = 20.0
-
-
-def start_replicas(
-    workdir: Path, amqp_url: str, count: int, *, last_url: str | None = None
-) -> list[ServiceProcess]:
-    """``count`` replicas on one registry file and one exchange, each ready.
-
-    ``last_url``: the broker URL of the last replica (to name its connections).
-    """
-    first = ServiceProcess(workdir=workdir / "replica-1", amqp_url=amqp_url)
-    replicas = [first]
-    for n in range(2, count + 1):
-        replicas.append(
-            ServiceProcess(
-                workdir=workdir / f"replica-{n}",
-                amqp_url=last_url if last_url is not None and n == count else amqp_url,
-                exchange=first.exchange,
-                extra_env={"ESS_DATABASE": str(first.database)},
-            )
-        )
-    for n, replica in enumerate(replicas, start=1):
-        replica.extra_env["ESS_REPLICA_NAME"] = f"replica-{n}"
-        replica.start()
-    return replicas
-
-
-def wait_until_all_listed(replicas: list[ServiceProcess]) -> None:
-    """Return once every running replica lists every running replica as live."""
-    expected = sorted(
-        r.extra_env["ESS_REPLICA_NAME"]
-        for r in replicas
-        if r.process is not None and r.process.poll() is None
-    )
-    deadline = time.monotonic() + MEMBERSHIP_TIMEOUT
-    listed: list[str] = []
-    with httpx.Client(timeout=5.0) as client:
-        for replica in replicas:
-            if replica.process is None or replica.process.poll() is not None:
-                continue
-            while True:
-                body = client.get(f"{replica.api}/debug/replicas").json()
-                listed = sorted(entry["name"] for entry in body["replicas"])
-                if listed == expected:
-                    break
-                assert time.monotonic() < deadline, f"{replica.api} lists {listed}"
-                time.sleep(0.1)  # polling the membership, the event we wait on
-
-
-def clean_up(replicas: list[ServiceProcess]) -> None:
-    for replica in replicas:
-        replica.clean_up()
+from .service import (
+    ServiceProcess,
+    clean_up_all,
+    create_stream,
+    start_replicas,
+    wait_until_all_listed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +43,7 @@ def cluster(
         wait_until_all_listed(replicas)
         yield replicas
     finally:
-        clean_up(replicas)
+        clean_up_all(replicas)
 
 
 #: The name the second replica of :func:`pair` gives its broker connections.
@@ -107,7 +60,7 @@ def pair(tmp_path: Path, amqp_url: str) -> Iterator[list[ServiceProcess]]:
         wait_until_all_listed(replicas)
         yield replicas
     finally:
-        clean_up(replicas)
+        clean_up_all(replicas)
 
 
 @pytest.fixture
@@ -123,15 +76,6 @@ async def broker(cluster: list[ServiceProcess], amqp_url: str) -> AsyncIterator[
 @pytest.fixture
 def routing_key() -> str:
     return f"ess.e2e.replicas.{uuid.uuid4().hex[:12]}"
-
-
-async def create(replica: ServiceProcess, routing_key: str) -> tuple[int, str]:
-    """POST on ``replica``; returns the id and the websocket uuid."""
-    async with httpx.AsyncClient(base_url=replica.api, timeout=10.0) as api:
-        response = await api.post("/event-stream/", json={"routing_key": routing_key})
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return body["id"], body["location"].rsplit("/", 1)[-1]
 
 
 def on(replica: ServiceProcess, stream_uuid: str) -> str:
@@ -154,6 +98,24 @@ async def relayed(
     """Publish ``body`` on ``routing_key``; ``ws`` must receive it as its next event."""
     await broker.publish(routing_key, body.encode())
     assert (await receive(ws)).startswith(f"{body}|")
+
+
+@asynccontextmanager
+async def served_stream(
+    broker: RabbitMQBroker,
+    routing_key: str,
+    created_on: ServiceProcess,
+    served_by: ServiceProcess,
+    body: str,
+) -> AsyncIterator[tuple[int, str, WebSocketConnection]]:
+    """A stream created on one replica and a websocket for it on another, proven to relay.
+
+    Yields the stream's id, its uuid and the websocket.
+    """
+    stream_id, stream_uuid = await create_stream(created_on, routing_key)
+    async with connect(on(served_by, stream_uuid)) as ws:
+        await relayed(broker, routing_key, ws, body)
+        yield stream_id, stream_uuid, ws
 
 
 async def delete_and_watch(
@@ -189,10 +151,9 @@ async def test_delete_on_one_replica_closes_the_websocket_on_another_before_the_
     cluster: list[ServiceProcess], broker: RabbitMQBroker, routing_key: str
 ) -> None:
     first, second, third = cluster
-    stream_id, stream_uuid = await create(first, routing_key)
-    async with connect(on(second, stream_uuid)) as ws:
-        # The stream was created on replica 1; replica 2 serves it all the same.
-        await relayed(broker, routing_key, ws, "served by replica 2")
+    # The stream is created on replica 1; replica 2 serves it all the same.
+    served = served_stream(broker, routing_key, first, second, "served by replica 2")
+    async with served as (stream_id, stream_uuid, ws):
         order = await delete_and_watch(third, stream_id, ws)
     assert order == ["closed 1000 The stream has been deleted", "http 204"]
     async with httpx.AsyncClient(timeout=10.0) as api:
@@ -209,20 +170,20 @@ async def test_a_newer_connection_on_another_replica_takes_over_with_4001(
     cluster: list[ServiceProcess], broker: RabbitMQBroker, routing_key: str
 ) -> None:
     first, second, third = cluster
-    _, stream_uuid = await create(third, routing_key)
-    async with connect(on(first, stream_uuid)) as old:
-        await relayed(broker, routing_key, old, "before")
-        async with connect(on(second, stream_uuid)) as new:
-            closed = await wait_closed(old)
-            assert closed.code == 4001
-            await relayed(broker, routing_key, new, "to the newest")
+    async with (
+        served_stream(broker, routing_key, third, first, "before") as (_, stream_uuid, old),
+        connect(on(second, stream_uuid)) as new,
+    ):
+        closed = await wait_closed(old)
+        assert closed.code == 4001
+        await relayed(broker, routing_key, new, "to the newest")
 
 
 async def test_delete_answers_within_the_bound_when_a_replica_was_killed(
     pair: list[ServiceProcess], routing_key: str
 ) -> None:
     survivor, victim = pair
-    stream_id, stream_uuid = await create(survivor, routing_key)
+    stream_id, stream_uuid = await create_stream(survivor, routing_key)
     async with connect(on(victim, stream_uuid)):
         victim.kill()
     elapsed = await timed_delete(survivor, stream_id)
@@ -233,8 +194,8 @@ async def test_a_replica_cut_off_during_a_delete_closes_the_stream_when_it_is_ba
     pair: list[ServiceProcess], routing_key: str
 ) -> None:
     survivor, cut_off = pair
-    stream_id, stream_uuid = await create(survivor, routing_key)
-    await create(survivor, routing_key)  # keeps the queue: only the re-read can close
+    stream_id, stream_uuid = await create_stream(survivor, routing_key)
+    await create_stream(survivor, routing_key)  # keeps the queue: only the re-read can close
     async with connect(on(cut_off, stream_uuid)) as ws:
         assert cut_off.process is not None
         # Frozen, and its broker connections (so its control queue) closed by the broker.
