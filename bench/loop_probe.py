@@ -1,4 +1,4 @@
-"""``python -m bench.loop_probe LOG [ess arguments]``: ``ess`` with its event loop timed.
+"""``python bench/loop_probe.py LOG [ess arguments]``: ``ess`` with its event loop timed.
 
 A live websocket's latency is hurt by the longest stretch the loop spends
 without looking at its sockets, not by the total work: an event whose
@@ -8,8 +8,9 @@ service takes. This wrapper runs ``python -m ess`` with a Trio instrument
 that writes one JSON line to ``LOG`` for every task step, scheduler batch
 (from one I/O poll to the next) and garbage collection longer than
 :data:`THRESHOLD_S`: ``{"kind", "at" (wall clock), "s", "task"}`` (for a
-step also ``cpu_s``, the thread's CPU time: less than ``s`` when the
-machine took the CPU away; for a batch, ``task`` is its longest step's
+step also ``cpu_s``, the thread's CPU time (less than ``s`` when the
+machine took the CPU away) and ``path``, the HTTP request it answers if
+any; for a batch, ``task`` is its longest step's
 task and ``steps`` its count of steps). ``bench/scenarios/debug_polling.py``
 reads it back per phase. Events that long are rare, so writing each costs
 nothing measurable.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import time
 from typing import IO, Any
@@ -59,7 +61,7 @@ class LoopProbe(trio.abc.Instrument):
             self._batch_longest = (took, task.name)
         if took > self._threshold:
             cpu = round(time.thread_time() - self._step_cpu, 6)
-            self._write("step", took, task.name, cpu_s=cpu)
+            self._write("step", took, task.name, cpu_s=cpu, path=_request_path(task))
 
     def after_io_wait(self, timeout: float) -> None:
         self._batch_began = time.perf_counter()
@@ -83,7 +85,17 @@ class LoopProbe(trio.abc.Instrument):
             self._write("gc", took, f"generation {info.get('generation')}")
 
 
+def _request_path(task: trio.lowlevel.Task) -> str | None:
+    """The HTTP path the task answers (Quart's request context of the task), if any."""
+    from quart.globals import _cv_request  # imported late: ess imports Quart first
+
+    context = task.context.get(_cv_request)
+    return None if context is None else str(context.request.path)
+
+
 def main() -> None:
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]  # run by path: bench/'s modules must not shadow the service's imports
     log, argv = sys.argv[1], sys.argv[2:]
     out = open(log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - open until exit
     probe = LoopProbe(out)

@@ -225,14 +225,18 @@ async def run(args: argparse.Namespace) -> Result:
 def probed(log: Path) -> dict[str, Any]:
     """The :class:`Service` arguments that run it under :mod:`bench.loop_probe`, writing ``log``.
 
+    The service's code comes from ``$BENCH_SERVICE_TREE`` if set (another
+    checkout, to compare two trees with the probe on), else from this one.
     Not with ``BENCH_ESS_COMMAND`` (another implementation: nothing to probe).
     """
     if os.environ.get("BENCH_ESS_COMMAND", "").strip():
         return {}
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    root = Path(__file__).resolve().parents[2]
+    tree = os.environ.get("BENCH_SERVICE_TREE") or str(root)
+    path = os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+    probe = str(root / "bench" / "loop_probe.py")  # by path: the tree may have no probe
     return {
-        "command": [sys.executable, "-m", "bench.loop_probe", str(log), "serve"],
+        "command": [sys.executable, probe, str(log), "serve"],
         "extra_env": {"PYTHONPATH": path},
     }
 
@@ -249,8 +253,10 @@ def loop_figures(events: list[dict[str, Any]], spans: list[tuple[float, float]])
     """A phase's long stretches: the longest step, batch and collection, counts, worst tasks.
 
     ``batches_over_Nms_per_s`` counts scheduler batches (one I/O poll to the
-    next) longer than N ms per second of the phase; ``step_tasks_ms`` sums
-    the steps over 1 ms by task (the five largest).
+    next) longer than N ms per second of the phase (wall clock: the
+    machine's other processes count too); ``steps_cpu_over_1ms`` counts the
+    steps that took over 1 ms of the service's own CPU time, by HTTP path or
+    task, with the longest.
     """
     seconds = sum(end - began for began, end in spans) or 1.0
     inside = [e for e in events if any(began <= e["at"] <= end for began, end in spans)]
@@ -267,12 +273,18 @@ def loop_figures(events: list[dict[str, Any]], spans: list[tuple[float, float]])
     for limit_ms in (2, 5, 10):
         over = sum(1 for s in batches if s > limit_ms / 1000)
         figures[f"batches_over_{limit_ms}ms_per_s"] = round(over / seconds, 2)
-    by_task: dict[str, float] = {}
-    for e in inside:
-        if e["kind"] == "step":
-            by_task[e["task"]] = by_task.get(e["task"], 0.0) + 1000 * e["s"]
-    top = sorted(by_task.items(), key=lambda item: -item[1])[:5]
-    figures["step_tasks_ms"] = {task: round(ms, 1) for task, ms in top}
+    # The service's own long stretches, whatever the machine took away: CPU time.
+    steps = [e for e in inside if e["kind"] == "step"]
+    costly = [e for e in steps if e.get("cpu_s", 0) > 0.001]
+    figures["steps_cpu_over_1ms_per_s"] = round(len(costly) / seconds, 2)
+    by_task: dict[str, list[float]] = {}
+    for e in costly:
+        by_task.setdefault(e.get("path") or e["task"], []).append(1000 * e["cpu_s"])
+    top = sorted(by_task.items(), key=lambda item: -len(item[1]))[:6]
+    figures["steps_cpu_over_1ms"] = {
+        task: {"per_s": round(len(ms) / seconds, 2), "max_ms": round(max(ms), 2)}
+        for task, ms in top
+    }
     return figures
 
 
