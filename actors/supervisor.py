@@ -406,7 +406,9 @@ class Supervisor:
 
     @property
     def websocket_count(self) -> int:
-        return sum(len(actor.connections) for actor in self._streams.values())
+        """Websockets open here, in O(busy streams): an idle stream has none."""
+        streams = self._streams
+        return sum(len(streams[key].connections) for key in self._busy if key in streams)
 
     def _announce(self, stream_id: int, started_at: float, connection: str) -> None:
         if self._peers is not None:

@@ -330,6 +330,8 @@ class Service:
 
     extra_env: dict[str, str] = field(default_factory=dict)
     log_level: str = "WARNING"
+    #: What runs the service (:func:`service_command` unless told otherwise).
+    command: list[str] = field(default_factory=service_command)
     amqp_url: str = AMQP_URL
     exchange: str = field(default_factory=lambda: f"ess-bench-{uuid.uuid4().hex[:10]}")
     public_port: int = field(default_factory=free_port)
@@ -383,7 +385,7 @@ class Service:
                     continue
 
         self.process = subprocess.Popen(
-            service_command(),
+            self.command,
             env=self.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -65,7 +65,8 @@ def install_operator_routes(
     async def prometheus_metrics() -> Response:
         metrics.event_streams.set(streams.stream_count)
         await lags.sample()
-        return Response(metrics.render(), status=200, content_type=METRICS_CONTENT_TYPE)
+        body = await metrics.render_in_parts()
+        return Response(body, status=200, content_type=METRICS_CONTENT_TYPE)
 
     @app.get("/openapi.json")
     async def openapi_document() -> Response:

@@ -34,11 +34,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -138,7 +140,8 @@ async def run(args: argparse.Namespace) -> Result:
     await asyncio.to_thread(first.start)
     await asyncio.to_thread(first.stop)
     await asyncio.to_thread(prefill, first.workdir / "event-streams.db", count, unique_key("idle"))
-    service = Service(log_level=args.log_level, workdir=first.workdir)
+    probe_log = Path(tempfile.mkstemp(prefix="ess-loop-probe-", suffix=".jsonl")[1])
+    service = Service(log_level=args.log_level, workdir=first.workdir, **probed(probe_log))
     STARTED.append(service)
     started = time.perf_counter()
     await asyncio.to_thread(service.start)
@@ -148,6 +151,7 @@ async def run(args: argparse.Namespace) -> Result:
     key = unique_key("debug-live")
     service.routing_keys.append(key)
     phases: dict[str, dict[str, Any]] = {}
+    windows: dict[str, list[tuple[float, float]]] = {}  # wall-clock spans of each phase
     try:
         stream_id, location = await api.create(key)
         reader = Reader(await open_ws(location)).start()
@@ -159,9 +163,11 @@ async def run(args: argparse.Namespace) -> Result:
                 profiled = args.profile and name == "polled" and round_ == 0
                 with Profiler(service.pid, Path(args.profile_dir), NAME, profiled) as profiler:
                     poller = start_poller(service.api, interval, list(paths)) if paths else None
+                    began = time.time()
                     try:
                         measured = await measure_phase(reader, publisher, key, rate, duration, 300)
                     finally:
+                        windows.setdefault(name, []).append((began, time.time()))
                         if poller is not None:
                             measured["polls"] = await asyncio.to_thread(stop_poller, poller)
                 if profiled:
@@ -181,6 +187,11 @@ async def run(args: argparse.Namespace) -> Result:
 
     for figures in phases.values():
         figures["latency"] = latency_summary(figures.pop("latencies_ms"))
+    events = read_probe(probe_log)
+    probe_log.unlink(missing_ok=True)
+    for name, spans in windows.items():
+        if events is not None:
+            phases[name]["loop"] = loop_figures(events, spans)
     p99 = {name: figures["latency"].get("p99_ms") for name, figures in phases.items()}
     result.figures.update(phases)
     result.figures["p99_ms"] = p99
@@ -206,6 +217,75 @@ async def run(args: argparse.Namespace) -> Result:
     lost = sum(figures["sent"] - figures["received"] for figures in phases.values())
     result.target("lost", lost, "==", 0)
     return result
+
+
+# -- the event loop's long stretches (bench/loop_probe.py) --------------------
+
+
+def probed(log: Path) -> dict[str, Any]:
+    """The :class:`Service` arguments that run it under :mod:`bench.loop_probe`, writing ``log``.
+
+    The service's code comes from ``$BENCH_SERVICE_TREE`` if set (another
+    checkout, to compare two trees with the probe on), else from this one.
+    Not with ``BENCH_ESS_COMMAND`` (another implementation: nothing to probe).
+    """
+    if os.environ.get("BENCH_ESS_COMMAND", "").strip():
+        return {}
+    root = Path(__file__).resolve().parents[2]
+    tree = os.environ.get("BENCH_SERVICE_TREE") or str(root)
+    path = os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+    probe = str(root / "bench" / "loop_probe.py")  # by path: the tree may have no probe
+    return {
+        "command": [sys.executable, probe, str(log), "serve"],
+        "extra_env": {"PYTHONPATH": path},
+    }
+
+
+def read_probe(log: Path) -> list[dict[str, Any]] | None:
+    """The probe's events (``None``: the service did not run under the probe)."""
+    if not log.exists() or log.stat().st_size == 0:
+        return None
+    with log.open(encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def loop_figures(events: list[dict[str, Any]], spans: list[tuple[float, float]]) -> dict[str, Any]:
+    """A phase's long stretches: the longest step, batch and collection, counts, worst tasks.
+
+    ``batches_over_Nms_per_s`` counts scheduler batches (one I/O poll to the
+    next) longer than N ms per second of the phase (wall clock: the
+    machine's other processes count too); ``steps_cpu_over_1ms`` counts the
+    steps that took over 1 ms of the service's own CPU time, by HTTP path or
+    task, with the longest.
+    """
+    seconds = sum(end - began for began, end in spans) or 1.0
+    inside = [e for e in events if any(began <= e["at"] <= end for began, end in spans)]
+    figures: dict[str, Any] = {}
+    for kind in ("step", "batch", "gc"):
+        of_kind = [e for e in inside if e["kind"] == kind]
+        longest = max(of_kind, key=lambda e: e["s"], default=None)
+        figures[f"max_{kind}_ms"] = round(1000 * longest["s"], 2) if longest else None
+        if kind == "step" and longest is not None:
+            figures["max_step_task"] = longest["task"]
+            # The same, in the service's own CPU time (what the machine did not take away).
+            figures["max_step_cpu_ms"] = round(1000 * max(e.get("cpu_s", 0) for e in of_kind), 2)
+    batches = [e["s"] for e in inside if e["kind"] == "batch"]
+    for limit_ms in (2, 5, 10):
+        over = sum(1 for s in batches if s > limit_ms / 1000)
+        figures[f"batches_over_{limit_ms}ms_per_s"] = round(over / seconds, 2)
+    # The service's own long stretches, whatever the machine took away: CPU time.
+    steps = [e for e in inside if e["kind"] == "step"]
+    costly = [e for e in steps if e.get("cpu_s", 0) > 0.001]
+    figures["steps_cpu_over_1ms_per_s"] = round(len(costly) / seconds, 2)
+    by_task: dict[str, list[float]] = {}
+    for e in costly:
+        by_task.setdefault(e.get("path") or e["task"], []).append(1000 * e["cpu_s"])
+    top = sorted(by_task.items(), key=lambda item: -len(item[1]))[:6]
+    figures["steps_cpu_over_1ms"] = {
+        task: {"per_s": round(len(ms) / seconds, 2), "max_ms": round(max(ms), 2)}
+        for task, ms in top
+    }
+    return figures
 
 
 def _accumulate(total: dict[str, Any], measured: dict[str, Any]) -> None:

@@ -7,7 +7,9 @@ the registry or visits every stream.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -24,6 +26,7 @@ from .web_fakes import FakeActor, FakeDirectory
 from .web_servers import make_app
 
 Json = dict[str, object]
+T = TypeVar("T")
 
 
 class ScrapeOnlyDirectory(FakeDirectory):
@@ -144,6 +147,25 @@ async def test_scrapes_within_the_interval_reuse_the_last_sample() -> None:
     assert metrics.connection_lag._sum.get() == 50  # two samples, however many scrapes
 
 
+async def turns_of_another_task(work: Callable[[], Awaitable[T]]) -> tuple[int, T]:
+    """How often another task ran while ``work`` ran (it first runs at work's first checkpoint)."""
+    turns = 0
+    done = trio.Event()
+
+    async def other_task() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        result = await work()
+        during = turns
+        done.set()
+    return during, result
+
+
 async def test_sampling_many_busy_streams_lets_other_tasks_run() -> None:
     directory = FakeDirectory()
     for n in range(LAG_BATCH * 3):
@@ -151,21 +173,24 @@ async def test_sampling_many_busy_streams_lets_other_tasks_run() -> None:
     for actor in directory.streams:
         actor.connections = [connection("c", 1), live_tail(1)]
     sampler = LagSampler(directory, ServiceMetrics(CollectorRegistry()))
-    ran_during = 0
-
-    async def other_task(done: trio.Event) -> None:
-        nonlocal ran_during
-        while not done.is_set():
-            ran_during += 1
-            await trio.lowlevel.checkpoint()
-
-    done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_task, done)  # first runs at the sampler's first checkpoint
-        await sampler.sample()
-        turns = ran_during
-        done.set()
+    turns, _ = await turns_of_another_task(sampler.sample)
     assert turns >= 2  # a turn at every batch boundary
+
+
+async def test_a_render_in_parts_is_the_same_text_and_lets_other_tasks_run() -> None:
+    """A scrape yields between metric families, so its render is no single long loop step."""
+    metrics = ServiceMetrics(CollectorRegistry())
+    metrics.name_replica("r")
+    metrics.api_requests.labels("/metrics", "GET", "200").inc()
+    metrics.api_request_duration.labels("/metrics", "GET").observe(0.01)
+    metrics.websocket_closes.labels("1000").inc()
+    during, parts = await turns_of_another_task(metrics.render_in_parts)
+    # The registry's text minus each family's _created timestamp (taken anew at each render).
+    created = re.compile(rb"^ess_\w+_created(\{[^}]*\})? .*$", re.M)
+    assert created.sub(b"", parts) == created.sub(b"", metrics.render())
+    families = len(list(metrics.registry.collect()))
+    assert families > 10
+    assert during >= families - 1  # a turn between every two families
 
 
 @pytest.mark.parametrize("up", [0, 1, 2])
