@@ -14,10 +14,18 @@ the exclusive queue of a connection it has not noticed is dead yet.
 
 Messages are transient (delivery mode 1) and consumed without acks: a
 control message is only useful to a replica connected now; one that was cut
-off re-reads the registry instead. Publishing goes through the pool's
-confirm-mode publisher channel, bounded by the pool's operation timeout.
-The session uses one channel on the pool's least loaded connection; losing
-that connection ends it with ``BrokerUnavailable``.
+off re-reads the registry instead.
+
+The control has an AMQP connection of its own
+(:meth:`~actors.adapters.rabbitmq_pool.ConnectionPool.dedicated`: the same
+URLs, backoff and set-up as the pool's, announced as ``<name>.control``),
+never one serving websockets: a broker error on a control channel (a 541, a
+404 for an exchange gone) can then close at worst the control connection,
+never a data connection and its subscriptions. The session uses one channel
+on it; publishing goes through its own confirm-mode publisher channel,
+bounded by the pool's operation timeout. Losing the control connection ends
+the session with ``BrokerUnavailable`` (the coordinator opens a new one
+once the connection is back).
 """
 
 from __future__ import annotations
@@ -43,16 +51,22 @@ def control_exchange(exchange: str) -> str:
 
 
 class RabbitMQControl:
-    """:class:`~actors.ports.control.ControlChannel` over the broker's pool."""
+    """:class:`~actors.ports.control.ControlChannel` on a connection of its own."""
 
     def __init__(self, pool: ConnectionPool, replica_id: str) -> None:
         self._pool = pool
+        self._connection = pool.dedicated("control")
         self.exchange = control_exchange(pool.exchange)
         self._replica_id = replica_id
         self._sessions = 0
 
+    @property
+    def connection_name(self) -> str:
+        """The name the control's own connection announces to the broker."""
+        return self._connection.name
+
     async def wait_available(self) -> None:
-        await self._pool.wait_available()
+        await self._connection.wait_available()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -65,7 +79,8 @@ class RabbitMQControl:
                 broker_errors("cannot open the control queue", channel_closed=BrokerUnavailable),
                 trio.fail_after(self._pool.operation_timeout),
             ):
-                channel = await self._pool.pick().connection.channel()
+                await self._connection.wait_available()  # (just started: it comes up)
+                channel = await self._connection.current().connection.channel()
                 await channel.exchange_declare(
                     self.exchange, "fanout", durable=True, auto_delete=True
                 )
@@ -81,7 +96,7 @@ class RabbitMQControl:
     async def publish(self, body: bytes) -> None:
         properties = amqp.Properties(delivery_mode=1, content_type="application/json")
         with broker_errors("cannot publish a control message", channel_closed=BrokerUnavailable):
-            pooled = self._pool.pick()
+            pooled = self._connection.current()
             with trio.fail_after(self._pool.operation_timeout):
                 channel = await pooled.publisher()
                 await channel.basic_publish(

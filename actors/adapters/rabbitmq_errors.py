@@ -14,6 +14,8 @@ other 404 ``NotFound``                      :class:`StreamNotFound`
 ``ConsumerOverflow``                        :class:`SubscriptionLost`
 connection errors, ``NoFreeChannels``       :class:`BrokerUnavailable`
 ``trio.TooSlowError`` (our own bound)       :class:`BrokerUnavailable`
+406 "no replica on the local node"          :class:`BrokerUnavailable` (a stream consumer
+                                            on a node without a member of the stream)
 other channel closes, ``PublishNacked``     ``channel_closed`` (:class:`BrokerError`
                                             by default)
 any other ``AMQPError``                     :class:`BrokerError`
@@ -42,6 +44,19 @@ def queue_home_down(error: amqp.NotFound) -> bool:
     return "down or inaccessible" in error.reply_text
 
 
+def no_local_replica(error: amqp.PreconditionFailed) -> bool:
+    """A 406 that means "not on this node now", not "never".
+
+    RabbitMQ 3.10 serves an AMQP consumer of a stream only from a member on
+    the node of its connection: ``406 PRECONDITION_FAILED - queue ... does not
+    have a replica on the local node`` (a stream with fewer members than the
+    cluster has nodes, or whose member there was just removed or is not back
+    yet after the node restarted). Taking that for a broken stream would
+    close its websockets with 1011; it is the broker not serving us now.
+    """
+    return "replica on the local node" in error.reply_text
+
+
 @contextmanager
 def broker_errors(what: str, *, channel_closed: type[BrokerError] = BrokerError) -> Iterator[None]:
     """Translate the amqp errors (and our own timeouts) raised inside into port errors.
@@ -66,6 +81,10 @@ def broker_errors(what: str, *, channel_closed: type[BrokerError] = BrokerError)
         raise BrokerUnavailable(f"{what}: {exc}") from exc
     except trio.TooSlowError as exc:
         raise BrokerUnavailable(f"{what}: the broker did not answer in time") from exc
+    except amqp.PreconditionFailed as exc:
+        if no_local_replica(exc):
+            raise BrokerUnavailable(f"{what}: {exc.reply_text}") from exc
+        raise channel_closed(f"{what}: {exc}") from exc
     except (amqp.ChannelClosed, amqp.PublishNacked) as exc:
         raise channel_closed(f"{what}: {exc}") from exc
     except amqp.AMQPError as exc:

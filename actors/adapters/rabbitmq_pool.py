@@ -33,13 +33,22 @@ retried (a broker restarting briefly refuses vhost access).
 The port's operations (:mod:`actors.adapters.rabbitmq`) only ask this pool
 for a connection (:meth:`ConnectionPool.pick`), a bounded management channel
 (:meth:`ConnectionPool.operation`) or the publisher channel.
+
+Dedicated connections (:meth:`ConnectionPool.dedicated`): one more slot,
+kept up by the same loop (same URLs, same backoff, same set-up) but never
+handed out by :meth:`~ConnectionPool.pick`, for a user whose channel errors
+must not touch the connections serving websockets (the replicas' control
+session). It announces ``<name>.<purpose>`` (not ``<name>#<slot>``), is
+logged by its purpose and is left out of the pool's counters and of
+``available``. Its slot number follows the pool's, so with several URLs it
+starts on another node than slot 0.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -80,6 +89,48 @@ class PooledConnection:
             return channel
 
 
+class DedicatedConnection:
+    """A connection of the pool's broker kept for one user, outside :meth:`~ConnectionPool.pick`."""
+
+    def __init__(self, purpose: str, name: str) -> None:
+        self.purpose = purpose
+        #: The ``connection_name`` it announces to the broker.
+        self.name = name
+        self._pooled: PooledConnection | None = None
+        self._up = trio.Event()
+
+    @property
+    def available(self) -> bool:
+        return self._pooled is not None
+
+    def current(self) -> PooledConnection:
+        """The connection now; raises ``BrokerUnavailable`` while it is down."""
+        pooled = self._pooled
+        if pooled is None or pooled.connection.is_closed:
+            raise BrokerUnavailable(f"the broker connection {self.name} is down")
+        return pooled
+
+    async def wait_available(self) -> None:
+        """Return once the connection is up (immediately if it is)."""
+        while self._pooled is None:
+            await self._up.wait()
+
+    def slot_hooks(
+        self,
+    ) -> tuple[Callable[[PooledConnection], None], Callable[[PooledConnection], None]]:
+        """What the pool's slot loop calls when the connection comes up and goes."""
+        return self._add, self._remove
+
+    def _add(self, pooled: PooledConnection) -> None:
+        self._pooled = pooled
+        self._up.set()
+
+    def _remove(self, pooled: PooledConnection) -> None:
+        if self._pooled is pooled:
+            self._pooled = None
+            self._up = trio.Event()
+
+
 class ConnectionPool:
     """``pool_size`` connections to one broker, each slot reconnected on its own."""
 
@@ -115,6 +166,8 @@ class ConnectionPool:
         self._ever_connected = False
         self._fatal: BaseException | None = None
         self._nursery: trio.Nursery | None = None
+        self._started = False
+        self._dedicated: list[DedicatedConnection] = []
 
     # ------------------------------------------------------------------ availability
 
@@ -129,8 +182,26 @@ class ConnectionPool:
             await self._available.wait()
 
     def connection_names(self) -> list[str]:
-        """The ``connection_name`` each pool slot announces to the broker."""
-        return [f"{self._connection_name}#{slot}" for slot in range(self.pool_size)]
+        """The ``connection_name`` each slot announces to the broker (dedicated ones last)."""
+        pooled = [f"{self._connection_name}#{slot}" for slot in range(self.pool_size)]
+        return pooled + [dedicated.name for dedicated in self._dedicated]
+
+    def dedicated(self, purpose: str) -> DedicatedConnection:
+        """One more connection, for ``purpose`` only (see the module docstring).
+
+        May be asked before or while :meth:`run` runs; it connects once the
+        pool has started and is closed with the pool.
+        """
+        dedicated = DedicatedConnection(purpose, f"{self._connection_name}.{purpose}")
+        self._dedicated.append(dedicated)
+        if self._started and self._nursery is not None:
+            self._start_dedicated(len(self._dedicated) - 1)
+        return dedicated
+
+    def _start_dedicated(self, index: int) -> None:
+        assert self._nursery is not None
+        dedicated = self._dedicated[index]
+        self._nursery.start_soon(self._slot, self.pool_size + index, None, dedicated)
 
     def _add(self, pooled: PooledConnection) -> None:
         self.connections.append(pooled)
@@ -153,41 +224,58 @@ class ConnectionPool:
                 nursery.start_soon(self._slot, 0, first_outcome)
                 await first_outcome.wait()
                 if self._fatal is None:
+                    self._started = True
                     task_status.started()
                     for slot in range(1, self.pool_size):
                         nursery.start_soon(self._slot, slot, None)
+                    for index in range(len(self._dedicated)):
+                        self._start_dedicated(index)
         finally:
             self._nursery = None
+            self._started = False
             for pooled in list(self.connections):
                 self._remove(pooled)
         if self._fatal is not None:
             raise self._fatal
 
-    async def _slot(self, slot: int, first_outcome: trio.Event | None) -> None:
+    async def _slot(
+        self,
+        slot: int,
+        first_outcome: trio.Event | None,
+        dedicated: DedicatedConnection | None = None,
+    ) -> None:
+        """Keep slot ``slot`` connected: a pooled one, or ``dedicated``'s.
+
+        A dedicated connection is logged by its purpose and left out of the
+        pool's counters (they describe the connections serving websockets).
+        """
+        add, remove = (self._add, self._remove) if dedicated is None else dedicated.slot_hooks()
+        counted = dedicated is None
+        label = str(slot) if dedicated is None else dedicated.purpose
         name = self.connection_names()[slot]
         endpoints = self._endpoints
         backoff = Backoff(self._backoff)
         was_connected = False
         for attempt in itertools.count(slot):
             parameters = replace(endpoints[attempt % len(endpoints)], connection_name=name)
-            self.connection_attempts += 1
+            self.connection_attempts += counted
             try:
                 async with amqp.connect(parameters) as connection:
                     pooled = await self._set_up(connection, slot)
                     if was_connected:
-                        self.reconnects += 1
+                        self.reconnects += counted
                     was_connected = self._ever_connected = True
                     backoff.reset()
-                    self._add(pooled)
+                    add(pooled)
                     if first_outcome is not None:
                         first_outcome.set()
-                    log.info("broker connection %d up (%s)", slot, parameters)
+                    log.info("broker connection %s up (%s)", label, parameters)
                     try:
                         reason = await connection.closed()
                     finally:
-                        self._remove(pooled)
-                    self.connections_lost += 1
-                    log.warning("broker connection %d lost: %s", slot, reason)
+                        remove(pooled)
+                    self.connections_lost += counted
+                    log.warning("broker connection %s lost: %s", label, reason)
             except (
                 amqp.AuthenticationError,
                 amqp.ConnectionNotAllowed,
@@ -207,9 +295,9 @@ class ConnectionPool:
                     if self._nursery is not None:
                         self._nursery.cancel_scope.cancel()
                     return
-                log.error("broker refused connection %d: %s (retrying)", slot, error)
+                log.error("broker refused connection %s: %s (retrying)", label, error)
             except (amqp.AMQPError, trio.TooSlowError) as exc:
-                log.warning("broker connection %d failed: %s", slot, exc or "setup timed out")
+                log.warning("broker connection %s failed: %s", label, exc or "setup timed out")
             if first_outcome is not None:
                 first_outcome.set()  # unreachable at start: start anyway, keep trying
             await backoff.sleep()

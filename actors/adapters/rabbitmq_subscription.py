@@ -3,7 +3,10 @@
 :func:`open_subscription` attaches it and always lets it go again:
 
 - **Attaching** is bounded by the operation timeout; a start that fails or
-  is cancelled closes the half-open channel again.
+  is cancelled closes the half-open channel again. A broker that cannot
+  serve the consumer now (``BrokerUnavailable``: among others RabbitMQ 3.10's
+  406 for a stream without a member on the connection's node) is logged at
+  WARNING with its reason; the owner retries with its backoff.
 - **Leaving** never depends on the broker answering: the ``basic.cancel``
   is bounded on its own (``CANCEL_TIMEOUT``), then the channel close is
   bounded on its own (``CLOSE_TIMEOUT``), whatever happened to the cancel,
@@ -309,7 +312,9 @@ async def open_subscription(
             await channel.basic_qos(prefetch)
             consumer = channel.basic_consume(queue, arguments=arguments)
             await consumer.start()
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, BrokerUnavailable):  # e.g. no member of the stream on this node
+            log.warning("cannot consume %r now: %s", queue, exc)
         if channel is not None:
             await _let_go(consumer, channel)
         raise

@@ -119,3 +119,30 @@ async def test_the_rabbitmq_control_exchange_goes_with_the_last_session(amqp_url
             async with conn.channel() as ch:
                 await ch.exchange_declare(name, "fanout", passive=True)
     assert control_exchange("x") == "x.control"
+
+
+async def test_the_rabbitmq_control_connection_goes_alone(amqp_url: str) -> None:
+    """A broker error that closes the control's connection (a 541 does) spares the data ones.
+
+    The control session used to live on a pooled connection serving
+    websockets; it has its own now, and losing it ends only the session.
+    """
+    async with rabbitmq_harness() as control:
+        first = control.first
+        assert isinstance(first, RabbitMQControl)
+        pool = first._pool
+        data = [pooled.connection for pooled in pool.connections]
+        assert first.connection_name not in pool.connection_names()[: pool.pool_size]
+        with pytest.raises(BrokerUnavailable):
+            async with first.session() as messages:
+                await close_connection_named(first.connection_name)
+                with trio.fail_after(WAIT):
+                    async for _ in messages:
+                        pass
+        assert [pooled.connection for pooled in pool.connections] == data
+        assert pool.connections_lost == 0
+        with trio.fail_after(WAIT):
+            await first.wait_available()
+        async with first.session() as messages:
+            await control.second.publish(b"after")
+            assert await take(messages, 1, WAIT) == [b"after"]

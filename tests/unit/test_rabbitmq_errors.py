@@ -20,6 +20,13 @@ HOME_DOWN = amqp.NotFound(
     "NOT_FOUND - home node 'rabbit@localhost' of durable queue 'q' in vhost '/' "
     "is down or inaccessible",
 )
+#: RabbitMQ 3.10's answer to a stream consumer on a node without a member (seen in
+#: tests/faults/test_rabbitmq_cluster.py).
+NO_LOCAL_REPLICA = amqp.PreconditionFailed(
+    406,
+    "PRECONDITION_FAILED - queue 'queue 's' in vhost '/'' "
+    "does not have a replica on the local node",
+)
 MISSING = amqp.NotFound(404, "NOT_FOUND - no queue 'q' in vhost '/'")
 
 
@@ -44,6 +51,7 @@ def test_a_queue_that_does_not_exist_is_missing() -> None:
         (amqp.NoFreeChannels("2047 in use"), BrokerUnavailable),
         (trio.TooSlowError(), BrokerUnavailable),
         (amqp.PreconditionFailed(406, "PRECONDITION_FAILED - inequivalent arg"), BrokerError),
+        (NO_LOCAL_REPLICA, BrokerUnavailable),  # a cluster node without a member: not now
         (amqp.AccessRefused(403, "ACCESS_REFUSED"), BrokerError),
         (amqp.PublishNacked("nack"), BrokerError),
         (amqp.AMQPError("anything else"), BrokerError),
