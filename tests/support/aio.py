@@ -40,3 +40,22 @@ def run_with_autojump(
     ``pytest.mark.autojump`` (``tests/unit/conftest.py``) runs a module's tests with it.
     """
     return trio.run(fn, clock=clock or MockClock(autojump_threshold=0), instruments=instruments)
+
+
+async def turns_of_another_task(work: Callable[[], Awaitable[T]]) -> tuple[int, T]:
+    """How often another task ran while ``work`` ran (it first runs at work's first checkpoint)."""
+    turns = 0
+    done = trio.Event()
+
+    async def other_task() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        result = await work()
+        during = turns
+        done.set()
+    return during, result

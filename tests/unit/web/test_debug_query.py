@@ -11,6 +11,7 @@ import trio.lowlevel
 
 from actors.ports.registry import StreamRecord
 from actors.snapshot import node
+from tests.support.aio import turns_of_another_task
 from web.debug import BATCH, DebugView
 from web.debug_query import (
     FULL_TREE_LIMIT,
@@ -387,22 +388,7 @@ async def test_an_index_build_lets_other_tasks_run_every_batch(mode: str) -> Non
     tree = fake_tree(BATCH * 20, active=busy)
     view = DebugView(tree)
     query = Query(mode="summary") if mode != "index" else parse_query({"sort": "rate"})
-    turns = 0
-    done = trio.Event()
-
-    async def other_task() -> None:
-        nonlocal turns
-        while not done.is_set():
-            turns += 1
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_task)
-        await trio.lowlevel.checkpoint()  # let it start
-        before = turns
-        await view.answer(query)
-        during = turns - before
-        done.set()
+    during, _ = await turns_of_another_task(lambda: view.answer(query))
     assert during >= 19, during  # it ran between (nearly) every two batches
 
 

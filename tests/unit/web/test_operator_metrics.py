@@ -8,17 +8,15 @@ the registry or visits every stream.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import trio
-import trio.lowlevel
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.adapters.rabbitmq import RabbitMQBroker
 from ess.metrics_bridge import report_broker
+from tests.support.aio import turns_of_another_task
 from web.metrics import ServiceMetrics
 from web.operations import LAG_BATCH, LAG_SAMPLE_INTERVAL, LagSampler
 
@@ -26,7 +24,6 @@ from .web_fakes import FakeActor, FakeDirectory
 from .web_servers import make_app
 
 Json = dict[str, object]
-T = TypeVar("T")
 
 
 class ScrapeOnlyDirectory(FakeDirectory):
@@ -145,25 +142,6 @@ async def test_scrapes_within_the_interval_reuse_the_last_sample() -> None:
     await sampler.sample()
     assert metrics.connection_lag_max._value.get() == 40
     assert metrics.connection_lag._sum.get() == 50  # two samples, however many scrapes
-
-
-async def turns_of_another_task(work: Callable[[], Awaitable[T]]) -> tuple[int, T]:
-    """How often another task ran while ``work`` ran (it first runs at work's first checkpoint)."""
-    turns = 0
-    done = trio.Event()
-
-    async def other_task() -> None:
-        nonlocal turns
-        while not done.is_set():
-            turns += 1
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_task)
-        result = await work()
-        during = turns
-        done.set()
-    return during, result
 
 
 async def test_sampling_many_busy_streams_lets_other_tasks_run() -> None:
