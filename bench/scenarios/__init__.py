@@ -8,6 +8,7 @@ from . import (
     live,
     replay,
     replicas_delete,
+    replicas_takeover,
     subscribe_gap,
 )
 
@@ -22,5 +23,6 @@ SCENARIOS = {
         subscribe_gap,
         debug_polling,
         replicas_delete,
+        replicas_takeover,
     )
 }
