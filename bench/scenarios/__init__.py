@@ -10,6 +10,7 @@ from . import (
     replicas_delete,
     replicas_takeover,
     subscribe_gap,
+    workers_fanout,
 )
 
 SCENARIOS = {
@@ -24,5 +25,6 @@ SCENARIOS = {
         debug_polling,
         replicas_delete,
         replicas_takeover,
+        workers_fanout,
     )
 }
