@@ -601,6 +601,125 @@ def unique_key(prefix: str) -> str:
 
 
 # --------------------------------------------------------------------------- #
+# Replicas and workers (issue 11)
+
+#: How long replicas may take to hear of each other (alive beats every 2 s).
+MEMBERSHIP_TIMEOUT = 20.0
+
+
+def proc_children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of ``pid``: the workers of ``--workers N``."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]  # comm may hold spaces
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def broker_pid(port: int = 5672) -> int | None:
+    """The ``beam.smp`` process listening on the broker's ``port`` (for its CPU), or None.
+
+    Other people's tests may run brokers of their own on other ports, so the
+    one to measure is found by its listening socket, not by name alone.
+    """
+    listening: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                    listening.add(f"socket:[{parts[9]}]")
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if not entry.name.isdigit() or (entry / "comm").read_text().strip() != "beam.smp":
+                continue
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in listening:
+                        return int(entry.name)
+    return None
+
+
+def location_on(service: Service, location: str) -> str:
+    """The websocket URL of ``location`` (any replica's) on ``service``'s public port."""
+    return f"ws://127.0.0.1:{service.public_port}/event-stream/{location.rsplit('/', 1)[-1]}"
+
+
+async def wait_replicas_listed(urls: Sequence[str], count: int, *, answerers: int = 1) -> None:
+    """Return once ``/debug/replicas`` on each internal-API URL lists ``count`` replicas.
+
+    ``answerers``: how many processes answer on each URL (the workers of one
+    ``--workers N`` service share its port; each new TCP connection reaches
+    whichever the kernel picks), each of which must list them all.
+    """
+    deadline = time.monotonic() + MEMBERSHIP_TIMEOUT
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        for url in urls:
+            done: set[str] = set()
+            while len(done) < answerers:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url}/debug/replicas: only {sorted(done)} list {count}")
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await client.get(f"{url}/debug/replicas", headers={"Connection": "close"})
+                    body = r.json()
+                    if len(body["replicas"]) == count:
+                        done.add(str(body["replica"]))
+                        continue
+                await asyncio.sleep(0.1)  # membership has no event to wait on: alive beats
+
+
+@contextlib.asynccontextmanager
+async def running_replicas(
+    count: int, extra_env: dict[str, str] | None = None, log_level: str = "WARNING"
+) -> AsyncIterator[tuple[list[Service], list[Api], Publisher]]:
+    """``count`` replicas on one registry file and one exchange, each listing all the others.
+
+    The first is :func:`running_service`'s (its cleanup, its routing keys);
+    the others share its SQLite file and exchange on ports of their own and
+    are stopped first (SIGTERM, so they leave and no DELETE of the cleanup
+    waits for them).
+    """
+    env = dict(extra_env or {})
+    async with running_service({**env, "ESS_REPLICA_NAME": "bench-r1"}, log_level) as (
+        first,
+        api,
+        publisher,
+    ):
+        database = str(first.workdir / "event-streams.db")
+        others = [
+            Service(
+                extra_env={**env, "ESS_DATABASE": database, "ESS_REPLICA_NAME": f"bench-r{n}"},
+                log_level=log_level,
+                exchange=first.exchange,
+            )
+            for n in range(2, count + 1)
+        ]
+        apis = [api]
+        try:
+            for other in others:
+                await asyncio.to_thread(other.start)
+                apis.append(Api(other))
+            await wait_replicas_listed([s.api for s in (first, *others)], count)
+            yield [first, *others], apis, publisher
+        except BaseException:
+            for other in others:
+                print(f"--- {other.api} log (tail) ---\n{other.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            for other_api in apis[1:]:
+                await other_api.aclose()
+            for other in others:
+                await asyncio.to_thread(other.stop)
+
+
+# --------------------------------------------------------------------------- #
 # Profiling the service with py-spy
 
 
