@@ -30,6 +30,7 @@ from typing import Any, Final, Self
 
 import aiormq
 import httpx
+import psutil
 
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 STARTUP_TIMEOUT = 30.0
@@ -609,18 +610,11 @@ MEMBERSHIP_TIMEOUT = 20.0
 
 def proc_children(pid: int) -> list[int]:
     """The live (not zombie) child processes of ``pid``: the workers of ``--workers N``."""
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]  # comm may hold spaces
-        if int(ppid) == pid and state != "Z":
-            found.append(int(entry.name))
-    return sorted(found)
+    return sorted(
+        child.pid
+        for child in psutil.Process(pid).children()
+        if child.status() != psutil.STATUS_ZOMBIE
+    )
 
 
 def broker_pid(port: int = 5672) -> int | None:

@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import trio
 from trio_websocket import WebSocketConnection
@@ -80,20 +81,12 @@ def wait_until_every_worker_answers(
 
 
 def children(pid: int) -> set[int]:
-    """The live (not zombie) child processes of ``pid``, from /proc."""
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may contain spaces and parentheses.
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.add(int(entry.name))
-    return found
+    """The live (not zombie) child processes of ``pid``."""
+    return {
+        child.pid
+        for child in psutil.Process(pid).children()
+        if child.status() != psutil.STATUS_ZOMBIE
+    }
 
 
 def alive(pid: int) -> bool:

@@ -53,7 +53,7 @@ from tests.e2e.service import ServiceProcess
 from tests.support.rabbitmq_cluster import Node, RabbitMQCluster, installed
 
 from .conftest import api_client, create_stream, poll_until, wait_status
-from .test_reconnect_without_loss import Collector, RetryingPublisher, stored_seqs
+from .test_reconnect_without_loss import RetryingPublisher, start_collectors, stored_seqs
 
 #: The cluster boots within the first test: well above the default 120 s per test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
@@ -201,13 +201,9 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
                 connect(streams[1]["location"]) as ws_hub_b,
                 trio.open_nursery() as readers,
             ):
-                collectors = [
-                    Collector("alone", ws_alone),
-                    Collector("hub member a", ws_hub_a),
-                    Collector("hub member b", ws_hub_b),
-                ]
-                for collector in collectors:
-                    readers.start_soon(collector.run)
+                collectors = start_collectors(
+                    readers, alone=ws_alone, hub_a=ws_hub_a, hub_b=ws_hub_b
+                )
                 publisher = BoundedPublisher(node2.amqp_url)
                 for key in keys:
                     await publisher.publish(key, b'{"seq": 0}')

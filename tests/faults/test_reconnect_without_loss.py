@@ -100,6 +100,25 @@ class Collector:
         assert ordinals == list(range(1, len(stored) + 1)), f"{self.name}: ordinals {ordinals}"
 
 
+def start_collectors(
+    readers: trio.Nursery,
+    *,
+    alone: WebSocketConnection,
+    hub_a: WebSocketConnection,
+    hub_b: WebSocketConnection,
+) -> list[Collector]:
+    """Read the three clients of these tests in ``readers``: one alone on its
+    stream (a consumer of its own) and two sharing another (a live-tail hub)."""
+    collectors = [
+        Collector("alone", alone),
+        Collector("hub member a", hub_a),
+        Collector("hub member b", hub_b),
+    ]
+    for collector in collectors:
+        readers.start_soon(collector.run)
+    return collectors
+
+
 async def stored_seqs(amqp_url: str, queue: str) -> list[object]:
     """The seqs the stream queue holds, up to the sentinel, read straight from the broker.
 
@@ -213,13 +232,9 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
                 connect(shared["location"]) as ws_hub_b,
                 trio.open_nursery() as readers,
             ):
-                collectors = [
-                    Collector("alone", ws_alone),
-                    Collector("hub member a", ws_hub_a),
-                    Collector("hub member b", ws_hub_b),
-                ]
-                for collector in collectors:
-                    readers.start_soon(collector.run)
+                collectors = start_collectors(
+                    readers, alone=ws_alone, hub_a=ws_hub_a, hub_b=ws_hub_b
+                )
                 publisher = RetryingPublisher(amqp_url)
                 published = 0
                 reconnected = trio.Event()
