@@ -13,7 +13,9 @@ format, poison, where to resume). Lifecycle (SPEC section 4):
 2. Run three things concurrently: the *pump* (event -> core -> frames ->
    ack), a *reader* that drains and discards client frames (trio-websocket's
    inbound queue holds one message; an undrained one stops its ping
-   answers), and a *keepalive* that pings and aborts a peer that stops
+   answers), and, when the stream's keepalive schedule
+   (:mod:`actors.keepalive`, one per stream actor instead of a sleeping task
+   per websocket) says so, a short *ping* that aborts a peer that stops
    answering.
 3. A lost consumer (broker outage, or a consumer the adapter gave up or the
    broker cancelled) is replaced by the one resubscription loop
@@ -22,7 +24,7 @@ format, poison, where to resume). Lifecycle (SPEC section 4):
    consumer the hub does that for all its members.) A member the hub drops
    (too slow, or the hub failed) drains what it buffered, then resubscribes
    on a consumer of its own from where the hub left it, at once.
-4. Whoever ends the actor (the pump, the reader, the keepalive, the stream
+4. Whoever ends the actor (the pump, the reader, a ping, the stream
    actor, the supervisor) first records an :data:`~actors.close.Outcome` and
    then cancels the actor's scope; the ``finally`` closes the websocket with
    it inside a shielded, time-bounded scope (abort if the close cannot
@@ -55,6 +57,7 @@ from actors.close import (
 from actors.context import ActorContext
 from actors.delivery import Delivery, Poisoned, Skipped
 from actors.hub import HubMember, LeftHub
+from actors.keepalive import KeepaliveSchedule
 from actors.logcontext import LogContext
 from actors.ports.broker import StartPosition, StreamNotFound, Subscription
 from actors.ports.websocket import PendingWebSocket, WebSocket, WebSocketClosed
@@ -113,6 +116,8 @@ class ConnectionActor:
         context: ActorContext,
         on_exit: Callable[[ConnectionActor], None] | None = None,
         subscribe: Subscriber | None = None,
+        *,
+        keepalive: KeepaliveSchedule,
     ) -> None:
         #: Short random id for logs and the debug tree (never the stream uuid).
         self.id = secrets.token_hex(3)
@@ -136,6 +141,7 @@ class ConnectionActor:
         self._helpers: trio.Nursery | None = None
         self._on_exit = on_exit
         self._subscribe = subscribe
+        self._keepalive = keepalive
         #: Set once the shared consumer dropped this connection: from then on
         #: it always has a consumer of its own.
         self._own_consumer = False
@@ -273,7 +279,7 @@ class ConnectionActor:
         self.state = "open"
         self.log.info("accepted")
         helpers.start_soon(self._read, channel)
-        helpers.start_soon(self._keepalive, channel)
+        self._keepalive.schedule(self)
         return channel
 
     async def _pump(self, subscription: Subscription, channel: WebSocket) -> None:
@@ -338,24 +344,29 @@ class ConnectionActor:
         except WebSocketClosed:
             self.cancel(Ending.PEER_GONE)
 
-    async def _keepalive(self, channel: WebSocket) -> None:
-        interval = self._settings.ping_interval
+    def ping_due(self) -> None:
+        """The stream's keepalive schedule says it is time to ping (see :mod:`actors.keepalive`)."""
+        helpers, channel = self._helpers, self._channel
+        if helpers is not None and channel is not None and not self.ending:
+            helpers.start_soon(self._ping, channel)
+
+    async def _ping(self, channel: WebSocket) -> None:
+        """One ping: a pong within the timeout schedules the next, else the peer is dropped."""
         timeout = self._settings.ping_timeout
-        while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(timeout) as waiting:
-                try:
-                    await channel.ping()
-                except WebSocketClosed:
-                    self.cancel(Ending.PEER_GONE)
-                    return
-            if waiting.cancelled_caught:
-                self.log.warning(
-                    "no pong within %gs: dropping the connection",
-                    timeout,
-                )
-                self.cancel(Ending.ABORT)
+        with trio.move_on_after(timeout) as waiting:
+            try:
+                await channel.ping()
+            except WebSocketClosed:
+                self.cancel(Ending.PEER_GONE)
                 return
+        if waiting.cancelled_caught:
+            self.log.warning(
+                "no pong within %gs: dropping the connection",
+                timeout,
+            )
+            self.cancel(Ending.ABORT)
+            return
+        self._keepalive.schedule(self)
 
     async def _close(self) -> None:
         """Close the websocket for the recorded outcome (shielded by the caller)."""

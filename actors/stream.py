@@ -46,6 +46,7 @@ from actors.cluster.messages import ConnectionKey
 from actors.connection_actor import ConnectionActor
 from actors.context import ActorContext
 from actors.hub import LiveTailHub
+from actors.keepalive import KeepaliveSchedule
 from actors.logcontext import LogContext
 from actors.ports.broker import FromNext, StartPosition, Subscription
 from actors.ports.registry import StreamRecord
@@ -85,6 +86,7 @@ class StreamActor:
         "_closing",
         "_connections",
         "_context",
+        "_keepalive",
         "_nursery",
         "_on_admit",
         "_restart_backoff",
@@ -126,6 +128,8 @@ class StreamActor:
         self.log = LogContext(log, stream=record.id)
         #: The shared live-tail consumer, while it runs.
         self._tail: LiveTailHub | None = None
+        #: When each websocket is pinged next: served by the actor's task.
+        self._keepalive = KeepaliveSchedule(context.settings.ping_interval, self._notify)
 
     # -- observation -----------------------------------------------------
 
@@ -188,6 +192,7 @@ class StreamActor:
             self._context,
             self._connection_exited,
             self._subscribe,
+            keepalive=self._keepalive,
         )
         self._admit(connection)
         spawned = False
@@ -323,9 +328,17 @@ class StreamActor:
             self._notify()
 
     async def _host(self) -> None:
-        """Keep the task (and its nursery) alive while it has connections."""
+        """Keep the task (and its nursery) alive while it has connections; ping them.
+
+        The connections' keepalive is served here (one schedule per stream,
+        not a sleeping task per websocket): each due ping starts in its
+        connection's own nursery.
+        """
+        keepalive = self._keepalive
         while self._connections:
-            await self._wait_changed()
+            with trio.move_on_at(keepalive.next_due):
+                await self._wait_changed()
+            keepalive.fire_due()
 
     async def _after_crash(self) -> None:
         self.restarts += 1
