@@ -1,7 +1,17 @@
 """One module per scenario; each exposes ``NAME``, ``add_arguments(parser)`` and ``run(args)``."""
 
-from . import connections, debug_polling, delete, fanout, live, replay, subscribe_gap
+from . import capacity, connections, debug_polling, delete, fanout, live, replay, subscribe_gap
 
 SCENARIOS = {
-    m.NAME: m for m in (replay, live, fanout, connections, delete, subscribe_gap, debug_polling)
+    m.NAME: m
+    for m in (
+        replay,
+        live,
+        fanout,
+        connections,
+        delete,
+        subscribe_gap,
+        debug_polling,
+        capacity,
+    )
 }
