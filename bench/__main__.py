@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from .harness import STARTED, Result, format_table, machine, raise_fd_limit
-from .scenarios import SCENARIOS
+from .scenarios import SCENARIOS, capacity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SCENARIO",
         help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}",
     )
-    parser.add_argument("--full", action="store_true", help="the big sizes: --connections 10000")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the big sizes: --connections 10000, --capacity-websockets 1000, "
+        "--capacity-step-seconds 30",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
     parser.add_argument(
         "--prefetch",
@@ -58,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenario-timeout",
         type=float,
         default=300.0,
-        help="seconds before a scenario is abandoned (its service is stopped)",
+        help="seconds before a scenario is abandoned (its service is stopped); capacity "
+        "takes at least what its steps need",
     )
     parser.add_argument("--output", help="also append the JSON lines to this file")
     for module in SCENARIOS.values():
@@ -73,14 +79,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.prefetch = 200
     if args.full and args.connections == 2_000:
         args.connections = 10_000
+    if args.full and args.capacity_websockets == capacity.QUICK_WEBSOCKETS:
+        args.capacity_websockets = capacity.FULL_WEBSOCKETS
+    if args.full and args.capacity_step_seconds == capacity.QUICK_STEP_SECONDS:
+        args.capacity_step_seconds = capacity.FULL_STEP_SECONDS
     return args
 
 
 async def run_one(name: str, args: argparse.Namespace) -> Result:
     module = SCENARIOS[name]
     started = time.perf_counter()
+    timeout = max(args.scenario_timeout, getattr(module, "min_timeout", lambda _: 0.0)(args))
     try:
-        result: Result = await asyncio.wait_for(module.run(args), args.scenario_timeout)
+        result: Result = await asyncio.wait_for(module.run(args), timeout)
     except Exception as exc:
         result = Result(name, {})
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"

@@ -1,6 +1,7 @@
 """One module per scenario; each exposes ``NAME``, ``add_arguments(parser)`` and ``run(args)``."""
 
 from . import (
+    capacity,
     connections,
     debug_polling,
     delete,
@@ -26,5 +27,6 @@ SCENARIOS = {
         replicas_delete,
         replicas_takeover,
         workers_fanout,
+        capacity,
     )
 }
