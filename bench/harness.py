@@ -194,20 +194,6 @@ def proc_fd_count(pid: int) -> int:
         return -1
 
 
-def broker_pid(name: str = "beam.smp") -> int | None:
-    """The pid of the local RabbitMQ's Erlang VM (the first process called ``name``), or None.
-
-    Its CPU beside the service's tells whether the service or the broker
-    limits a rate on a small machine (both share its cores).
-    """
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() == name:
-                    return int(entry.name)
-    return None
-
-
 def machine_cpu_seconds() -> float:
     """CPU seconds all cores spent busy so far (``/proc/stat``: all but idle and iowait)."""
     ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
