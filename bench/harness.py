@@ -97,6 +97,11 @@ def cpu_us_per_event(cpu_seconds: float, events: int) -> float | None:
     return round(cpu_seconds * 1e6 / events, 1) if events > 0 else None
 
 
+def sample_of(name: str, items: Sequence[str], shown: int = 5) -> dict[str, Any]:
+    """Figures for a list of anomalies: the first ``shown`` and how many there were."""
+    return {name: list(items[:shown]), f"{name}_count": len(items)}
+
+
 def latency_summary(values_ms: Iterable[float]) -> dict[str, float]:
     ordered = sorted(values_ms)
     if not ordered:
@@ -938,6 +943,13 @@ class Result:
 
     def target(self, name: str, value: Any, op: str, limit: Any, unit: str = "") -> None:
         self.targets.append(Target(name, value, op, limit, unit))
+
+    def latency_targets(
+        self, name: str, summary: dict[str, Any], *, p50_ms: float, max_ms: float
+    ) -> None:
+        """The two bounds of a latency (a :func:`latency_summary`): its median and its worst."""
+        self.target(f"{name}_p50_ms", summary.get("p50_ms"), "<=", p50_ms, "ms")
+        self.target(f"{name}_max_ms", summary.get("max_ms"), "<=", max_ms, "ms")
 
     @property
     def passed(self) -> bool:

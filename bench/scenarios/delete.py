@@ -73,8 +73,7 @@ async def run(args: argparse.Namespace) -> Result:
             "wrong_status": wrong_status[:5],
         }
     )
-    result.target("close_p50_ms", close.get("p50_ms"), "<=", 10, "ms")
-    result.target("close_max_ms", close.get("max_ms"), "<=", 50, "ms")
+    result.latency_targets("close", close, p50_ms=10, max_ms=50)
     result.target("204_before_close", ok_before_close, "==", 0)
     result.target("wrong_close_or_status", len(wrong_close) + len(wrong_status), "==", 0)
     return result

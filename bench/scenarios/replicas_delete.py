@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import time
 
+from .. import harness
 from ..client import open_ws, wait_close
 from ..harness import Result, event_body, latency_summary, location_on, running_replicas, unique_key
 from .delete import REASON
@@ -75,12 +76,10 @@ async def run(args: argparse.Namespace) -> Result:
             "close_frame_on_other_replicas": close,
             "http_204": latency_summary(ok_ms),
             "ok_before_close": ok_before_close,
-            "wrong": wrong[:5],
-            "wrong_count": len(wrong),
+            **harness.sample_of("wrong", wrong),
         }
     )
-    result.target("close_p50_ms", close.get("p50_ms"), "<=", 20, "ms")
-    result.target("close_max_ms", close.get("max_ms"), "<=", 200, "ms")
+    result.latency_targets("close", close, p50_ms=20, max_ms=200)
     result.target("204_before_close", ok_before_close, "==", 0)
     result.target("wrong_close_or_status", len(wrong), "==", 0)
     return result

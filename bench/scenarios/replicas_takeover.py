@@ -31,7 +31,7 @@ import contextlib
 import time
 
 from ..client import open_ws
-from ..harness import Result, latency_summary, location_on, running_replicas, unique_key
+from ..harness import Result, latency_summary, location_on, running_replicas, sample_of, unique_key
 from ..latency import Reader, paced_publish
 
 NAME = "replicas_takeover"
@@ -113,12 +113,10 @@ async def run(args: argparse.Namespace) -> Result:
             "rounds_with_overlap": rounds_with_overlap,
             "gap": gap,
             "rounds_with_gap": rounds_with_gap,
-            "wrong": wrong[:5],
-            "wrong_count": len(wrong),
+            **sample_of("wrong", wrong),
         }
     )
-    result.target("takeover_p50_ms", takeover.get("p50_ms"), "<=", 20, "ms")
-    result.target("takeover_max_ms", takeover.get("max_ms"), "<=", 200, "ms")
+    result.latency_targets("takeover", takeover, p50_ms=20, max_ms=200)
     result.target("older_after_newer_first", after_newer_first, "==", 0)
     result.target("wrong_close", len(wrong), "==", 0)
     return result

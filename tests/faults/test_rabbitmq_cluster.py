@@ -53,7 +53,13 @@ from tests.e2e.service import ServiceProcess
 from tests.support.rabbitmq_cluster import Node, RabbitMQCluster, installed
 
 from .conftest import api_client, create_stream, poll_until, wait_status
-from .test_reconnect_without_loss import RetryingPublisher, start_collectors, stored_seqs
+from .test_reconnect_without_loss import (
+    RetryingPublisher,
+    check_all,
+    end_with_sentinels,
+    start_collectors,
+    stored_in_full,
+)
 
 #: The cluster boots within the first test: well above the default 120 s per test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
@@ -265,13 +271,7 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
                     )
                     recovered_in = trio.current_time() - lost_at
                     done.set()
-                for key in keys:
-                    await publisher.publish(key, b'{"sentinel": true}')
-                await publisher.aclose()
-                with trio.move_on_after(30):
-                    for collector in collectors:
-                        await collector.got_sentinel.wait()
-                readers.cancel_scope.cancel()  # before the websockets close
+                await end_with_sentinels(publisher, keys, collectors, readers)
             after = await trio.to_thread.run_sync(_connections, cluster, name)
     except BaseException:
         print(f"--- ess serve's log:\n{service.log()}")  # shown with the failure
@@ -279,9 +279,7 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
     finally:
         await trio.to_thread.run_sync(service.stop)
     log = service.log()
-    stored = {key: await stored_seqs(node2.amqp_url, key) for key in keys}
-    for key, seqs in stored.items():  # the harness: every confirmed publish is in the stream
-        assert set(range(published)) <= set(seqs), f"{key}: the stream lacks confirmed events"
+    stored = await stored_in_full(node2.amqp_url, keys, published)
     print(
         f"[{lost}] {published} events per stream, recovered in {recovered_in:.1f}s "
         f"(publisher retries {publisher.retries}); broker cancels "
@@ -289,13 +287,7 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
         f"{log.count('replica on the local node')}; received "
         + ", ".join(f"{c.name}: {len(c.events)}" for c in collectors)
     )
-    failures = []
-    for collector, key in zip(collectors, (keys[0], keys[1], keys[1]), strict=True):
-        try:
-            collector.check(stored[key])
-        except AssertionError as failure:
-            failures.append(str(failure))
-    assert not failures, f"[{lost}] " + "; ".join(failures)
+    check_all(collectors, [stored[keys[0]], stored[keys[1]], stored[keys[1]]], f"[{lost}]")
     new_port, new_pid = after[f"{name}#0"]
     if lost == "connected-node-killed":  # reconnected to another URL
         assert new_port != node1.amqp_port, after

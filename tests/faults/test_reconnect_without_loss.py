@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -119,6 +120,23 @@ def start_collectors(
     return collectors
 
 
+async def end_with_sentinels(
+    publisher: RetryingPublisher,
+    keys: Sequence[str],
+    collectors: Sequence[Collector],
+    readers: trio.Nursery,
+) -> None:
+    """Publish the last event of each stream, wait (bounded) until every collector has
+    it, and stop reading before the websockets close (a close would be reported)."""
+    for key in keys:
+        await publisher.publish(key, b'{"sentinel": true}')
+    await publisher.aclose()
+    with trio.move_on_after(30):
+        for collector in collectors:
+            await collector.got_sentinel.wait()
+    readers.cancel_scope.cancel()
+
+
 async def stored_seqs(amqp_url: str, queue: str) -> list[object]:
     """The seqs the stream queue holds, up to the sentinel, read straight from the broker.
 
@@ -131,6 +149,30 @@ async def stored_seqs(amqp_url: str, queue: str) -> list[object]:
     finally:
         await reader.aclose()
     return [json.loads(body).get("seq", "sentinel") for body in bodies]
+
+
+async def stored_in_full(
+    amqp_url: str, keys: Sequence[str], published: int
+) -> dict[str, list[object]]:
+    """What each stream holds; fails unless it holds every confirmed publish.
+
+    The harness's own check: a loss it finds is the broker's or the test's, not the service's.
+    """
+    stored = {key: await stored_seqs(amqp_url, key) for key in keys}
+    for key, seqs in stored.items():
+        assert set(range(published)) <= set(seqs), f"{key}: the stream lacks confirmed events"
+    return stored
+
+
+def check_all(collectors: Sequence[Collector], stored: Sequence[list[object]], case: str) -> None:
+    """Every collector received exactly its stream (``stored``, in order); all failures at once."""
+    failures = []
+    for collector, seqs in zip(collectors, stored, strict=True):
+        try:
+            collector.check(seqs)
+        except AssertionError as failure:
+            failures.append(str(failure))
+    assert not failures, f"{case} " + "; ".join(failures)
 
 
 @dataclass
@@ -271,27 +313,17 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
                     down_for = trio.current_time() - drop_started
                     await trio.sleep(AFTER_RECONNECT)  # keep publishing a while after
                     reconnected.set()
-                await publisher.publish(alone_key, b'{"sentinel": true}')
-                await publisher.publish(shared_key, b'{"sentinel": true}')
-                await publisher.aclose()
-                with trio.move_on_after(30):
-                    for collector in collectors:
-                        await collector.got_sentinel.wait()
-                readers.cancel_scope.cancel()  # before the websockets close
+                await end_with_sentinels(publisher, [alone_key, shared_key], collectors, readers)
         nursery.cancel_scope.cancel()
-    stored = {key: await stored_seqs(amqp_url, key) for key in (alone_key, shared_key)}
-    for key, seqs in stored.items():  # the harness: every confirmed publish is in the stream
-        assert set(range(published)) <= set(seqs), f"{key}: the stream lacks confirmed events"
+    stored = await stored_in_full(amqp_url, [alone_key, shared_key], published)
     print(
         f"[{drop}, primed={primed}] {published} events per stream across a drop of {down_for:.1f}s "
         f"(publisher retries {publisher.retries}, stored {len(stored[alone_key])} and "
         f"{len(stored[shared_key])} with the sentinels); received "
         + ", ".join(f"{c.name}: {len(c.events)}" for c in collectors)
     )
-    failures = []
-    for collector, key in zip(collectors, (alone_key, shared_key, shared_key), strict=True):
-        try:
-            collector.check(stored[key])
-        except AssertionError as failure:
-            failures.append(str(failure))
-    assert not failures, f"[{drop}, primed={primed}] " + "; ".join(failures)
+    check_all(
+        collectors,
+        [stored[alone_key], stored[shared_key], stored[shared_key]],
+        f"[{drop}, primed={primed}]",
+    )
