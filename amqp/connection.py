@@ -86,6 +86,10 @@ ACK_LINGER: Final = 0.01
 #: limit has no credit to run out of; one with a window under eight never
 #: holds an ack.
 ACK_HOLD_SHARE: Final = 8
+#: An acknowledgement queued this long after the wait began ends it: the
+#: writer is woken in the batch that is running anyway, instead of a timer
+#: of its own waking the process once more for the write.
+ACK_LINGER_ENOUGH: Final = ACK_LINGER / 2
 #: Held acknowledgements that end the wait (one write of at most ~1.3 KiB).
 ACK_LINGER_FRAMES: Final = 64
 #: ``basic.ack`` frames are recognised by size and class/method id bytes.
@@ -140,6 +144,8 @@ class Connection(EndState):
         self._urgent = False
         #: Whether the writer is holding back acknowledgements right now.
         self._lingering = False
+        #: When the current wait has lasted :data:`ACK_LINGER_ENOUGH`.
+        self._linger_enough = 0.0
         #: Channel number -> the newest delivery tag of its acks already written.
         self._acks_written: dict[int, int] = {}
         #: Channel number -> the newest delivery tag of its acks in the outbox.
@@ -228,8 +234,13 @@ class Connection(EndState):
             window = channel.prefetch_count if channel is not None else 0
             if window and (tag - self._acks_written.get(number, 0)) * ACK_HOLD_SHARE >= window:
                 self._urgent = True
-            elif self._lingering and not self._urgent and len(self._outbox) < ACK_LINGER_FRAMES:
-                return  # joins the held write without waking the writer
+            elif self._lingering and not self._urgent:
+                if (
+                    len(self._outbox) < ACK_LINGER_FRAMES
+                    and anyio.current_time() < self._linger_enough
+                ):
+                    return  # joins the held write without waking the writer
+                self._urgent = True  # waited long enough: out with this batch
         else:
             self._urgent = True
         self._writer_wake.set()
@@ -296,6 +307,7 @@ class Connection(EndState):
         Afterwards the outbox is marked urgent: the writer sends it.
         """
         self._lingering = True
+        self._linger_enough = anyio.current_time() + ACK_LINGER_ENOUGH
         try:
             with anyio.move_on_after(ACK_LINGER):
                 while (
