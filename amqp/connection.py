@@ -16,8 +16,8 @@ it):
   caller can never leave half a frame on the wire and concurrent senders
   need no lock; the writer sends whatever accumulated in one ``send`` (acks
   and publishes batch themselves under load). A write of nothing but
-  acknowledgements of quiet channels waits up to :data:`ACK_LINGER` for
-  company (see there).
+  acknowledgements waits up to :data:`ACK_LINGER` for company, as long as
+  it keeps little prefetch credit from the broker (see there).
 - the **heartbeat** task sends a heartbeat when nothing was sent for half an
   interval and declares the broker dead when nothing arrived for two
   intervals (:class:`~amqp.errors.HeartbeatTimeout`).
@@ -68,20 +68,28 @@ WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
 #: How long the writer may try to flush the last frames (close-ok) at the end.
 FLUSH_TIMEOUT: Final = 1.0
 #: How long the writer may hold back a write that carries only
-#: acknowledgements of *quiet* channels, so that the acks of many slow
-#: consumers (a process serving hundreds of quiet live streams) share one
-#: socket write instead of costing one each. Acknowledgements on a stream
-#: queue only return prefetch credit, and a quiet channel is far from
-#: running out of it; any other frame (a publish, a request, a heartbeat, a
-#: close) ends the wait at once and goes out with them, in order.
+#: acknowledgements, so that the acks of many slow consumers (a process
+#: serving hundreds of quiet live streams) and the per-event acks of a busy
+#: live stream share one socket write instead of costing one each.
+#: Acknowledgements on a stream queue only return prefetch credit, and a
+#: held one never keeps much of it (:data:`ACK_HOLD_SHARE`); any other
+#: frame (a publish, a request, a heartbeat, a close) ends the wait at once
+#: and goes out with them, in order.
 ACK_LINGER: Final = 0.01
-#: A channel that acknowledged less than this long ago is busy (a replay, a
-#: burst): its acks go out at once, so a consumer never waits for credit.
-#: Twice the linger: a quiet channel (acks further apart than this, each
-#: covering at most a quarter of the prefetch) receives less than one ack's
-#: worth of deliveries while its ack is held, so it never runs out of credit.
-#: 1,000 streams at 15 events/s each are quiet; one at 300/s is busy.
-ACK_BUSY: Final = 0.02
+#: An acknowledgement may wait only while the deliveries that the channel's
+#: held acks cover (its newest held tag minus the newest tag already
+#: written) stay below ``prefetch_count // ACK_HOLD_SHARE``: a held ack
+#: never keeps more than an eighth of the window from the broker, so it
+#: never stalls delivery. A replay's acks (a quarter window each, see
+#: ``actors.adapters.rabbitmq_subscription``) go out at once; a live
+#: stream's one-event acks wait for company. A channel without a prefetch
+#: limit has no credit to run out of; one with a window under eight never
+#: holds an ack.
+ACK_HOLD_SHARE: Final = 8
+#: An acknowledgement queued this long after the wait began ends it: the
+#: writer is woken in the batch that is running anyway, instead of a timer
+#: of its own waking the process once more for the write.
+ACK_LINGER_ENOUGH: Final = ACK_LINGER / 2
 #: Held acknowledgements that end the wait (one write of at most ~1.3 KiB).
 ACK_LINGER_FRAMES: Final = 64
 #: ``basic.ack`` frames are recognised by size and class/method id bytes.
@@ -136,8 +144,12 @@ class Connection(EndState):
         self._urgent = False
         #: Whether the writer is holding back acknowledgements right now.
         self._lingering = False
-        #: Channel number -> when it last sent an acknowledgement.
-        self._last_ack: dict[int, float] = {}
+        #: When the current wait has lasted :data:`ACK_LINGER_ENOUGH`.
+        self._linger_enough = 0.0
+        #: Channel number -> the newest delivery tag of its acks already written.
+        self._acks_written: dict[int, int] = {}
+        #: Channel number -> the newest delivery tag of its acks in the outbox.
+        self._acks_queued: dict[int, int] = {}
         self._writer_wake = anyio.Event()
         self._drained = anyio.Event()
         self._send_scope: anyio.CancelScope | None = None
@@ -201,7 +213,8 @@ class Connection(EndState):
         return channel
 
     def _release_channel(self, number: int) -> None:
-        self._last_ack.pop(number, None)
+        self._acks_written.pop(number, None)
+        self._acks_queued.pop(number, None)
         if self._channels.pop(number, None) is not None and self._error is None:
             heapq.heappush(self._free_numbers, number)
 
@@ -215,12 +228,19 @@ class Connection(EndState):
         self._outbox_size += len(data)
         if len(data) == _ACK_SIZE and data[7:11] == _ACK_METHOD:
             number = int.from_bytes(data[1:3])
-            now = anyio.current_time()
-            if now - self._last_ack.get(number, -ACK_BUSY) < ACK_BUSY:
+            tag = int.from_bytes(data[11:19])
+            self._acks_queued[number] = tag
+            channel = self._channels.get(number)
+            window = channel.prefetch_count if channel is not None else 0
+            if window and (tag - self._acks_written.get(number, 0)) * ACK_HOLD_SHARE >= window:
                 self._urgent = True
-            self._last_ack[number] = now
-            if self._lingering and not self._urgent and len(self._outbox) < ACK_LINGER_FRAMES:
-                return  # joins the held write without waking the writer
+            elif self._lingering and not self._urgent:
+                if (
+                    len(self._outbox) < ACK_LINGER_FRAMES
+                    and anyio.current_time() < self._linger_enough
+                ):
+                    return  # joins the held write without waking the writer
+                self._urgent = True  # waited long enough: out with this batch
         else:
             self._urgent = True
         self._writer_wake.set()
@@ -259,6 +279,9 @@ class Connection(EndState):
             outbox.clear()
             self._outbox_size = 0
             self._urgent = False
+            if self._acks_queued:
+                self._acks_written.update(self._acks_queued)
+                self._acks_queued.clear()
             with anyio.CancelScope() as scope:
                 if self._error is not None:
                     scope.deadline = anyio.current_time() + FLUSH_TIMEOUT
@@ -279,11 +302,12 @@ class Connection(EndState):
             self._tasks.cancel_scope.cancel()
 
     async def _linger(self) -> None:
-        """Hold acknowledgements of quiet channels back for at most :data:`ACK_LINGER`.
+        """Hold acknowledgements back for at most :data:`ACK_LINGER` (see there).
 
         Afterwards the outbox is marked urgent: the writer sends it.
         """
         self._lingering = True
+        self._linger_enough = anyio.current_time() + ACK_LINGER_ENOUGH
         try:
             with anyio.move_on_after(ACK_LINGER):
                 while (

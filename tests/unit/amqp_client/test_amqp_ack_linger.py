@@ -1,4 +1,4 @@
-"""The writer holds acknowledgements of quiet channels back briefly, so they share writes.
+"""The writer holds acknowledgements back briefly, so they share writes, never much credit.
 
 Against the scripted broker of ``test_amqp_fake_broker``, in virtual time
 (``pytest.mark.autojump``: the sleeps below model time passing between acks, they
@@ -18,7 +18,7 @@ from pamqp import commands
 
 import amqp
 from amqp import ConnectionParameters
-from amqp.connection import ACK_BUSY, ACK_LINGER
+from amqp.connection import ACK_HOLD_SHARE, ACK_LINGER, ACK_LINGER_ENOUGH
 from tests.unit.amqp_client.test_amqp_fake_broker import AnyioAdapter, FakeBroker
 
 pytestmark = pytest.mark.autojump
@@ -43,12 +43,15 @@ class CountingAdapter(AnyioAdapter):
 class AckLog:
     """The broker side: every ``basic.ack`` with the virtual time it arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: FakeBroker) -> None:
+        self._broker = broker
         self.acks: list[tuple[int, int, float]] = []
         self._changed = trio.Event()
 
     async def on_frame(self, channel: int, frame: Any) -> None:
-        if isinstance(frame, commands.Basic.Ack):
+        if isinstance(frame, commands.Basic.Qos):
+            await self._broker.send(commands.Basic.QosOk(), channel)
+        elif isinstance(frame, commands.Basic.Ack):
             self.acks.append((channel, frame.delivery_tag, trio.current_time()))
             self._changed.set()
             self._changed = trio.Event()
@@ -64,7 +67,7 @@ async def connected() -> AsyncIterator[tuple[amqp.Connection, CountingAdapter, A
     client_side, server_side = trio.testing.memory_stream_pair()
     broker = FakeBroker(server_side)
     adapter = CountingAdapter(client_side)
-    log = AckLog()
+    log = AckLog(broker)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(broker.handshake, 0)
         async with amqp.connect(ConnectionParameters(heartbeat=0), stream=adapter) as connection:  # type: ignore[arg-type]
@@ -100,14 +103,61 @@ async def test_any_other_frame_takes_the_held_acks_along_at_once() -> None:
         assert log.acks[0][2] == start
 
 
-async def test_a_busy_channel_is_acknowledged_at_once() -> None:
+async def test_the_per_event_acks_of_a_busy_channel_share_one_write() -> None:
+    """A live stream acks every event alone; far from its window, they wait for company.
+
+    The fourth ack comes past half the linger: it ends the wait at once, so the
+    write goes with the batch that queued it instead of a timer of its own.
+    """
+    assert 2 * GAP < ACK_LINGER_ENOUGH <= 3 * GAP
+    async with connected() as (connection, adapter, log):
+        channel = await connection.channel()
+        await channel.basic_qos(200)
+        start = trio.current_time()
+        for tag in range(1, 5):
+            if tag > 1:
+                await trio.sleep(GAP)
+            await channel.basic_ack(tag, multiple=True)
+        await log.wait_for(4)
+        assert adapter.ack_writes == 1
+        assert log.acks == [(channel.number, tag, start + 3 * GAP) for tag in range(1, 5)]
+
+
+@pytest.mark.parametrize("tag", [25, 26])
+async def test_an_ack_covering_an_eighth_of_the_window_goes_at_once(tag: int) -> None:
+    """A replay's quarter-window acks never wait: the broker needs that credit."""
     async with connected() as (connection, _, log):
         channel = await connection.channel()
-        first = trio.current_time()
-        await channel.basic_ack(1)  # quiet so far: may linger
-        await log.wait_for(1)
-        await trio.sleep_until(first + ACK_BUSY * 0.75)
+        await channel.basic_qos(200)
+        assert 200 // ACK_HOLD_SHARE == 25
         sent = trio.current_time()
-        await channel.basic_ack(2)  # acked again soon after: a replay, a burst
+        await channel.basic_ack(tag, multiple=True)
+        await log.wait_for(1)
+        assert log.acks[0][2] == sent
+
+
+async def test_held_acks_together_never_keep_an_eighth_of_the_window() -> None:
+    """The credit counted is all the channel's held acks cover, since its last write."""
+    async with connected() as (connection, _, log):
+        channel = await connection.channel()
+        await channel.basic_qos(2 * ACK_HOLD_SHARE)
+        await channel.basic_ack(1, multiple=True)  # 1 of 16: may wait
+        await trio.sleep(GAP)
+        sent = trio.current_time()
+        await channel.basic_ack(2, multiple=True)  # 2 of 16 held: must not
         await log.wait_for(2)
-        assert log.acks[1][2] == sent
+        assert [at for _, _, at in log.acks] == [sent, sent]
+        # Counted from what was written: the next ack covers 1 again and may wait.
+        await channel.basic_ack(3, multiple=True)
+        await log.wait_for(3)
+        assert log.acks[2][2] == sent + ACK_LINGER
+
+
+async def test_a_window_under_the_share_never_holds_an_ack() -> None:
+    async with connected() as (connection, _, log):
+        channel = await connection.channel()
+        await channel.basic_qos(ACK_HOLD_SHARE - 1)
+        sent = trio.current_time()
+        await channel.basic_ack(1)
+        await log.wait_for(1)
+        assert log.acks[0][2] == sent
