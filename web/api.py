@@ -24,6 +24,7 @@ from web.instrument import install_request_metrics
 from web.metrics import ServiceMetrics
 from web.openapi import build_openapi
 from web.operations import install_operator_routes
+from web.pacing import install_operator_pacing
 from web.ports import StreamDirectory
 from web.replicas import install_replica_routes
 from web.responses import error_response, json_response
@@ -76,6 +77,7 @@ def create_app(
     _install_body_first(app, request_timeout)
     if internal_token:
         _install_bearer_auth(app, internal_token)
+    install_operator_pacing(app)
 
     @app.get("/event-stream/version/")
     async def get_version() -> Response:
