@@ -137,7 +137,7 @@ class Channel(BoundedExit, EndState):
 
     def usable(self) -> bool:
         """Whether the channel and its connection can still be used."""
-        return self._in_use() and self._connection.usable()
+        return not self.is_closed and self._connection.usable()
 
     def check(self) -> None:
         """Raise why the channel (or its connection) cannot be used, if it cannot."""

@@ -540,7 +540,7 @@ class _ChannelLink:
         return self._connection.frame_max
 
     def usable(self) -> bool:
-        return self._connection._in_use()
+        return not self._connection.is_closed
 
     def check(self) -> None:
         self._connection._raise_if_over()

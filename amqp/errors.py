@@ -205,10 +205,6 @@ class EndState:
         ``ChannelClosed`` with code 200)."""
         return self._error
 
-    def _in_use(self) -> bool:
-        """Neither ended nor closing."""
-        return self._error is None and not self._closing
-
     def _raise_if_over(self) -> None:
         """Raise why it cannot be used: its end reason, or that it is closing."""
         if self._error is not None:

@@ -99,10 +99,6 @@ class DedicatedConnection:
         self._pooled: PooledConnection | None = None
         self._up = trio.Event()
 
-    @property
-    def available(self) -> bool:
-        return self._pooled is not None
-
     def current(self) -> PooledConnection:
         """The connection now; raises ``BrokerUnavailable`` while it is down."""
         pooled = self._pooled
