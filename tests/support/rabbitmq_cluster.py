@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from tests.support.net import free_port
+
 #: Where Debian puts the real scripts (``/usr/sbin``'s wrappers change user).
 SCRIPTS: Final = Path("/usr/lib/rabbitmq/bin")
 #: Bound on one node booting (three Erlang nodes on a busy 2-core machine are slow).
@@ -63,12 +65,10 @@ def installed() -> bool:
 
 
 def _free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
+    """A free port that is none of the system broker's (:data:`RESERVED_PORTS`)."""
+    while (port := free_port()) in RESERVED_PORTS:
+        pass
+    return port
 
 
 @dataclass
