@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import NoReturn
 
@@ -56,10 +56,10 @@ from actors.close import (
 )
 from actors.context import ActorContext
 from actors.delivery import Delivery, Poisoned, Skipped
-from actors.hub import HubMember, LeftHub
+from actors.hub import Completion, HubMember, LeftHub
 from actors.keepalive import KeepaliveSchedule
 from actors.logcontext import LogContext
-from actors.ports.broker import StartPosition, StreamNotFound, Subscription
+from actors.ports.broker import StartPosition, StreamEvent, StreamNotFound, Subscription
 from actors.ports.websocket import PendingWebSocket, WebSocket, WebSocketClosed
 from actors.resubscription import Detached, describe_position, keep_subscribed
 from actors.snapshot import Snapshot, node
@@ -148,6 +148,12 @@ class ConnectionActor:
         self._scope = trio.CancelScope()
         self._outcome: Outcome | None = None
         self._core = Delivery(start)
+        #: When the first event of the batch being formed arrived (trio time, for lag).
+        self._received_at = 0.0
+        #: Set when the core met a POISON: the connection ends once the batch is written.
+        self._poisoned = False
+        #: How many received events the next ``stats`` line waits for.
+        self._next_stats = self._settings.stats_interval
         self._consumer = ConsumerNode(self._core.initial, self._settings.prefetch, self.started_at)
 
     # -- what the core knows ---------------------------------------------
@@ -286,55 +292,115 @@ class ConnectionActor:
         """Feed events to the core; send what it batches; acknowledge what it processed.
 
         Events are acknowledged only once their frames are written, so a
-        client that stops reading stops the broker (backpressure).
+        client that stops reading stops the broker (backpressure). While it
+        waits with nothing buffered, a member of the live-tail hub is written
+        to from the hub's task instead (:meth:`_deliver_now`).
+        """
+        if isinstance(subscription, HubMember):
+            subscription.direct = self._deliver_now
+        async for event in subscription:
+            if self._take(event, subscription.buffered):
+                await self._write_batch(channel)
+                self._processed(event.offset)
+                await subscription.ack(event.offset)
+
+    def _deliver_now(self, event: StreamEvent) -> Completion | None:
+        """The hub's fast path (:data:`~actors.hub.DirectDelivery`): one event, never blocking.
+
+        Runs in the hub's task while this connection's pump waits with
+        nothing buffered (so its batch is empty): the same steps as the pump,
+        with the frame handed to the socket at once. What the socket did not
+        take is written by :meth:`_flush_held` in the pump's task, with the
+        send timeout. A failure ends this connection only, never the hub.
+        """
+        channel = self._channel
+        if channel is None or self.ending:
+            return None  # the member is about to leave
+        try:
+            self._take(event, 0)
+            core = self._core
+            complete = True
+            if core.batch:
+                complete = channel.send_now(core.batch)
+                self._sent(core.batch, self._received_at)
+                core.batch_sent()
+            if self._poisoned and complete:
+                self.cancel(POISONED)
+                return None
+            self._processed(event.offset)
+        except WebSocketClosed:
+            self.cancel(Ending.PEER_GONE)
+            return None
+        except Exception:
+            self.log.exception("crashed")
+            self.cancel(INTERNAL_ERROR)
+            return None
+        return None if complete else self._flush_held
+
+    def _take(self, event: StreamEvent, buffered: int) -> bool:
+        """Feed ``event`` to the core and log what it decided; whether to write the batch now.
+
+        A POISON is only recorded here: what came before it is written first.
         """
         core = self._core
-        observer = self._context.observer
-        stats_interval = self._settings.stats_interval  # 0: only at close
-        next_stats = (
-            (core.received // stats_interval + 1) * stats_interval if stats_interval > 0 else 0
-        )
-        received_at = 0.0
-        async for event in subscription:
-            if not core.batch:
-                received_at = trio.current_time()
-            observer.event_received()
-            step = core.receive(event, self._now_ms())
-            if isinstance(step, Skipped):
-                self.log.warning("skipped ordinal=%d: %s", step.ordinal, step.reason)
-            elif isinstance(step, Poisoned):
-                if core.batch:  # what came before the POISON is delivered
-                    await self._send(channel, core.batch, received_at)
-                    core.batch_sent()
-                self.log.info("POISON at ordinal=%d", step.ordinal)
-                await self._stop(POISONED)
-            if not core.flush_due(subscription.buffered):
-                continue
-            if core.batch:
-                await self._send(channel, core.batch, received_at)
-                core.batch_sent()
-            core.processed(event.offset)
-            await subscription.ack(event.offset)
-            if stats_interval > 0 and core.received >= next_stats:
-                self._log_stats("stats")
-                next_stats = (core.received // stats_interval + 1) * stats_interval
+        if not core.batch:
+            self._received_at = trio.current_time()
+        self._context.observer.event_received()
+        step = core.receive(event, self._now_ms())
+        if isinstance(step, Skipped):
+            self.log.warning("skipped ordinal=%d: %s", step.ordinal, step.reason)
+        elif isinstance(step, Poisoned):
+            self.log.info("POISON at ordinal=%d", step.ordinal)
+            self._poisoned = True
+            return True
+        return core.flush_due(buffered)
 
-    async def _send(self, channel: WebSocket, texts: list[str], received_at: float) -> None:
+    async def _write_batch(self, channel: WebSocket) -> None:
+        """Send the core's batch (if any); after a POISON, end the connection."""
+        core = self._core
+        if core.batch:
+            await self._bounded(channel.send_texts(core.batch))
+            self._sent(core.batch, self._received_at)
+            core.batch_sent()
+        if self._poisoned:
+            await self._stop(POISONED)
+
+    async def _flush_held(self) -> None:
+        """Write what the fast path handed to the socket but it did not take yet."""
+        channel = self._channel
+        assert channel is not None
+        await self._bounded(channel.flush())
+        if self._poisoned:
+            await self._stop(POISONED)
+
+    async def _bounded(self, write: Awaitable[None]) -> None:
+        """Await a write to the websocket; a client that does not read ends the connection."""
         timeout = self._settings.send_timeout
         with trio.move_on_after(timeout) as sending:
             try:
-                await channel.send_texts(texts)
+                await write
             except WebSocketClosed:
                 await self._stop(Ending.PEER_GONE)
         if sending.cancelled_caught:
             self.log.warning("client did not read for %gs", timeout)
             await self._stop(slow_client(timeout))
+
+    def _sent(self, texts: list[str], received_at: float) -> None:
         lag = trio.current_time() - received_at
         observer = self._context.observer
         for text in texts:
             observer.event_sent(lag)
             self.bytes_sent += len(text) if text.isascii() else len(text.encode("utf-8"))
         self.messages_sent += len(texts)
+
+    def _processed(self, offset: int) -> None:
+        """Everything up to ``offset`` is done with; log the stats when they are due."""
+        core = self._core
+        core.processed(offset)
+        interval = self._settings.stats_interval  # 0: only at close
+        if interval > 0 and core.received >= self._next_stats:
+            self._log_stats("stats")
+            self._next_stats = (core.received // interval + 1) * interval
 
     async def _read(self, channel: WebSocket) -> None:
         """Drain and discard whatever the client sends."""

@@ -14,6 +14,13 @@ one set of stream segment files per stream instead of one per websocket.
   checkpoint, so every event the hub receives afterwards reaches it (SPEC
   section 4: the consumer is attached before the handshake completes). A
   member joining a hub that is still attaching waits until it is attached.
+- A member whose connection waits for its next event with nothing
+  buffered is written to from the hub's own task: the hub hands the event
+  to the member's :data:`DirectDelivery` (the connection actor's fast path,
+  which never blocks), so a live event costs no wake-up of the
+  connection's task. What the fast path could not finish (a socket that
+  did not take every byte) it returns as a :data:`Completion`, which the
+  connection's task runs before its next event.
 - Each member has a bounded buffer (``prefetch`` events). The hub acks the
   broker right after an event is fanned out (every member buffered it), so
   memory per stream is bounded by members x prefetch events.
@@ -44,7 +51,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
@@ -71,6 +78,12 @@ DEMOTE_GRACE = 0.5
 
 #: The name of the hub's node in the debug tree.
 NAME = "live-tail"
+
+#: What a member's fast path leaves for its connection's task to finish, if anything.
+Completion = Callable[[], Awaitable[None]]
+#: A connection's fast path: take ``event`` now, from the hub's task, without
+#: blocking; return what is left to do in the connection's own task, if anything.
+DirectDelivery = Callable[[StreamEvent], Completion | None]
 
 
 class LeftHub(Exception):
@@ -103,10 +116,12 @@ class HubMember:
     __slots__ = (
         "_buffer",
         "_capacity",
+        "_completion",
         "_end",
         "_room",
         "_waiter",
         "behind_since",
+        "direct",
         "next_offset",
         "not_before_ms",
         "since_ms",
@@ -128,6 +143,10 @@ class HubMember:
         self.since_ms = since_ms
         #: Set once the hub resumed by time: events stamped before it are not offered.
         self.not_before_ms: int | None = None
+        #: The connection's fast path, used while it waits with nothing buffered.
+        self.direct: DirectDelivery | None = None
+        #: What the fast path left to finish; run by the member's iteration first.
+        self._completion: Completion | None = None
 
     @property
     def buffered(self) -> int:
@@ -149,8 +168,20 @@ class HubMember:
             return True
         if len(self._buffer) >= self._capacity:
             return False
-        self._buffer.append(event)
         self.next_offset = event.offset + 1
+        direct = self.direct
+        if (
+            direct is not None
+            and self._waiter is not None  # the connection waits in __anext__ ...
+            and not self._buffer  # ... with nothing before this event
+            and self._completion is None
+        ):
+            completion = direct(event)
+            if completion is not None:
+                self._completion = completion
+                self._wake()
+            return True
+        self._buffer.append(event)
         self._wake()
         return True
 
@@ -184,9 +215,14 @@ class HubMember:
         # A checkpoint on every call, but only one: a member that is about
         # to wait for its next event checkpoints in ``waiter.wait()``, so a
         # live event costs the connection's pump one wake-up, not two.
-        if self._buffer or self._end is not None:
+        if self._buffer or self._end is not None or self._completion is not None:
             await trio.lowlevel.checkpoint()
         while True:
+            completion = self._completion
+            if completion is not None:
+                self._completion = None
+                await completion()
+                continue
             if self._buffer:
                 event = self._buffer.popleft()
                 if self._room is not None:

@@ -10,11 +10,21 @@ trio-websocket 0.12 leaves three traps that these adapters close:
   :meth:`TrioWebSocket.ping` also wakes when the connection closes.
 - After some failures (an oversized client message) it stops reading but
   leaves the socket open; :meth:`close` always closes the socket at the end.
+
+And it has no way to write without waiting, which the live-tail hub needs
+to write to its idle members from its own task (one task hop per event
+fewer): :meth:`TrioWebSocket.send_now` writes straight to the socket when
+the stream lock is free, and holds what the socket did not take for
+:meth:`TrioWebSocket.flush`. A partial write keeps the stream lock until
+the rest is written, by whichever task flushes, so the connection's stream
+lock is a :class:`trio.Semaphore` (any task may release it) instead of
+trio-websocket's task-owned lock.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import trio
@@ -55,14 +65,21 @@ class TrioWebSocket:
         connection: WebSocketConnection,
         peer: str,
         *,
+        lock: trio.Semaphore,
         close_timeout: float = 2.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._ws = connection
+        #: The connection's stream lock, installed by :func:`install_stream_lock`.
+        self._lock = lock
         self._peer = peer
         self._close_timeout = close_timeout
         self._metrics = metrics
         self._closed = trio.Event()
+        #: Bytes :meth:`send_now` could not write yet (see :meth:`flush`).
+        self._held = b""
+        #: Whether a partial write holds the stream lock until the rest is written.
+        self._holds_lock = False
         #: The code this side closed with (``None``: the peer closed, or abort).
         self.sent_close_code: int | None = None
 
@@ -85,28 +102,92 @@ class TrioWebSocket:
         (same wsproto connection, same stream lock, so pongs and closes from
         its reader task never interleave with our bytes). Pinned to 0.12.x;
         tests/unit/web/test_trio_websocket_internals.py names every private
-        attribute used here and fails if one goes.
+        attribute used here and fails if one goes. What :meth:`send_now`
+        held is written first.
         """
+        data = self._encode(texts)
+        if self._held:
+            await self.flush()
+        lock = self._lock
+        try:
+            # Uncontended (the usual case): no checkpoint of its own, as
+            # ``send_all`` checkpoints anyway; one wake-up per write saved.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._write(data)
+        finally:
+            lock.release()
+        self._count(texts)
+
+    def send_now(self, texts: Sequence[str]) -> bool:
+        """Write the frames at once if the socket takes them; else hold the rest.
+
+        Only a plain TCP stream is written directly (over TLS every byte goes
+        through the TLS stream, so the frames are held for :meth:`flush`).
+        The socket is asked for its descriptor on every call: a closed trio
+        socket answers -1, so a descriptor the kernel gave to another
+        connection since is never written.
+        """
+        data = self._encode(texts)
+        self._count(texts)
+        stream = self._ws._stream
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        lock = self._lock
+        if self._held or fd < 0 or lock.value == 0:
+            self._held += data
+            return False
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as error:  # EPIPE, ECONNRESET: the peer is gone
+            raise WebSocketClosed(str(error)) from None
+        if written == len(data):
+            return True
+        self._held = data[written:]
+        if written:
+            # Half a frame is on the wire: nothing else may write until the rest is.
+            lock.acquire_nowait()
+            self._holds_lock = True
+        return False
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_now` held, under the stream lock."""
+        if not self._held:
+            return
+        lock = self._lock
+        if self._holds_lock:
+            self._holds_lock = False
+        else:
+            await lock.acquire()
+        try:
+            held, self._held = self._held, b""
+            await self._write(held)
+        finally:
+            lock.release()
+
+    def _encode(self, texts: Sequence[str]) -> bytes:
         ws = self._ws
         if ws._close_reason is not None:
             raise WebSocketClosed("The websocket is closed")
         try:
-            data = b"".join([ws._wsproto.send(TextMessage(data=text)) for text in texts])
-            lock = ws._stream_lock
-            try:
-                # Uncontended (the usual case): no checkpoint of its own, as
-                # ``send_all`` checkpoints anyway; one wake-up per write saved.
-                lock.acquire_nowait()
-            except trio.WouldBlock:
-                await lock.acquire()
-            try:
-                await ws._stream.send_all(data)
-            finally:
-                lock.release()
+            return b"".join([ws._wsproto.send(TextMessage(data=text)) for text in texts])
+        except CONNECTION_GONE as error:
+            raise WebSocketClosed(str(error)) from None
+
+    async def _write(self, data: bytes) -> None:
+        """``send_all`` on trio-websocket's stream (the caller holds the stream lock)."""
+        ws = self._ws
+        try:
+            await ws._stream.send_all(data)
         except CONNECTION_GONE as error:
             with trio.CancelScope(shield=True):
                 await ws._abort_web_socket()
             raise WebSocketClosed(str(error)) from None
+
+    def _count(self, texts: Sequence[str]) -> None:
         if self._metrics is not None:
             self._metrics.messages_sent.inc(len(texts))
             self._metrics.bytes_sent.inc(sum(map(_utf8_length, texts)))
@@ -149,6 +230,11 @@ class TrioWebSocket:
         self._closed.set()
         if self._ws.closed is None:  # else the peer (or trio-websocket) closed first
             self.sent_close_code = code
+        if self._holds_lock:
+            # Half a frame is on the wire: a close frame after it would be
+            # garbage to the peer, so the connection is dropped instead.
+            await self.abort()
+            return
         with trio.CancelScope(shield=True):
             try:
                 with trio.move_on_after(self._close_timeout):
@@ -170,6 +256,18 @@ class TrioWebSocket:
             await trio.aclose_forcefully(self._ws._stream)
         except Exception:
             log.debug("Dropping the socket of %s failed", self._peer, exc_info=True)
+
+
+def install_stream_lock(connection: WebSocketConnection) -> trio.Semaphore:
+    """Give ``connection`` a stream lock that any task may release (see the module doc).
+
+    Called before the handshake is answered, when nothing has written yet,
+    so no write ever holds the lock trio-websocket made.
+    """
+    lock = trio.Semaphore(1, max_value=1)
+    # trio-websocket only enters it with ``async with``, which a semaphore supports.
+    connection._stream_lock = lock  # type: ignore[assignment]
+    return lock
 
 
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -204,12 +302,17 @@ class TrioPendingWebSocket:
         if self.channel is not None:
             return self.channel
         try:
+            lock = install_stream_lock(self._request._connection)
             with trio.fail_after(self._accept_timeout):
                 connection = await self._request.accept()
         except (*CONNECTION_GONE, trio.TooSlowError) as error:
             raise WebSocketClosed(f"Handshake with {self._peer} failed: {error!r}") from None
         self.channel = TrioWebSocket(
-            connection, self._peer, close_timeout=self._close_timeout, metrics=self._metrics
+            connection,
+            self._peer,
+            lock=lock,
+            close_timeout=self._close_timeout,
+            metrics=self._metrics,
         )
         if self._metrics is not None:
             self._metrics.websocket_connections.inc()

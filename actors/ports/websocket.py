@@ -29,6 +29,24 @@ class WebSocket(Protocol):
         """
         ...
 
+    def send_now(self, texts: Sequence[str]) -> bool:
+        """Hand frames to the socket without waiting; ``True`` if every byte is written.
+
+        For a caller that must not block (the live-tail hub writing to an
+        idle member from its own task). ``False``: the websocket holds what
+        it could not write yet (all of it, or the rest of a partial write)
+        and writes it before any other frame; :meth:`flush` waits for that.
+        Raises :class:`WebSocketClosed`.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_now` held; returns at once if nothing is held.
+
+        Raises :class:`WebSocketClosed`.
+        """
+        ...
+
     async def receive(self) -> str | bytes:
         """Wait for the next frame from the client. Raises :class:`WebSocketClosed`.
 

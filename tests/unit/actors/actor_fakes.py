@@ -87,6 +87,8 @@ class FakeWebSocket:
     aborted: bool = field(default=False, init=False)
     pings: int = field(default=0, init=False)
     sends_started: int = field(default=0, init=False)
+    #: Frames ``send_now`` could not write (a client not reading), for ``flush``.
+    held: list[str] = field(default_factory=list, init=False)
     _gone: bool = field(default=False, init=False)
     _changed: trio.Event = field(default_factory=trio.Event, init=False)
 
@@ -126,6 +128,27 @@ class FakeWebSocket:
         self.batches.append(len(texts))
         for text in texts:
             await self.send_text(text)
+
+    def send_now(self, texts: Sequence[str]) -> bool:
+        """What ``send_text`` would write without waiting; the rest is held for ``flush``."""
+        self.batches.append(len(texts))
+        if self.closed.is_set():
+            raise WebSocketClosed("closed")
+        if self.fail_send is not None:
+            raise self.fail_send
+        for text in texts:
+            if self.read_budget is not None and len(self.sent) >= self.read_budget:
+                self.reading = False
+            if self.held or not self.reading:
+                self.held.append(text)
+            else:
+                self.sent.append(text)
+        self._notify()
+        return not self.held
+
+    async def flush(self) -> None:
+        while self.held:
+            await self.send_text(self.held.pop(0))
 
     async def receive(self) -> str | bytes:
         try:

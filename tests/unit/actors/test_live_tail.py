@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -79,6 +79,12 @@ class PacedWebSocket(FakeWebSocket):
     async def send_text(self, text: str) -> None:
         await trio.sleep(self.pace)
         await super().send_text(text)
+
+    def send_now(self, texts: Sequence[str]) -> bool:
+        """Never at once: every frame takes its pace, in the connection's task."""
+        self.batches.append(len(texts))
+        self.held.extend(texts)
+        return False
 
 
 async def test_a_burst_larger_than_the_buffers_demotes_nobody(h: Harness) -> None:
@@ -418,3 +424,85 @@ async def test_join_is_synchronous_once_attached(h: Harness) -> None:
     finally:
         await membership.__aexit__(None, None, None)
     assert hub.members == 1
+
+
+# -- the fast path: the hub writes to an idle member from its own task ----
+
+
+async def test_an_idle_member_is_written_from_the_hubs_task(h: Harness) -> None:
+    record = await h.stream()
+    sockets = [await h.open(record) for _ in range(3)]
+    for n in range(1, 6):
+        await h.publish("rk", f"e{n}")  # one at a time: every member is idle when it comes
+        for ws in sockets:
+            await ws.wait_frames(n)
+    for ws in sockets:
+        assert ws.ordinals() == [1, 2, 3, 4, 5]
+        assert ws.sends_started == 0, "the connection's own task wrote a frame"
+    for connection in h.actor(record).connections:
+        assert (connection.messages_received, connection.messages_sent) == (5, 5)
+        assert connection.last_ordinal == 5
+
+
+async def test_what_the_socket_did_not_take_is_written_before_the_next_event(h: Harness) -> None:
+    record = await h.stream()
+    stalled = await h.open(record, websocket=FakeWebSocket(read_budget=1))
+    other = await h.open(record)
+    await h.publish("rk", "e1", "e2", "e3", "e4")  # e2 is held by the socket, e3/e4 buffered
+    await other.wait_frames(4)
+    await settle()
+    assert stalled.ordinals() == [1]
+    assert not stalled.closed.is_set()
+    stalled.resume()
+    await stalled.wait_frames(4)
+    await h.publish("rk", "e5")
+    await stalled.wait_frames(5)
+    assert stalled.ordinals() == [1, 2, 3, 4, 5]
+    assert other.ordinals() == [1, 2, 3, 4, 5]
+    assert hub_of(h, record).demoted == 0
+
+
+async def test_a_member_whose_socket_never_takes_the_rest_is_closed_by_the_send_timeout(
+    h: Harness,
+) -> None:
+    record = await h.stream()
+    stalled = await h.open(record, websocket=FakeWebSocket(read_budget=0))
+    other = await h.open(record)
+    await h.publish("rk", "e1")
+    start = trio.current_time()
+    with trio.fail_after(SETTINGS.send_timeout + 1):
+        await stalled.closed.wait()
+    assert trio.current_time() - start == pytest.approx(SETTINGS.send_timeout, abs=0.01)
+    assert stalled.close_code == 1008
+    await h.publish("rk", "e2")
+    await other.wait_frames(2)
+    assert other.ordinals() == [1, 2]
+
+
+async def test_poison_on_the_fast_path_closes_after_what_came_before(h: Harness) -> None:
+    record = await h.stream()
+    ws = await h.open(record)
+    other = await h.open(record)
+    await h.publish("rk", "a")
+    await ws.wait_frames(1)
+    await h.publish("rk", "POISON")
+    with trio.fail_after(5):
+        await ws.closed.wait()
+    assert (ws.close_code, ws.close_reason) == (1000, "POISON received")
+    assert ws.ordinals() == [1]
+    await other.closed.wait()
+    assert other.ordinals() == [1]
+
+
+async def test_a_failing_socket_on_the_fast_path_ends_that_connection_only(h: Harness) -> None:
+    record = await h.stream()
+    healthy = await h.open(record)
+    failing = await h.open(record, websocket=FakeWebSocket(fail_send=RuntimeError("boom")))
+    await h.publish("rk", "e1")
+    with trio.fail_after(5):
+        await failing.closed.wait()
+    assert failing.close_code == 1011
+    await h.publish("rk", "e2")
+    await healthy.wait_frames(2)
+    assert healthy.ordinals() == [1, 2]
+    assert hub_of(h, record).state == "attached"

@@ -16,8 +16,9 @@ from importlib.metadata import version
 import pytest
 import trio
 import trio.testing
-from trio_websocket import CloseReason, WebSocketConnection, WebSocketServer
+from trio_websocket import CloseReason, WebSocketConnection, WebSocketRequest, WebSocketServer
 from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request
 
 
 def _connection() -> tuple[WebSocketConnection, trio.abc.Stream]:
@@ -81,3 +82,24 @@ async def test_close_reason_is_set_by_a_close() -> None:
     await ws._abort_web_socket()
     assert isinstance(ws._close_reason, CloseReason)
     assert ws.closed is ws._close_reason
+
+
+def test_the_stream_lock_is_only_entered_with_async_with() -> None:
+    """web/client_socket.py swaps ``_stream_lock`` for a semaphore that any task may release.
+
+    That holds only while trio-websocket does nothing with the lock but
+    ``async with`` (a semaphore has no ``locked()``, no owner).
+    """
+    source = inspect.getsource(WebSocketConnection)
+    uses = [line.strip() for line in source.splitlines() if "_stream_lock" in line]
+    assert uses == [
+        "self._stream_lock = trio.StrictFIFOLock()",
+        "async with self._stream_lock:",
+    ], f"trio-websocket now uses its stream lock as: {uses}"
+
+
+async def test_a_request_holds_its_connection_before_the_handshake() -> None:
+    """The stream lock is swapped through ``WebSocketRequest._connection`` before accept()."""
+    ws, _ = _connection()
+    request = WebSocketRequest(ws, Request(host="localhost", target="/"))
+    assert request._connection is ws
