@@ -20,6 +20,7 @@ Decisions the SPEC leaves open, made here:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -71,8 +72,15 @@ _DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_constant=_re
 _SEPARATORS: Final = (",", ":")
 
 
+@functools.lru_cache(maxsize=16)
 def format_event(body: bytes, ordinal: int, timestamp_ms: int) -> Formatted:
-    """What to do with one event body at ``ordinal`` stamped ``timestamp_ms``."""
+    """What to do with one event body at ``ordinal`` stamped ``timestamp_ms``.
+
+    Remembered for the last few calls: every member of a stream's live-tail
+    hub formats the same event at the same ordinal and, as a rule, the same
+    stamp, so the first pays for the JSON and the others get the very same
+    :class:`Text` (whose frame the websocket layer then encodes once too).
+    """
     if body == POISON_BODY:
         return _POISON
     try:

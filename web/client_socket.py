@@ -23,13 +23,16 @@ trio-websocket's task-owned lock.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import struct
 from collections.abc import Sequence
+from typing import Final
 
 import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
-from wsproto.events import TextMessage
+from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
 from actors.ports.websocket import WebSocketClosed
@@ -170,12 +173,9 @@ class TrioWebSocket:
 
     def _encode(self, texts: Sequence[str]) -> bytes:
         ws = self._ws
-        if ws._close_reason is not None:
+        if ws._close_reason is not None or ws._wsproto.state is not ConnectionState.OPEN:
             raise WebSocketClosed("The websocket is closed")
-        try:
-            return b"".join([ws._wsproto.send(TextMessage(data=text)) for text in texts])
-        except CONNECTION_GONE as error:
-            raise WebSocketClosed(str(error)) from None
+        return b"".join([text_frame(text) for text in texts])
 
     async def _write(self, data: bytes) -> None:
         """``send_all`` on trio-websocket's stream (the caller holds the stream lock)."""
@@ -256,6 +256,31 @@ class TrioWebSocket:
             await trio.aclose_forcefully(self._ws._stream)
         except Exception:
             log.debug("Dropping the socket of %s failed", self._peer, exc_info=True)
+
+
+@functools.lru_cache(maxsize=16)
+def text_frame(text: str) -> bytes:
+    """One unmasked, unfragmented server-to-client text frame (RFC 6455 section 5.2).
+
+    Written here rather than by wsproto, whose per-frame event machinery
+    showed in the live profile: a server frame carries no mask and no state
+    (no extension is ever negotiated: trio-websocket accepts none), so the
+    same text is the same bytes on every connection. Remembered for the
+    last few texts: the members of a live-tail hub send the same one.
+    """
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = _MEDIUM_HEADER.pack(0x81, 126, size)
+    else:
+        header = _LONG_HEADER.pack(0x81, 127, size)
+    return header + payload
+
+
+_MEDIUM_HEADER: Final = struct.Struct("!BBH")
+_LONG_HEADER: Final = struct.Struct("!BBQ")
 
 
 def install_stream_lock(connection: WebSocketConnection) -> trio.Semaphore:

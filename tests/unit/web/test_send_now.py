@@ -13,6 +13,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -26,7 +27,7 @@ from wsproto.events import (
 
 from actors.ports.websocket import PendingWebSocket, WebSocketClosed
 from actors.start import ClientStart
-from web.client_socket import TrioWebSocket
+from web.client_socket import TrioWebSocket, text_frame
 
 from .web_fakes import FakeActor, FakeDirectory
 from .web_servers import running_websockets
@@ -173,3 +174,22 @@ async def test_a_closed_websocket_is_never_written() -> None:
             return
         # The stream is closed: its descriptor reads -1, so nothing is written.
         assert not written
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
+def test_text_frames_are_what_wsproto_would_send(size: int) -> None:
+    """Our encoder agrees with wsproto's at every length boundary (and with non-ASCII text)."""
+    text = ("é" * size)[: size // 2] + "x" * (size - size // 2)
+    server = WSConnection(ConnectionType.SERVER)
+    server.initiate_upgrade_connection(
+        [
+            (b"host", b"x"),
+            (b"connection", b"upgrade"),
+            (b"upgrade", b"websocket"),
+            (b"sec-websocket-version", b"13"),
+            (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        "/",
+    )
+    server.send(AcceptConnection())
+    assert text_frame(text) == server.send(TextMessage(data=text))

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 from trio_websocket import CloseReason, WebSocketConnection, WebSocketRequest, WebSocketServer
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import Request
 
 
@@ -39,7 +40,7 @@ async def test_connection_private_attributes() -> None:
     expected: dict[str, type | tuple[type, ...]] = {
         # send_texts: refuses to send once closed
         "_close_reason": (type(None), CloseReason),
-        # send_texts: encodes frames with the connection's own wsproto state
+        # send_texts / send_now: write only while the connection's wsproto state is OPEN
         "_wsproto": WSConnection,
         # send_texts: the lock trio-websocket's reader also takes to write pongs/closes
         "_stream_lock": trio.StrictFIFOLock,
@@ -54,7 +55,7 @@ async def test_connection_private_attributes() -> None:
         )
     # send_texts and _drop write to / close the very stream given to the connection.
     assert getattr(ws, "_stream", None) is stream, "WebSocketConnection._stream changed"
-    assert callable(getattr(ws._wsproto, "send", None)), "wsproto's WSConnection.send changed"
+    assert ws._wsproto.state is ConnectionState.CONNECTING, "wsproto's WSConnection.state changed"
 
 
 @pytest.mark.parametrize(
