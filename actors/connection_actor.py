@@ -304,7 +304,7 @@ class ConnectionActor:
                 self._processed(event.offset)
                 await subscription.ack(event.offset)
 
-    def _deliver_now(self, event: StreamEvent) -> Completion | None:
+    def _deliver_now(self, event: StreamEvent, received_at: float) -> Completion | None:
         """The hub's fast path (:data:`~actors.hub.DirectDelivery`): one event, never blocking.
 
         Runs in the hub's task while this connection's pump waits with
@@ -317,6 +317,7 @@ class ConnectionActor:
         if channel is None or self.ending:
             return None  # the member is about to leave
         try:
+            self._received_at = received_at  # the batch is empty: this event starts it
             self._take(event, 0)
             core = self._core
             complete = True

@@ -81,9 +81,10 @@ NAME = "live-tail"
 
 #: What a member's fast path leaves for its connection's task to finish, if anything.
 Completion = Callable[[], Awaitable[None]]
-#: A connection's fast path: take ``event`` now, from the hub's task, without
-#: blocking; return what is left to do in the connection's own task, if anything.
-DirectDelivery = Callable[[StreamEvent], Completion | None]
+#: A connection's fast path: take ``event`` (received from the broker at trio
+#: time ``received_at``) now, from the hub's task, without blocking; return
+#: what is left to do in the connection's own task, if anything.
+DirectDelivery = Callable[[StreamEvent, float], Completion | None]
 
 
 class LeftHub(Exception):
@@ -156,7 +157,7 @@ class HubMember:
     def ended(self) -> bool:
         return self._end is not None
 
-    def _offer(self, event: StreamEvent) -> bool:
+    def _offer(self, event: StreamEvent, received_at: float) -> bool:
         """Buffer ``event``; ``False`` (nothing buffered) if the buffer is full.
 
         An event stamped before :attr:`not_before_ms` is passed over (and
@@ -176,7 +177,7 @@ class HubMember:
             and not self._buffer  # ... with nothing before this event
             and self._completion is None
         ):
-            completion = direct(event)
+            completion = direct(event, received_at)
             if completion is not None:
                 self._completion = completion
                 self._wake()
@@ -449,9 +450,10 @@ class LiveTailHub:
     async def consume(self, subscription: Subscription, position: StartPosition) -> None:
         self._attach()
         async for event in subscription:
-            slow = self._fan_out(event)
+            received_at = trio.current_time()
+            slow = self._fan_out(event, received_at)
             if slow:
-                await self._fan_out_slow(event, slow)
+                await self._fan_out_slow(event, received_at, slow)
             await subscription.ack(event.offset)
 
     async def detached(self, why: Detached) -> None:
@@ -492,17 +494,19 @@ class LiveTailHub:
         self._notify()
         self._stop_if_empty()  # everyone left (or could not join) meanwhile
 
-    def _fan_out(self, event: StreamEvent) -> list[HubMember]:
+    def _fan_out(self, event: StreamEvent, received_at: float) -> list[HubMember]:
         """Buffer ``event`` for every member; return those whose buffer is full."""
         self.received += 1
         self.last_offset = event.offset
         slow: list[HubMember] = []
         for member in self._members:
-            if not member._offer(event):
+            if not member._offer(event, received_at):
                 slow.append(member)
         return slow
 
-    async def _fan_out_slow(self, event: StreamEvent, slow: list[HubMember]) -> None:
+    async def _fan_out_slow(
+        self, event: StreamEvent, received_at: float, slow: list[HubMember]
+    ) -> None:
         """Give each full member its grace to make room for ``event``, else demote it.
 
         The graces run concurrently (all start now at the latest), so however
@@ -517,7 +521,7 @@ class LiveTailHub:
             offered = False
             with trio.move_on_at(member.behind_since + DEMOTE_GRACE):
                 while member in self._members:
-                    if member._offer(event):
+                    if member._offer(event, received_at):
                         offered = True
                         break
                     await member._wait_room()

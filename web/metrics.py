@@ -15,12 +15,21 @@ composition root to wire to the actors.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import time
 from collections.abc import Callable, Iterator
 
 import trio.lowlevel
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["METRICS_CONTENT_TYPE", "SERVICE_CLOSE_CODES", "ServiceMetrics", "close_code_label"]
 
@@ -62,15 +71,18 @@ class ServiceMetrics:
         self.websocket_connections = Gauge(
             "ess_websocket_connections", "Websocket connections open now", registry=r
         )
-        self.messages_received = Counter(
-            "ess_messages_received", "Events received from the broker", registry=r
+        # Updated for every frame: plain numbers, exported at scrape time.
+        self.messages_received = FrameCounter(
+            "ess_messages_received", "Events received from the broker"
         )
-        self.messages_sent = Counter(
-            "ess_messages_sent", "Text frames sent to websocket clients", registry=r
+        self.messages_sent = FrameCounter(
+            "ess_messages_sent", "Text frames sent to websocket clients"
         )
-        self.bytes_sent = Counter(
-            "ess_bytes_sent", "UTF-8 bytes of text frames sent to websocket clients", registry=r
+        self.bytes_sent = FrameCounter(
+            "ess_bytes_sent", "UTF-8 bytes of text frames sent to websocket clients"
         )
+        for counter in (self.messages_received, self.messages_sent, self.bytes_sent):
+            r.register(counter)
         self.websocket_closes = Counter(
             "ess_websocket_closes",
             "Websockets closed, by close code (codes the service does not send: other)",
@@ -102,12 +114,12 @@ class ServiceMetrics:
             ["replica"],
             registry=r,
         )
-        self.delivery_lag = Histogram(
+        self.delivery_lag = FrameHistogram(
             "ess_delivery_lag_seconds",
             "Time from an event's receipt from the broker to its websocket send",
-            buckets=_LAG_BUCKETS,
-            registry=r,
+            _LAG_BUCKETS,
         )
+        r.register(self.delivery_lag)
         self.connection_lag = Histogram(
             "ess_connection_lag_events",
             "Each connection's lag (events behind its stream's newest known offset), "
@@ -187,6 +199,60 @@ class _BrokerCounts(Collector):
                 "Pooled broker connections up now (of ESS_AMQP_POOL_SIZE)",
                 value=self.connections(),
             )
+
+
+class FrameCounter(Collector):
+    """A counter updated for every frame, as a plain number read at scrape time.
+
+    prometheus_client's ``Counter`` takes a lock on every ``inc`` (the
+    service updates four metrics per frame, and a fan-out to a thousand
+    websockets makes that thousands of locks per event); these are only
+    ever updated from the event loop's thread, so a plain integer will do.
+    Exported as prometheus_client exports a counter (``_total``, ``_created``).
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._created = time.time()
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            self._name, self._documentation, value=self.value, created=self._created
+        )
+
+
+class FrameHistogram(Collector):
+    """A histogram updated for every frame: bucket counts kept as plain numbers.
+
+    See :class:`FrameCounter`. ``observe`` is one bisection; the cumulative
+    counts are summed when Prometheus asks.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._created = time.time()
+        self._bounds = buckets
+        #: Observations per bucket (not cumulative); the last is ``+Inf``.
+        self._counts = [0] * (len(buckets) + 1)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation)
+        cumulative = list(itertools.accumulate(self._counts))
+        bounds = [*map(floatToGoString, self._bounds), "+Inf"]
+        family.add_metric([], list(zip(bounds, cumulative, strict=True)), self._sum)
+        family.add_sample(f"{self._name}_created", {}, self._created)
+        yield family
 
 
 class _OneFamily(Collector):

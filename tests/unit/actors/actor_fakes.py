@@ -419,10 +419,10 @@ def crash_hub_at(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
     """Make every live-tail hub fail (a bug) when it receives the event at ``offset``."""
     original = LiveTailHub._fan_out
 
-    def fan_out(self: LiveTailHub, event: StreamEvent) -> list[HubMember]:
+    def fan_out(self: LiveTailHub, event: StreamEvent, received_at: float) -> list[HubMember]:
         if event.offset == offset:
             raise RuntimeError("hub bug")
-        return original(self, event)
+        return original(self, event, received_at)
 
     monkeypatch.setattr(LiveTailHub, "_fan_out", fan_out)
 
