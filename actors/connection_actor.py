@@ -299,6 +299,8 @@ class ConnectionActor:
         if isinstance(subscription, HubMember):
             subscription.direct = self._deliver_now
         async for event in subscription:
+            if not self._core.batch:  # this event starts a batch
+                self._received_at = trio.current_time()
             if self._take(event, subscription.buffered):
                 await self._write_batch(channel)
                 self._processed(event.offset)
@@ -323,7 +325,7 @@ class ConnectionActor:
             complete = True
             if core.batch:
                 complete = channel.send_now(core.batch)
-                self._sent(core.batch, self._received_at)
+                self._sent(core.batch)
                 core.batch_sent()
             if self._poisoned and complete:
                 self.cancel(POISONED)
@@ -344,8 +346,6 @@ class ConnectionActor:
         A POISON is only recorded here: what came before it is written first.
         """
         core = self._core
-        if not core.batch:
-            self._received_at = trio.current_time()
         self._context.observer.event_received()
         step = core.receive(event, self._now_ms())
         if isinstance(step, Skipped):
@@ -361,7 +361,7 @@ class ConnectionActor:
         core = self._core
         if core.batch:
             await self._bounded(channel.send_texts(core.batch))
-            self._sent(core.batch, self._received_at)
+            self._sent(core.batch)
             core.batch_sent()
         if self._poisoned:
             await self._stop(POISONED)
@@ -386,8 +386,9 @@ class ConnectionActor:
             self.log.warning("client did not read for %gs", timeout)
             await self._stop(slow_client(timeout))
 
-    def _sent(self, texts: list[str], received_at: float) -> None:
-        lag = trio.current_time() - received_at
+    def _sent(self, texts: list[str]) -> None:
+        """Count frames handed to the socket; their lag runs from the batch's first event."""
+        lag = trio.current_time() - self._received_at
         observer = self._context.observer
         for text in texts:
             observer.event_sent(lag)
