@@ -10,16 +10,28 @@ trio-websocket 0.12 leaves three traps that these adapters close:
   :meth:`TrioWebSocket.ping` also wakes when the connection closes.
 - After some failures (an oversized client message) it stops reading but
   leaves the socket open; :meth:`close` always closes the socket at the end.
+
+And one cost: every connection queues the client's messages for someone to
+read, so a server that must keep answering pings needs a task per websocket
+just to drain them. Clients have nothing to say to this service:
+:class:`DiscardingConnection` (built by :mod:`web.websocket`'s server) drops
+their messages in trio-websocket's own reader task and calls back when that
+reader ends, so there is no draining task, no inbound queue, and, once the
+handshake is answered, no handshake state (the h11 connection, the request's
+headers) kept for the connection's life.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
-from wsproto.events import TextMessage
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, Event, Request, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from actors.ports.websocket import WebSocketClosed
@@ -47,12 +59,139 @@ def format_peer(endpoint: Endpoint | str) -> str:
     return endpoint
 
 
+class LeanWSConnection(WSConnection):
+    """wsproto's server connection, minus its handshake state once the websocket is open.
+
+    ``WSConnection`` keeps its ``H11Handshake`` (an h11 ``Connection``, the
+    request, buffers: about 2.4 KB) for the connection's life, although on
+    the server side nothing reads it once the 101 is sent: the websocket
+    ``Connection`` is created without the handshake's trailing bytes, and
+    the handshake's event queue was drained by the reader before the
+    handshake could be answered. So the first send that opens the
+    connection drops it (unless events are still queued in it); every
+    method that would consult it asks ``connection`` first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ConnectionType.SERVER)
+
+    @property
+    def state(self) -> ConnectionState:
+        connection = self.connection
+        return self.handshake.state if connection is None else connection.state
+
+    def send(self, event: Event) -> bytes:
+        connection = self.connection
+        if connection is not None:
+            return connection.send(event)
+        data = super().send(event)
+        if self.connection is not None and not self.handshake._events:
+            del self.handshake
+        return data
+
+    def receive_data(self, data: bytes | None) -> None:
+        connection = self.connection
+        if connection is None:
+            super().receive_data(data)
+        else:
+            connection.receive_data(data)
+
+    def events(self) -> Generator[Event, None, None]:
+        if "handshake" in self.__dict__:
+            yield from self.handshake.events()
+        if self.connection is not None:
+            yield from self.connection.events()
+
+
+class _NoQueue:
+    """Stands for both ends of trio-websocket's inbound message queue, which stays empty.
+
+    trio-websocket only enters, closes and receives from these (its reader
+    holds the send end open; ``aclose``/``get_message`` use the receive
+    end); :class:`DiscardingConnection` never queues a message. One shared,
+    stateless instance instead of a memory channel per connection.
+    """
+
+    async def __aenter__(self) -> _NoQueue:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint()
+        raise trio.EndOfChannel
+
+
+_NO_QUEUE = _NoQueue()
+#: What a request is replaced with once answered: the routed path is read before.
+_SPENT_REQUEST = Request(host="", target="")
+
+
+class DiscardingConnection(WebSocketConnection):
+    """A server connection whose reader discards client messages and says when it ends.
+
+    Text and binary messages are counted against ``max_message_size``
+    (larger ones still close with 1009, trio-websocket's own path) and then
+    dropped instead of queued; pings are still answered and the close
+    handshake still completed by trio-websocket's reader. Nobody has to
+    drain anything, so no task per websocket does; :meth:`when_reader_ends`
+    tells the owner that the peer went (close frame, TCP gone, protocol
+    error, oversized message) or that the socket was closed.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_message_size: int,
+        receive_buffer_size: int | None,
+    ) -> None:
+        super().__init__(
+            stream,
+            LeanWSConnection(),
+            message_queue_size=0,
+            max_message_size=max_message_size,
+            receive_buffer_size=receive_buffer_size,
+        )
+        self._send_channel = self._recv_channel = _NO_QUEUE  # type: ignore[assignment]
+        self._reader_ended = False
+        self._on_reader_end: Callable[[], None] | None = None
+
+    def when_reader_ends(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (sync, must not raise) once the reader task ends; at once if it has."""
+        if self._reader_ended:
+            callback()
+        else:
+            self._on_reader_end = callback
+
+    async def _reader_task(self) -> None:
+        try:
+            await super()._reader_task()
+        finally:
+            self._reader_ended = True
+            callback, self._on_reader_end = self._on_reader_end, None
+            if callback is not None:
+                callback()
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        size = self._message_size + len(event.data)
+        if size > self._max_message_size:
+            # trio-websocket's own 1009 close (it resets the counters).
+            await super()._handle_message_event(event)
+            return
+        self._message_size = 0 if event.message_finished else size
+
+
 class TrioWebSocket:
     """One accepted websocket (implements :class:`actors.ports.websocket.WebSocket`)."""
 
     def __init__(
         self,
-        connection: WebSocketConnection,
+        connection: DiscardingConnection,
         peer: str,
         *,
         close_timeout: float = 2.0,
@@ -111,11 +250,9 @@ class TrioWebSocket:
             self._metrics.messages_sent.inc(len(texts))
             self._metrics.bytes_sent.inc(sum(map(_utf8_length, texts)))
 
-    async def receive(self) -> str | bytes:
-        try:
-            return await self._ws.get_message()
-        except CONNECTION_GONE as error:
-            raise WebSocketClosed(str(error)) from None
+    def on_gone(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once trio-websocket's reader ends (the peer or the socket went)."""
+        self._ws.when_reader_ends(callback)
 
     async def ping(self) -> None:
         """Ping and wait for the pong, or raise :class:`WebSocketClosed` if the socket goes."""
@@ -203,11 +340,16 @@ class TrioPendingWebSocket:
         """Answer 101; bounded, because a client that stopped reading could stall it."""
         if self.channel is not None:
             return self.channel
+        request = self._request
         try:
             with trio.fail_after(self._accept_timeout):
-                connection = await self._request.accept()
+                connection = await request.accept()
         except (*CONNECTION_GONE, trio.TooSlowError) as error:
             raise WebSocketClosed(f"Handshake with {self._peer} failed: {error!r}") from None
+        if not isinstance(connection, DiscardingConnection):
+            raise TypeError("TrioPendingWebSocket serves web.websocket's connections only")
+        # The handler's frames still hold the request: drop its headers.
+        request._event = _SPENT_REQUEST
         self.channel = TrioWebSocket(
             connection, self._peer, close_timeout=self._close_timeout, metrics=self._metrics
         )
@@ -216,7 +358,14 @@ class TrioPendingWebSocket:
         return self.channel
 
 
-__all__ = ["CONNECTION_GONE", "TrioPendingWebSocket", "TrioWebSocket", "format_peer"]
+__all__ = [
+    "CONNECTION_GONE",
+    "DiscardingConnection",
+    "LeanWSConnection",
+    "TrioPendingWebSocket",
+    "TrioWebSocket",
+    "format_peer",
+]
 
 
 def _utf8_length(text: str) -> int:

@@ -38,7 +38,13 @@ from trio_websocket import WebSocketRequest, WebSocketServer
 
 from actors.ports.websocket import PendingWebSocket
 from actors.start import ClientStart
-from web.client_socket import CONNECTION_GONE, TrioPendingWebSocket, TrioWebSocket, format_peer
+from web.client_socket import (
+    CONNECTION_GONE,
+    DiscardingConnection,
+    TrioPendingWebSocket,
+    TrioWebSocket,
+    format_peer,
+)
 from web.log_limit import RateLimitedLog
 from web.metrics import ServiceMetrics, close_code_label
 from web.params import StartParameterError, parse_start
@@ -146,13 +152,34 @@ class _IsolatingWebSocketServer(WebSocketServer):
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         try:
-            await super()._handle_connection(stream)
+            await self._serve_connection(stream)
         except* Exception as failure:
             self._failures.log(
                 "A websocket connection failed inside trio-websocket; dropped it: %r",
                 failure.exceptions,
             )
             await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            connection = DiscardingConnection(
+                stream,
+                max_message_size=self._max_message_size,
+                receive_buffer_size=self._receive_buffer_size,
+            )
+            nursery.start_soon(connection._reader_task)
+            with trio.move_on_after(self._connect_timeout) as connect_scope:
+                request = await connection._get_request()
+            if connect_scope.cancelled_caught:
+                nursery.cancel_scope.cancel()
+                await stream.aclose()
+                return
+            try:
+                await self._handler(request)
+            finally:
+                with trio.move_on_after(self._disconnect_timeout):
+                    # aclose() shuts the reader task down even if cancelled.
+                    await connection.aclose()
 
 
 class _Edge:

@@ -88,10 +88,8 @@ class FakeWebSocket:
     pings: int = field(default=0, init=False)
     sends_started: int = field(default=0, init=False)
     _gone: bool = field(default=False, init=False)
+    _on_gone: Callable[[], None] | None = field(default=None, init=False)
     _changed: trio.Event = field(default_factory=trio.Event, init=False)
-
-    def __post_init__(self) -> None:
-        self._to_server, self._from_client = trio.open_memory_channel[str](0)
 
     # -- PendingWebSocket / WebSocket ---------------------------------
 
@@ -127,11 +125,11 @@ class FakeWebSocket:
         for text in texts:
             await self.send_text(text)
 
-    async def receive(self) -> str | bytes:
-        try:
-            return await self._from_client.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise WebSocketClosed("closed") from None
+    def on_gone(self, callback: Callable[[], None]) -> None:
+        if self.closed.is_set():
+            callback()
+        else:
+            self._on_gone = callback
 
     async def ping(self) -> None:
         self.pings += 1
@@ -160,10 +158,6 @@ class FakeWebSocket:
         self._end()
 
     # -- the client's side ---------------------------------------------------
-
-    async def client_send(self, frame: str) -> None:
-        """Send a frame to the server; blocks until the server reads it."""
-        await self._to_server.send(frame)
 
     def disconnect(self) -> None:
         """The client goes away (TCP closed)."""
@@ -213,7 +207,9 @@ class FakeWebSocket:
         if not self.closed.is_set():
             self.close_time = trio.current_time()
             self.closed.set()
-            self._to_server.close()
+            callback, self._on_gone = self._on_gone, None
+            if callback is not None:
+                callback()
         self._notify()
 
     def _notify(self) -> None:

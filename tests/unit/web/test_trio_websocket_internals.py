@@ -63,6 +63,11 @@ async def test_connection_private_attributes() -> None:
         (WebSocketConnection, "_abort_web_socket", ["self"]),
         # web.websocket._IsolatingWebSocketServer wraps each connection's handling.
         (WebSocketServer, "_handle_connection", ["self", "stream"]),
+        # DiscardingConnection wraps the reader and the message handler; the
+        # server's connection handling (re-done in web.websocket) gets the request.
+        (WebSocketConnection, "_reader_task", ["self"]),
+        (WebSocketConnection, "_handle_message_event", ["self", "event"]),
+        (WebSocketConnection, "_get_request", ["self"]),
     ],
 )
 def test_private_coroutines(owner: type, name: str, parameters: list[str]) -> None:
@@ -81,3 +86,47 @@ async def test_close_reason_is_set_by_a_close() -> None:
     await ws._abort_web_socket()
     assert isinstance(ws._close_reason, CloseReason)
     assert ws.closed is ws._close_reason
+
+
+async def test_discarding_connection_private_attributes() -> None:
+    """web.client_socket.DiscardingConnection replaces the queue and counts message sizes."""
+    from trio_websocket import WebSocketRequest
+    from wsproto.events import Request
+    from wsproto.handshake import H11Handshake
+
+    ws, _ = _connection()
+    # Replaced by one shared _NoQueue: the reader enters/closes the send end,
+    # aclose/get_message close/receive from the receive end.
+    assert isinstance(ws._send_channel, trio.MemorySendChannel)
+    assert isinstance(ws._recv_channel, trio.MemoryReceiveChannel)
+    # _handle_message_event's size accounting.
+    assert ws._message_size == 0
+    assert isinstance(ws._max_message_size, int)
+    # The request wrapper's event is swapped for a spent one after accept.
+    request = WebSocketRequest(ws, Request(host="h", target="/p"))
+    assert request._event.target == "/p"
+    # LeanWSConnection drops the handshake once the connection exists.
+    wsproto = WSConnection(ConnectionType.SERVER)
+    assert isinstance(wsproto.handshake, H11Handshake)
+    assert wsproto.connection is None
+    assert len(wsproto.handshake._events) == 0
+
+
+async def test_server_settings_the_connection_handler_reads() -> None:
+    """web.websocket._IsolatingWebSocketServer re-does _handle_connection with these."""
+
+    async def handler(request: object) -> None:
+        await trio.lowlevel.checkpoint()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    server = WebSocketServer(handler, listeners)
+    for name in (
+        "_handler",
+        "_max_message_size",
+        "_receive_buffer_size",
+        "_connect_timeout",
+        "_disconnect_timeout",
+    ):
+        assert hasattr(server, name), f"trio-websocket's WebSocketServer has no {name} any more"
+    for listener in listeners:
+        await listener.aclose()
