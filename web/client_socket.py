@@ -31,8 +31,19 @@ import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, Event, Request, TextMessage
-from wsproto.utilities import LocalProtocolError
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from actors.ports.websocket import WebSocketClosed
 from web.metrics import ServiceMetrics
@@ -127,6 +138,22 @@ class _NoQueue:
 
 
 _NO_QUEUE = _NoQueue()
+#: Stands for events that nobody waits on for a server connection: trio-websocket
+#: only sets them (``_open_handshake`` is awaited by its client connect only).
+_UNWATCHED = trio.Event()
+#: trio-websocket's handler of each wsproto event, by name (not a dict of bound
+#: methods per connection).
+_HANDLERS: dict[type[Event], str] = {
+    AcceptConnection: "_handle_accept_connection_event",
+    BytesMessage: "_handle_message_event",
+    CloseConnection: "_handle_close_connection_event",
+    Ping: "_handle_ping_event",
+    Pong: "_handle_pong_event",
+    RejectConnection: "_handle_reject_connection_event",
+    RejectData: "_handle_reject_data_event",
+    Request: "_handle_request_event",
+    TextMessage: "_handle_message_event",
+}
 #: What a request is replaced with once answered: the routed path is read before.
 _SPENT_REQUEST = Request(host="", target="")
 
@@ -158,6 +185,7 @@ class DiscardingConnection(WebSocketConnection):
             receive_buffer_size=receive_buffer_size,
         )
         self._send_channel = self._recv_channel = _NO_QUEUE  # type: ignore[assignment]
+        self._open_handshake = self._for_testing_peer_closed_connection = _UNWATCHED
         self._reader_ended = False
         self._on_reader_end: Callable[[], None] | None = None
 
@@ -169,13 +197,54 @@ class DiscardingConnection(WebSocketConnection):
             self._on_reader_end = callback
 
     async def _reader_task(self) -> None:
+        """trio-websocket 0.12's server reader loop, minus what an idle connection kept.
+
+        The same steps as ``WebSocketConnection._reader_task`` for a server
+        (handle the pending events, read, feed wsproto, until the connection
+        or the stream ends), except that it keeps no dict of bound handlers
+        and no reference to the last event (the handshake request, with its
+        headers, for an idle connection's life), and it does not hold the
+        inbound queue open (there is none). Then it calls back.
+        """
         try:
-            await super()._reader_task()
+            wsproto = self._wsproto
+            while self._reader_running:
+                await self._handle_events()
+                try:
+                    data = await self._stream.receive_some(self._receive_buffer_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._abort_web_socket()
+                    break
+                if not data:  # TCP closed, if before the websocket: an abnormal closure
+                    if wsproto.state != ConnectionState.CLOSED:
+                        await self._abort_web_socket()
+                    break
+                if wsproto.state != ConnectionState.CLOSED:
+                    try:
+                        wsproto.receive_data(data if isinstance(data, bytes) else bytes(data))
+                    except RemoteProtocolError as error:
+                        if error.event_hint:
+                            await self._send(error.event_hint)
+                        await self._close_stream()
+                del data
         finally:
             self._reader_ended = True
             callback, self._on_reader_end = self._on_reader_end, None
             if callback is not None:
                 callback()
+
+    async def _handle_events(self) -> None:
+        """Dispatch wsproto's pending events (a frame of its own: no event outlives it)."""
+        for event in self._wsproto.events():
+            name = _HANDLERS.get(type(event))
+            if name is None:
+                log.warning("%s received unknown event type: %r", self, type(event))
+                continue
+            try:
+                await getattr(self, name)(event)
+            except ConnectionClosed:
+                self._reader_running = False
+                return
 
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
         size = self._message_size + len(event.data)
@@ -201,7 +270,8 @@ class TrioWebSocket:
         self._peer = peer
         self._close_timeout = close_timeout
         self._metrics = metrics
-        self._closed = trio.Event()
+        #: Set by our close/abort (a flag: an Event per websocket costs more).
+        self._closed = False
         #: The code this side closed with (``None``: the peer closed, or abort).
         self.sent_close_code: int | None = None
 
@@ -256,7 +326,7 @@ class TrioWebSocket:
 
     async def ping(self) -> None:
         """Ping and wait for the pong, or raise :class:`WebSocketClosed` if the socket goes."""
-        if self._closed.is_set() or self._ws.closed is not None:
+        if self._closed or self._ws.closed is not None:
             raise WebSocketClosed("The websocket is closed")
         answered = False
         async with trio.open_nursery() as nursery:
@@ -273,17 +343,17 @@ class TrioWebSocket:
 
             nursery.start_soon(wait_for_pong)
             # trio-websocket sets ``_close_handshake`` when either side closes
-            # or the stream breaks; our own close/abort set ``_closed``.
+            # or the stream breaks; our own close and abort end in one of those
+            # (a close frame, or the dropped stream the reader then sees).
             nursery.start_soon(_wait_then_cancel, self._ws._close_handshake, nursery.cancel_scope)
-            nursery.start_soon(_wait_then_cancel, self._closed, nursery.cancel_scope)
         if not answered:
             raise WebSocketClosed("The websocket closed while waiting for a pong")
 
     async def close(self, code: int, reason: str) -> None:
         """Close handshake, shielded and bounded, then drop the socket; never raises."""
-        if self._closed.is_set():
+        if self._closed:
             return
-        self._closed.set()
+        self._closed = True
         if self._ws.closed is None:  # else the peer (or trio-websocket) closed first
             self.sent_close_code = code
         with trio.CancelScope(shield=True):
@@ -296,7 +366,7 @@ class TrioWebSocket:
 
     async def abort(self) -> None:
         """Drop the TCP connection without a closing handshake."""
-        self._closed.set()
+        self._closed = True
         with trio.CancelScope(shield=True):
             await self._drop()
 

@@ -99,6 +99,14 @@ async def test_discarding_connection_private_attributes() -> None:
     # aclose/get_message close/receive from the receive end.
     assert isinstance(ws._send_channel, trio.MemorySendChannel)
     assert isinstance(ws._recv_channel, trio.MemoryReceiveChannel)
+    # DiscardingConnection's reader loop (trio-websocket's, re-done).
+    assert ws._reader_running is True
+    assert ws._receive_buffer_size is None or isinstance(ws._receive_buffer_size, int)
+    for name in ("_close_stream", "_send", "_abort_web_socket"):
+        assert inspect.iscoroutinefunction(getattr(ws, name)), f"{name} changed"
+    # Only ever set on a server connection: shared by all of them.
+    assert isinstance(ws._open_handshake, trio.Event)
+    assert isinstance(ws._for_testing_peer_closed_connection, trio.Event)
     # _handle_message_event's size accounting.
     assert ws._message_size == 0
     assert isinstance(ws._max_message_size, int)
@@ -110,6 +118,15 @@ async def test_discarding_connection_private_attributes() -> None:
     assert isinstance(wsproto.handshake, H11Handshake)
     assert wsproto.connection is None
     assert len(wsproto.handshake._events) == 0
+
+
+def test_every_event_handler_the_reader_dispatches_to_exists() -> None:
+    from web.client_socket import _HANDLERS
+
+    for event_type, name in _HANDLERS.items():
+        method = getattr(WebSocketConnection, name, None)
+        assert method is not None, f"WebSocketConnection.{name} ({event_type.__name__}) is gone"
+        assert list(inspect.signature(method).parameters) == ["self", "event"]
 
 
 async def test_server_settings_the_connection_handler_reads() -> None:
