@@ -10,10 +10,10 @@ format, poison, where to resume). Lifecycle (SPEC section 4):
    a member of the stream's shared :class:`~actors.hub.LiveTailHub` consumer and
    any other position a broker consumer of its own. Both are a
    :class:`~actors.ports.broker.Subscription`: the pump is one code path.
-2. Run three things concurrently: the *pump* (event -> core -> frames ->
-   ack), a *reader* that drains and discards client frames (trio-websocket's
-   inbound queue holds one message; an undrained one stops its ping
-   answers), and, when the stream's keepalive schedule
+2. Run the *pump* (event -> core -> frames -> ack); learn that the peer
+   went from the websocket's ``on_gone`` callback (the adapter discards
+   client frames itself, so no task per websocket reads them); and, when
+   the stream's keepalive schedule
    (:mod:`actors.keepalive`, one per stream actor instead of a sleeping task
    per websocket) says so, a short *ping* that aborts a peer that stops
    answering.
@@ -24,7 +24,7 @@ format, poison, where to resume). Lifecycle (SPEC section 4):
    consumer the hub does that for all its members.) A member the hub drops
    (too slow, or the hub failed) drains what it buffered, then resubscribes
    on a consumer of its own from where the hub left it, at once.
-4. Whoever ends the actor (the pump, the reader, a ping, the stream
+4. Whoever ends the actor (the pump, the peer leaving, a ping, the stream
    actor, the supervisor) first records an :data:`~actors.close.Outcome` and
    then cancels the actor's scope; the ``finally`` closes the websocket with
    it inside a shielded, time-bounded scope (abort if the close cannot
@@ -275,8 +275,6 @@ class ConnectionActor:
         return int(self._context.clock() * 1000)
 
     async def _accept(self) -> WebSocket:
-        helpers = self._helpers
-        assert helpers is not None
         try:
             channel = await self._pending.accept()
         except WebSocketClosed:
@@ -284,7 +282,7 @@ class ConnectionActor:
         self._channel = channel
         self.state = "open"
         self.log.info("accepted")
-        helpers.start_soon(self._read, channel)
+        channel.on_gone(self._peer_gone)
         self._keepalive.schedule(self)
         return channel
 
@@ -404,13 +402,9 @@ class ConnectionActor:
             self._log_stats("stats")
             self._next_stats = (core.received // interval + 1) * interval
 
-    async def _read(self, channel: WebSocket) -> None:
-        """Drain and discard whatever the client sends."""
-        try:
-            while True:
-                await channel.receive()
-        except WebSocketClosed:
-            self.cancel(Ending.PEER_GONE)
+    def _peer_gone(self) -> None:
+        """The websocket's reader ended: the client left (or the socket was closed)."""
+        self.cancel(Ending.PEER_GONE)
 
     def ping_due(self) -> None:
         """The stream's keepalive schedule says it is time to ping (see :mod:`actors.keepalive`)."""

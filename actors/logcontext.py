@@ -31,7 +31,9 @@ class LogContext(logging.LoggerAdapter[logging.Logger]):
 
     def __init__(self, logger: logging.Logger, **fields: Field) -> None:
         super().__init__(logger, fields)
-        self.fields: dict[str, Field] = dict(fields)
+        # The adapter's ``extra`` is this very dict (``**fields`` is a fresh
+        # one): one per connection instead of two.
+        self.fields: dict[str, Field] = fields
         self.prefix = " ".join(f"{key}={value}" for key, value in fields.items())
 
     def bind(self, logger: logging.Logger | None = None, **fields: Field) -> LogContext:

@@ -19,6 +19,15 @@ the stream lock is free, and holds what the socket did not take for
 the rest is written, by whichever task flushes, so the connection's stream
 lock is a :class:`trio.Semaphore` (any task may release it) instead of
 trio-websocket's task-owned lock.
+
+And one cost: every connection queues the client's messages for someone to
+read, so a server that must keep answering pings needs a task per websocket
+just to drain them. Clients have nothing to say to this service:
+:class:`DiscardingConnection` (built by :mod:`web.websocket`'s server) drops
+their messages in trio-websocket's own reader task and calls back when that
+reader ends, so there is no draining task, no inbound queue, and, once the
+handshake is answered, no handshake state (the h11 connection, the request's
+headers) kept for the connection's life.
 """
 
 from __future__ import annotations
@@ -27,13 +36,26 @@ import functools
 import logging
 import os
 import struct
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Final
 
 import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.utilities import LocalProtocolError
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from actors.ports.websocket import WebSocketClosed
 from web.metrics import ServiceMetrics
@@ -60,12 +82,197 @@ def format_peer(endpoint: Endpoint | str) -> str:
     return endpoint
 
 
+class LeanWSConnection(WSConnection):
+    """wsproto's server connection, minus its handshake state once the websocket is open.
+
+    ``WSConnection`` keeps its ``H11Handshake`` (an h11 ``Connection``, the
+    request, buffers: about 2.4 KB) for the connection's life, although on
+    the server side nothing reads it once the 101 is sent: the websocket
+    ``Connection`` is created without the handshake's trailing bytes, and
+    the handshake's event queue was drained by the reader before the
+    handshake could be answered. So the first send that opens the
+    connection drops it (unless events are still queued in it); every
+    method that would consult it asks ``connection`` first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ConnectionType.SERVER)
+
+    @property
+    def state(self) -> ConnectionState:
+        connection = self.connection
+        return self.handshake.state if connection is None else connection.state
+
+    def send(self, event: Event) -> bytes:
+        connection = self.connection
+        if connection is not None:
+            return connection.send(event)
+        data = super().send(event)
+        if self.connection is not None and not self.handshake._events:
+            del self.handshake
+        return data
+
+    def receive_data(self, data: bytes | None) -> None:
+        connection = self.connection
+        if connection is None:
+            super().receive_data(data)
+        else:
+            connection.receive_data(data)
+
+    def events(self) -> Generator[Event, None, None]:
+        if "handshake" in self.__dict__:
+            yield from self.handshake.events()
+        if self.connection is not None:
+            yield from self.connection.events()
+
+
+class _NoQueue:
+    """Stands for both ends of trio-websocket's inbound message queue, which stays empty.
+
+    trio-websocket only enters, closes and receives from these (its reader
+    holds the send end open; ``aclose``/``get_message`` use the receive
+    end); :class:`DiscardingConnection` never queues a message. One shared,
+    stateless instance instead of a memory channel per connection.
+    """
+
+    async def __aenter__(self) -> _NoQueue:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint()
+        raise trio.EndOfChannel
+
+
+_NO_QUEUE = _NoQueue()
+#: Stands for events that nobody waits on for a server connection: trio-websocket
+#: only sets them (``_open_handshake`` is awaited by its client connect only).
+_UNWATCHED = trio.Event()
+#: trio-websocket's handler of each wsproto event, by name (not a dict of bound
+#: methods per connection).
+_HANDLERS: dict[type[Event], str] = {
+    AcceptConnection: "_handle_accept_connection_event",
+    BytesMessage: "_handle_message_event",
+    CloseConnection: "_handle_close_connection_event",
+    Ping: "_handle_ping_event",
+    Pong: "_handle_pong_event",
+    RejectConnection: "_handle_reject_connection_event",
+    RejectData: "_handle_reject_data_event",
+    Request: "_handle_request_event",
+    TextMessage: "_handle_message_event",
+}
+#: What a request is replaced with once answered: the routed path is read before.
+_SPENT_REQUEST = Request(host="", target="")
+
+
+class DiscardingConnection(WebSocketConnection):
+    """A server connection whose reader discards client messages and says when it ends.
+
+    Text and binary messages are counted against ``max_message_size``
+    (larger ones still close with 1009, trio-websocket's own path) and then
+    dropped instead of queued; pings are still answered and the close
+    handshake still completed by trio-websocket's reader. Nobody has to
+    drain anything, so no task per websocket does; :meth:`when_reader_ends`
+    tells the owner that the peer went (close frame, TCP gone, protocol
+    error, oversized message) or that the socket was closed.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_message_size: int,
+        receive_buffer_size: int | None,
+    ) -> None:
+        super().__init__(
+            stream,
+            LeanWSConnection(),
+            message_queue_size=0,
+            max_message_size=max_message_size,
+            receive_buffer_size=receive_buffer_size,
+        )
+        self._send_channel = self._recv_channel = _NO_QUEUE  # type: ignore[assignment]
+        self._open_handshake = self._for_testing_peer_closed_connection = _UNWATCHED
+        self._reader_ended = False
+        self._on_reader_end: Callable[[], None] | None = None
+
+    def when_reader_ends(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (sync, must not raise) once the reader task ends; at once if it has."""
+        if self._reader_ended:
+            callback()
+        else:
+            self._on_reader_end = callback
+
+    async def _reader_task(self) -> None:
+        """trio-websocket 0.12's server reader loop, minus what an idle connection kept.
+
+        The same steps as ``WebSocketConnection._reader_task`` for a server
+        (handle the pending events, read, feed wsproto, until the connection
+        or the stream ends), except that it keeps no dict of bound handlers
+        and no reference to the last event (the handshake request, with its
+        headers, for an idle connection's life), and it does not hold the
+        inbound queue open (there is none). Then it calls back.
+        """
+        try:
+            wsproto = self._wsproto
+            while self._reader_running:
+                await self._handle_events()
+                try:
+                    data = await self._stream.receive_some(self._receive_buffer_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._abort_web_socket()
+                    break
+                if not data:  # TCP closed, if before the websocket: an abnormal closure
+                    if wsproto.state != ConnectionState.CLOSED:
+                        await self._abort_web_socket()
+                    break
+                if wsproto.state != ConnectionState.CLOSED:
+                    try:
+                        wsproto.receive_data(data if isinstance(data, bytes) else bytes(data))
+                    except RemoteProtocolError as error:
+                        if error.event_hint:
+                            await self._send(error.event_hint)
+                        await self._close_stream()
+                del data
+        finally:
+            self._reader_ended = True
+            callback, self._on_reader_end = self._on_reader_end, None
+            if callback is not None:
+                callback()
+
+    async def _handle_events(self) -> None:
+        """Dispatch wsproto's pending events (a frame of its own: no event outlives it)."""
+        for event in self._wsproto.events():
+            name = _HANDLERS.get(type(event))
+            if name is None:
+                log.warning("%s received unknown event type: %r", self, type(event))
+                continue
+            try:
+                await getattr(self, name)(event)
+            except ConnectionClosed:
+                self._reader_running = False
+                return
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        size = self._message_size + len(event.data)
+        if size > self._max_message_size:
+            # trio-websocket's own 1009 close (it resets the counters).
+            await super()._handle_message_event(event)
+            return
+        self._message_size = 0 if event.message_finished else size
+
+
 class TrioWebSocket:
     """One accepted websocket (implements :class:`actors.ports.websocket.WebSocket`)."""
 
     def __init__(
         self,
-        connection: WebSocketConnection,
+        connection: DiscardingConnection,
         peer: str,
         *,
         lock: trio.Semaphore,
@@ -78,7 +285,8 @@ class TrioWebSocket:
         self._peer = peer
         self._close_timeout = close_timeout
         self._metrics = metrics
-        self._closed = trio.Event()
+        #: Set by our close/abort (a flag: an Event per websocket costs more).
+        self._closed = False
         #: Bytes :meth:`send_now` could not write yet (see :meth:`flush`).
         self._held = b""
         #: Whether a partial write holds the stream lock until the rest is written.
@@ -192,15 +400,13 @@ class TrioWebSocket:
             self._metrics.messages_sent.inc(len(texts))
             self._metrics.bytes_sent.inc(sum(map(_utf8_length, texts)))
 
-    async def receive(self) -> str | bytes:
-        try:
-            return await self._ws.get_message()
-        except CONNECTION_GONE as error:
-            raise WebSocketClosed(str(error)) from None
+    def on_gone(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once trio-websocket's reader ends (the peer or the socket went)."""
+        self._ws.when_reader_ends(callback)
 
     async def ping(self) -> None:
         """Ping and wait for the pong, or raise :class:`WebSocketClosed` if the socket goes."""
-        if self._closed.is_set() or self._ws.closed is not None:
+        if self._closed or self._ws.closed is not None:
             raise WebSocketClosed("The websocket is closed")
         answered = False
         async with trio.open_nursery() as nursery:
@@ -217,17 +423,17 @@ class TrioWebSocket:
 
             nursery.start_soon(wait_for_pong)
             # trio-websocket sets ``_close_handshake`` when either side closes
-            # or the stream breaks; our own close/abort set ``_closed``.
+            # or the stream breaks; our own close and abort end in one of those
+            # (a close frame, or the dropped stream the reader then sees).
             nursery.start_soon(_wait_then_cancel, self._ws._close_handshake, nursery.cancel_scope)
-            nursery.start_soon(_wait_then_cancel, self._closed, nursery.cancel_scope)
         if not answered:
             raise WebSocketClosed("The websocket closed while waiting for a pong")
 
     async def close(self, code: int, reason: str) -> None:
         """Close handshake, shielded and bounded, then drop the socket; never raises."""
-        if self._closed.is_set():
+        if self._closed:
             return
-        self._closed.set()
+        self._closed = True
         if self._ws.closed is None:  # else the peer (or trio-websocket) closed first
             self.sent_close_code = code
         if self._holds_lock:
@@ -245,7 +451,7 @@ class TrioWebSocket:
 
     async def abort(self) -> None:
         """Drop the TCP connection without a closing handshake."""
-        self._closed.set()
+        self._closed = True
         with trio.CancelScope(shield=True):
             await self._drop()
 
@@ -326,12 +532,17 @@ class TrioPendingWebSocket:
         """Answer 101; bounded, because a client that stopped reading could stall it."""
         if self.channel is not None:
             return self.channel
+        request = self._request
         try:
             lock = install_stream_lock(self._request._connection)
             with trio.fail_after(self._accept_timeout):
-                connection = await self._request.accept()
+                connection = await request.accept()
         except (*CONNECTION_GONE, trio.TooSlowError) as error:
             raise WebSocketClosed(f"Handshake with {self._peer} failed: {error!r}") from None
+        if not isinstance(connection, DiscardingConnection):
+            raise TypeError("TrioPendingWebSocket serves web.websocket's connections only")
+        # The handler's frames still hold the request: drop its headers.
+        request._event = _SPENT_REQUEST
         self.channel = TrioWebSocket(
             connection,
             self._peer,
@@ -344,7 +555,14 @@ class TrioPendingWebSocket:
         return self.channel
 
 
-__all__ = ["CONNECTION_GONE", "TrioPendingWebSocket", "TrioWebSocket", "format_peer"]
+__all__ = [
+    "CONNECTION_GONE",
+    "DiscardingConnection",
+    "LeanWSConnection",
+    "TrioPendingWebSocket",
+    "TrioWebSocket",
+    "format_peer",
+]
 
 
 def _utf8_length(text: str) -> int:

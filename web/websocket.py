@@ -30,15 +30,19 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
-from actors.ports.websocket import PendingWebSocket
-from actors.start import ClientStart
-from web.client_socket import CONNECTION_GONE, TrioPendingWebSocket, TrioWebSocket, format_peer
+from web.client_socket import (
+    CONNECTION_GONE,
+    DiscardingConnection,
+    TrioPendingWebSocket,
+    TrioWebSocket,
+    format_peer,
+)
 from web.log_limit import RateLimitedLog
 from web.metrics import ServiceMetrics, close_code_label
 from web.params import StartParameterError, parse_start
@@ -60,8 +64,6 @@ _NOT_FOUND_BODY = b"Not found: websockets are served at /event-stream/<uuid>\n"
 #: Refused-handshake lines let through per window, and the window in seconds.
 REFUSAL_LOG_BURST = 20
 REFUSAL_LOG_INTERVAL = 60.0
-
-_Serve = Callable[[PendingWebSocket, ClientStart], Awaitable[None]]
 
 
 async def serve_public_websockets(
@@ -145,8 +147,29 @@ class _IsolatingWebSocketServer(WebSocketServer):
         )
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        # One frame (this task's stack lasts as long as the websocket), and the
+        # handshake's timeout scope is not kept in it (``request`` tells).
         try:
-            await super()._handle_connection(stream)
+            async with trio.open_nursery() as nursery:
+                connection = DiscardingConnection(
+                    stream,
+                    max_message_size=self._max_message_size,
+                    receive_buffer_size=self._receive_buffer_size,
+                )
+                nursery.start_soon(connection._reader_task)
+                request: WebSocketRequest | None = None
+                with trio.move_on_after(self._connect_timeout):
+                    request = await connection._get_request()
+                if request is None:
+                    nursery.cancel_scope.cancel()
+                    await stream.aclose()
+                    return
+                try:
+                    await self._handler(request)
+                finally:
+                    with trio.move_on_after(self._disconnect_timeout):
+                        # aclose() shuts the reader task down even if cancelled.
+                        await connection.aclose()
         except* Exception as failure:
             self._failures.log(
                 "A websocket connection failed inside trio-websocket; dropped it: %r",
@@ -177,57 +200,53 @@ class _Edge:
         )
 
     async def handle(self, request: WebSocketRequest) -> None:
-        """trio-websocket's handler: never raises (except cancellation)."""
+        """trio-websocket's handler: never raises (except cancellation).
+
+        Routes the handshake, then runs the stream actor's ``serve`` and
+        makes sure the websocket is closed however that ends. One function,
+        not three: its frame is kept for the websocket's life.
+        """
         try:
-            await self._route(request)
+            path, _, query = request.path.partition("?")
+            match = _STREAM_PATH.fullmatch(path)
+            if match is None:
+                await _reject(request, 404)
+                return
+            pending = TrioPendingWebSocket(
+                request,
+                accept_timeout=self._handshake_timeout,
+                close_timeout=self._close_timeout,
+                metrics=self._metrics,
+            )
+            try:
+                try:
+                    start = parse_start(query)
+                except StartParameterError as error:
+                    self._refusals.log("Websocket %s: %s", pending.peer, error.reason)
+                    await _accept_and_close(pending, 1002, error.reason)
+                    return
+                actor = self._streams.find_stream(match.group(1))
+                if actor is None:
+                    self._refusals.log("Websocket %s: unknown event stream", pending.peer)
+                    await _accept_and_close(pending, 1000, UNKNOWN_STREAM_REASON)
+                    return
+                try:
+                    await actor.serve(pending, start)
+                except trio.Cancelled:
+                    if pending.channel is not None:
+                        await pending.channel.close(1001, SHUTDOWN_REASON)
+                    raise
+                except Exception:
+                    log.exception("Stream actor failed serving %s", pending.peer)
+                    if pending.channel is not None:
+                        await pending.channel.close(1011, "Internal error")
+                # The actor normally closed it already; then this is a no-op.
+                if pending.channel is not None:
+                    await pending.channel.close(1000, "")
+            finally:
+                self._count_end(pending.channel)
         except Exception:
             log.exception("Websocket handler failed for %s", format_peer(request.remote))
-
-    async def _route(self, request: WebSocketRequest) -> None:
-        path, _, query = request.path.partition("?")
-        match = _STREAM_PATH.fullmatch(path)
-        if match is None:
-            await _reject(request, 404)
-            return
-        pending = TrioPendingWebSocket(
-            request,
-            accept_timeout=self._handshake_timeout,
-            close_timeout=self._close_timeout,
-            metrics=self._metrics,
-        )
-        try:
-            try:
-                start = parse_start(query)
-            except StartParameterError as error:
-                self._refusals.log("Websocket %s: %s", pending.peer, error.reason)
-                await _accept_and_close(pending, 1002, error.reason)
-                return
-            actor = self._streams.find_stream(match.group(1))
-            if actor is None:
-                self._refusals.log("Websocket %s: unknown event stream", pending.peer)
-                await _accept_and_close(pending, 1000, UNKNOWN_STREAM_REASON)
-                return
-            await self._serve(actor.serve, pending, start)
-        finally:
-            self._count_end(pending.channel)
-
-    async def _serve(
-        self, serve: _Serve, pending: TrioPendingWebSocket, start: ClientStart
-    ) -> None:
-        """Run the actor; make sure the websocket is closed however it ends."""
-        try:
-            await serve(pending, start)
-        except trio.Cancelled:
-            if pending.channel is not None:
-                await pending.channel.close(1001, SHUTDOWN_REASON)
-            raise
-        except Exception:
-            log.exception("Stream actor failed serving %s", pending.peer)
-            if pending.channel is not None:
-                await pending.channel.close(1011, "Internal error")
-        # The actor normally closed it already; then this is a no-op.
-        if pending.channel is not None:
-            await pending.channel.close(1000, "")
 
     def _count_end(self, channel: TrioWebSocket | None) -> None:
         if self._metrics is None or channel is None:

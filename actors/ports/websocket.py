@@ -6,7 +6,7 @@ actor layer therefore never imports a websocket library.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -47,11 +47,15 @@ class WebSocket(Protocol):
         """
         ...
 
-    async def receive(self) -> str | bytes:
-        """Wait for the next frame from the client. Raises :class:`WebSocketClosed`.
+    def on_gone(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the peer goes; at once if it has gone already.
 
-        Clients have nothing to say to this service, but frames must be read
-        (and discarded) so that the protocol reader keeps answering pings.
+        "Gone": the client closed, the TCP connection dropped, or the
+        protocol reader stopped (an oversized message, a protocol error), or
+        this side closed or aborted the socket. Clients have nothing to say
+        to this service: implementations discard their messages themselves
+        (and keep answering pings), so the actor needs no task reading them.
+        ``callback`` is synchronous and must not raise.
         """
         ...
 

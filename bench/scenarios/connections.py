@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -39,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--connection-streams", type=int, default=100)
     parser.add_argument("--opens-in-flight", type=int, default=50)
+    parser.add_argument(
+        "--connections-signal",
+        action="store_true",
+        help="send the service SIGUSR1 while all websockets are held (then wait 5 s): with a "
+        "BENCH_ESS_COMMAND wrapper that dumps a tracemalloc snapshot on it (bench/README.md)",
+    )
     parser.add_argument(
         "--force-broker-fds",
         action="store_true",
@@ -108,6 +116,9 @@ async def run(args: argparse.Namespace) -> Result:
         opened = sum(1 for c in clients if c is not None)
         await asyncio.sleep(3.0)
         rss_held = service.rss_kb()
+        if args.connections_signal:
+            os.kill(service.pid, signal.SIGUSR1)
+            await asyncio.sleep(5.0)
         fds = proc_fd_count(service.pid)
         fd_limit = proc_fd_limit(service.pid)
         ports = broker_ports_of(service.pid)

@@ -90,10 +90,8 @@ class FakeWebSocket:
     #: Frames ``send_now`` could not write (a client not reading), for ``flush``.
     held: list[str] = field(default_factory=list, init=False)
     _gone: bool = field(default=False, init=False)
+    _on_gone: Callable[[], None] | None = field(default=None, init=False)
     _changed: trio.Event = field(default_factory=trio.Event, init=False)
-
-    def __post_init__(self) -> None:
-        self._to_server, self._from_client = trio.open_memory_channel[str](0)
 
     # -- PendingWebSocket / WebSocket ---------------------------------
 
@@ -150,11 +148,11 @@ class FakeWebSocket:
         while self.held:
             await self.send_text(self.held.pop(0))
 
-    async def receive(self) -> str | bytes:
-        try:
-            return await self._from_client.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise WebSocketClosed("closed") from None
+    def on_gone(self, callback: Callable[[], None]) -> None:
+        if self.closed.is_set():
+            callback()
+        else:
+            self._on_gone = callback
 
     async def ping(self) -> None:
         self.pings += 1
@@ -183,10 +181,6 @@ class FakeWebSocket:
         self._end()
 
     # -- the client's side ---------------------------------------------------
-
-    async def client_send(self, frame: str) -> None:
-        """Send a frame to the server; blocks until the server reads it."""
-        await self._to_server.send(frame)
 
     def disconnect(self) -> None:
         """The client goes away (TCP closed)."""
@@ -236,7 +230,9 @@ class FakeWebSocket:
         if not self.closed.is_set():
             self.close_time = trio.current_time()
             self.closed.set()
-            self._to_server.close()
+            callback, self._on_gone = self._on_gone, None
+            if callback is not None:
+                callback()
         self._notify()
 
     def _notify(self) -> None:

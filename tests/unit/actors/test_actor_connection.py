@@ -275,16 +275,6 @@ async def test_dead_peer_aborted_after_ping_timeout(h: Harness) -> None:
     assert not live.closed.is_set()
 
 
-async def test_reader_drains_client_frames(h: Harness) -> None:
-    record = await h.stream()
-    ws = await h.open(record)
-    with trio.fail_after(WAIT):
-        for _ in range(5):
-            await ws.client_send("chatter")
-    await h.publish("rk", "still fine")
-    await ws.wait_frames(1)
-
-
 async def test_client_leaving_ends_the_connection_and_its_consumer(h: Harness) -> None:
     record = await h.stream()
     ws = await h.open(record)

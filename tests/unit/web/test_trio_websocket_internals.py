@@ -65,6 +65,11 @@ async def test_connection_private_attributes() -> None:
         (WebSocketConnection, "_abort_web_socket", ["self"]),
         # web.websocket._IsolatingWebSocketServer wraps each connection's handling.
         (WebSocketServer, "_handle_connection", ["self", "stream"]),
+        # DiscardingConnection wraps the reader and the message handler; the
+        # server's connection handling (re-done in web.websocket) gets the request.
+        (WebSocketConnection, "_reader_task", ["self"]),
+        (WebSocketConnection, "_handle_message_event", ["self", "event"]),
+        (WebSocketConnection, "_get_request", ["self"]),
     ],
 )
 def test_private_coroutines(owner: type, name: str, parameters: list[str]) -> None:
@@ -104,3 +109,64 @@ async def test_a_request_holds_its_connection_before_the_handshake() -> None:
     ws, _ = _connection()
     request = WebSocketRequest(ws, Request(host="localhost", target="/"))
     assert request._connection is ws
+
+
+async def test_discarding_connection_private_attributes() -> None:
+    """web.client_socket.DiscardingConnection replaces the queue and counts message sizes."""
+    from trio_websocket import WebSocketRequest
+    from wsproto.events import Request
+    from wsproto.handshake import H11Handshake
+
+    ws, _ = _connection()
+    # Replaced by one shared _NoQueue: the reader enters/closes the send end,
+    # aclose/get_message close/receive from the receive end.
+    assert isinstance(ws._send_channel, trio.MemorySendChannel)
+    assert isinstance(ws._recv_channel, trio.MemoryReceiveChannel)
+    # DiscardingConnection's reader loop (trio-websocket's, re-done).
+    assert ws._reader_running is True
+    assert ws._receive_buffer_size is None or isinstance(ws._receive_buffer_size, int)
+    for name in ("_close_stream", "_send", "_abort_web_socket"):
+        assert inspect.iscoroutinefunction(getattr(ws, name)), f"{name} changed"
+    # Only ever set on a server connection: shared by all of them.
+    assert isinstance(ws._open_handshake, trio.Event)
+    assert isinstance(ws._for_testing_peer_closed_connection, trio.Event)
+    # _handle_message_event's size accounting.
+    assert ws._message_size == 0
+    assert isinstance(ws._max_message_size, int)
+    # The request wrapper's event is swapped for a spent one after accept.
+    request = WebSocketRequest(ws, Request(host="h", target="/p"))
+    assert request._event.target == "/p"
+    # LeanWSConnection drops the handshake once the connection exists.
+    wsproto = WSConnection(ConnectionType.SERVER)
+    assert isinstance(wsproto.handshake, H11Handshake)
+    assert wsproto.connection is None
+    assert len(wsproto.handshake._events) == 0
+
+
+def test_every_event_handler_the_reader_dispatches_to_exists() -> None:
+    from web.client_socket import _HANDLERS
+
+    for event_type, name in _HANDLERS.items():
+        method = getattr(WebSocketConnection, name, None)
+        assert method is not None, f"WebSocketConnection.{name} ({event_type.__name__}) is gone"
+        assert list(inspect.signature(method).parameters) == ["self", "event"]
+
+
+async def test_server_settings_the_connection_handler_reads() -> None:
+    """web.websocket._IsolatingWebSocketServer re-does _handle_connection with these."""
+
+    async def handler(request: object) -> None:
+        await trio.lowlevel.checkpoint()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    server = WebSocketServer(handler, listeners)
+    for name in (
+        "_handler",
+        "_max_message_size",
+        "_receive_buffer_size",
+        "_connect_timeout",
+        "_disconnect_timeout",
+    ):
+        assert hasattr(server, name), f"trio-websocket's WebSocketServer has no {name} any more"
+    for listener in listeners:
+        await listener.aclose()

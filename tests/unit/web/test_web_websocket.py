@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
@@ -200,11 +199,10 @@ async def test_oversized_client_messages_close_with_1009() -> None:
 
     async def drain(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
         channel = await websocket.accept()
-        try:
-            while True:
-                await channel.receive()
-        except WebSocketClosed:
-            await channel.close(1000, "bye")
+        gone = trio.Event()
+        channel.on_gone(gone.set)
+        await gone.wait()
+        await channel.close(1000, "bye")
 
     directory.behaviour = drain
     uuid = await make_stream(directory)
@@ -373,9 +371,9 @@ async def test_client_chosen_close_codes_share_one_metric_label() -> None:
         actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
     ) -> None:
         channel = await websocket.accept()
-        with contextlib.suppress(WebSocketClosed):
-            while True:
-                await channel.receive()
+        gone = trio.Event()
+        channel.on_gone(gone.set)
+        await gone.wait()
 
     directory.behaviour = wait_for_client_close
     metrics = ServiceMetrics()
@@ -403,3 +401,78 @@ CLIENT_CODES = [1003, 1005, 3000, 4000, 4002, 4999]
 )
 def test_close_code_label(code: int, label: str) -> None:
     assert close_code_label(code) == label
+
+
+# --- client frames are discarded by the reader; the owner is told when it ends ---------
+
+
+async def test_client_chatter_is_discarded_and_pings_still_answered() -> None:
+    """Nobody reads the socket: messages are dropped in the reader, pings and pongs flow."""
+    directory = FakeDirectory()
+    chatted = trio.Event()
+    seen: list[object] = []
+
+    async def ping_after_chatter(
+        actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
+    ) -> None:
+        channel = await websocket.accept()
+        assert isinstance(channel, TrioWebSocket)
+        connection = channel._ws
+        with trio.fail_after(5):
+            await chatted.wait()
+            await channel.ping()  # answered although nobody drained the chatter
+        # No inbound queue and no handshake state kept for the connection's life.
+        seen.append(type(connection._recv_channel).__name__)
+        seen.append("handshake" in vars(connection._wsproto))
+        seen.append(str(connection._wsproto.state))
+        await channel.close(1000, "")
+
+    directory.behaviour = ping_after_chatter
+    uuid = await make_stream(directory)
+    async with (
+        running_websockets(directory, max_message_size=1024) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
+    ):
+        for index in range(50):  # far more than trio-websocket's queue would hold undrained
+            await ws.send_message(f"chatter {index:02}" * 10)
+            await ws.send_message(b"\x00" * 1000)
+        await ws.ping()  # the server's reader has handled all the chatter before this pong
+        chatted.set()
+        _, reason = await read_until_closed(ws)
+    assert reason.code == 1000
+    assert seen == ["_NoQueue", False, "ConnectionState.OPEN"]
+
+
+@pytest.mark.parametrize("how", ["close frame", "tcp drop"])
+async def test_on_gone_fires_when_the_client_leaves(how: str) -> None:
+    directory = FakeDirectory()
+    gone = trio.Event()
+    accepted = trio.Event()
+
+    async def wait_for_the_client(
+        actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
+    ) -> None:
+        channel = await websocket.accept()
+        channel.on_gone(gone.set)
+        accepted.set()
+        with trio.fail_after(5):
+            await gone.wait()
+        late: list[str] = []
+        channel.on_gone(lambda: late.append("at once"))  # already gone: called right away
+        assert late == ["at once"]
+        await channel.close(1000, "")
+
+    directory.behaviour = wait_for_the_client
+    uuid = await make_stream(directory)
+    async with running_websockets(directory) as port:
+        stream = await raw_handshake(port, uuid)
+        with trio.fail_after(5):
+            await accepted.wait()
+        if how == "close frame":
+            # A masked close frame with code 1000 (mask 0: payload as is).
+            await stream.send_all(b"\x88\x82\x00\x00\x00\x00\x03\xe8")
+            await receive_until_eof(stream)
+        else:
+            await stream.aclose()
+        with trio.fail_after(5):
+            await gone.wait()
