@@ -23,7 +23,16 @@ from typing import Any, Final
 
 from ..ceilings import bare_amqp_consume, bare_ws_server
 from ..client import open_ws
-from ..harness import Profiler, Result, event_body, median, running_service, unique_key
+from ..harness import (
+    Profiler,
+    Result,
+    broker_pid,
+    event_body,
+    median,
+    proc_cpu_seconds,
+    running_service,
+    unique_key,
+)
 
 NAME = "replay"
 #: Issue 12: the service within 0.8 of the bare consumer, same stream, same prefetch.
@@ -111,13 +120,25 @@ async def _measure(
     url = f"{location}?stream_from_ordinal=0"
     rates: dict[str, list[float]] = {"service": [], "bare_amqp": [], "bare_ws": []}
     cpu_us_per_msg: list[float] = []
+    # Who used the cores during each run: the broker (shared with the other
+    # clients of this RabbitMQ) and this driver (the websocket client), per
+    # message. On 2 cores, a broker near a core during the service's run but
+    # not the bare consumer's says the machine, not the service, is the cap.
+    cores: dict[str, list[float]] = {"broker_service": [], "broker_bare": [], "client": []}
+    bpid = broker_pid()
+
+    def broker_cpu() -> float:
+        return proc_cpu_seconds(bpid) if bpid is not None else 0.0
+
     frames_file = Path(tempfile.mkstemp(prefix="ess-bench-frames-", suffix=".txt")[1])
     try:
         for rep in range(args.replay_repeats):
-            cpu0 = service.cpu_seconds()
+            cpu0, b0, c0 = service.cpu_seconds(), broker_cpu(), time.process_time()
             with profiler if rep == 0 else _null():
                 elapsed, frames = await receive_all(url, n)
             cpu_us_per_msg.append((service.cpu_seconds() - cpu0) / n * 1e6)
+            cores["broker_service"].append((broker_cpu() - b0) / elapsed)
+            cores["client"].append((time.process_time() - c0) / elapsed)
             rates["service"].append(n / elapsed)
             problem = check_frames(frames, n)
             if problem:
@@ -126,7 +147,10 @@ async def _measure(
                 frames_file.write_text("\n".join(frames) + "\n", encoding="utf-8")
                 figures["frame_bytes_mean"] = round(sum(map(len, frames)) / n)
             del frames
-            rates["bare_amqp"].append(n / await bare_amqp_consume(key, n, prefetch))
+            b0 = broker_cpu()
+            bare_s = await bare_amqp_consume(key, n, prefetch)
+            cores["broker_bare"].append((broker_cpu() - b0) / bare_s)
+            rates["bare_amqp"].append(n / bare_s)
             async with bare_ws_server(frames_file) as bare_url:
                 elapsed, frames = await receive_all(bare_url, n)
             rates["bare_ws"].append(n / elapsed)
@@ -147,6 +171,7 @@ async def _measure(
                 round(s / b, 3) for s, b in zip(rates["service"], rates["bare_amqp"], strict=True)
             ],
             "service_cpu_us_per_msg": round(median(cpu_us_per_msg), 1),
+            "cores_median": {k: round(median(v), 2) for k, v in cores.items() if v},
             "runs_msg_per_s": {k: [round(x) for x in v] for k, v in rates.items()},
             "complete_and_in_order": not any(note.startswith(f"{shape} rep") for note in notes),
         }
