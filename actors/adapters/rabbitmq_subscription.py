@@ -227,16 +227,24 @@ class RabbitMQSubscription:
             return StreamEvent(offset, message.body, event_timestamp_ms(message))
 
     async def _receive(self) -> amqp.DeliveredMessage:
-        queue = self._consumer.queue
-        with broker_errors(f"consuming {queue!r}", channel_closed=BrokerUnavailable):
-            try:
-                return await self._consumer.__anext__()
-            except amqp.ConsumerCancelled as cancelled:
-                if await self._queue_exists():
+        """The next delivery; an amqp error becomes the port's error.
+
+        The translation (:func:`broker_errors`) is entered only once the
+        consumer raised: a generator context manager and the message it
+        formats cost ~3 % of a replay's samples when entered per message.
+        """
+        try:
+            return await self._consumer.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception as error:
+            queue = self._consumer.queue
+            with broker_errors(f"consuming {queue!r}", channel_closed=BrokerUnavailable):
+                if isinstance(error, amqp.ConsumerCancelled) and await self._queue_exists():
                     raise SubscriptionLost(
                         f"the broker cancelled the consumer of {queue!r}"
-                    ) from cancelled
-                raise  # the queue is gone: StreamNotFound
+                    ) from error
+                raise  # e.g. the queue is gone: StreamNotFound
 
     def _skip(self, message: amqp.DeliveredMessage) -> None:
         """Drop a message we cannot place, acknowledging it with its neighbours.

@@ -17,7 +17,7 @@ from actors.adapters.rabbitmq_subscription import (
     RabbitMQSubscription,
     event_timestamp_ms,
 )
-from actors.ports.broker import StreamEvent, StreamNotFound, SubscriptionLost
+from actors.ports.broker import BrokerUnavailable, StreamEvent, StreamNotFound, SubscriptionLost
 
 UTC = datetime.UTC
 FALLBACK = 1_700_000_003  # the AMQP timestamp property, in seconds
@@ -216,6 +216,20 @@ async def test_an_overflowing_consumer_loses_the_subscription_after_its_buffer()
     assert (await sub.__anext__()).offset == 0
     with pytest.raises(SubscriptionLost):
         await sub.__anext__()
+
+
+async def test_a_closed_channel_while_consuming_is_broker_unavailable_after_the_buffer() -> None:
+    closed = amqp.ChannelClosed(406, "PRECONDITION_FAILED - unknown delivery tag")
+    sub, _ = subscription(FakeConsumer(stream_message(1, 0), closed))
+    assert (await sub.__anext__()).offset == 0
+    with pytest.raises(BrokerUnavailable, match="consuming 'rk'") as raised:
+        await sub.__anext__()
+    assert raised.value.__cause__ is closed
+
+
+async def test_the_end_of_the_consumer_ends_the_iteration_untranslated() -> None:
+    sub, _ = subscription(FakeConsumer(stream_message(1, 0)))
+    assert [event.offset async for event in sub] == [0]
 
 
 @pytest.mark.parametrize("bad", [None, "7", -1, True, 1.0, Marker()])
