@@ -197,6 +197,12 @@ class DiscardingConnection(WebSocketConnection):
             receive_buffer_size=receive_buffer_size,
         )
         self._send_channel = self._recv_channel = _NO_QUEUE  # type: ignore[assignment]
+        #: trio-websocket's stream lock, as a semaphore that any task may
+        #: release (see :meth:`TrioWebSocket.send_now`). trio-websocket only
+        #: ever enters it with ``async with``, which a semaphore supports; set
+        #: before the reader starts, so no write ever held the lock it made.
+        self.stream_lock = trio.Semaphore(1, max_value=1)
+        self._stream_lock = self.stream_lock  # type: ignore[assignment]
         self._open_handshake = self._for_testing_peer_closed_connection = _UNWATCHED
         self._reader_ended = False
         self._on_reader_end: Callable[[], None] | None = None
@@ -275,13 +281,11 @@ class TrioWebSocket:
         connection: DiscardingConnection,
         peer: str,
         *,
-        lock: trio.Semaphore,
         close_timeout: float = 2.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._ws = connection
-        #: The connection's stream lock, installed by :func:`install_stream_lock`.
-        self._lock = lock
+        self._lock = connection.stream_lock
         self._peer = peer
         self._close_timeout = close_timeout
         self._metrics = metrics
@@ -489,18 +493,6 @@ _MEDIUM_HEADER: Final = struct.Struct("!BBH")
 _LONG_HEADER: Final = struct.Struct("!BBQ")
 
 
-def install_stream_lock(connection: WebSocketConnection) -> trio.Semaphore:
-    """Give ``connection`` a stream lock that any task may release (see the module doc).
-
-    Called before the handshake is answered, when nothing has written yet,
-    so no write ever holds the lock trio-websocket made.
-    """
-    lock = trio.Semaphore(1, max_value=1)
-    # trio-websocket only enters it with ``async with``, which a semaphore supports.
-    connection._stream_lock = lock  # type: ignore[assignment]
-    return lock
-
-
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
@@ -534,7 +526,6 @@ class TrioPendingWebSocket:
             return self.channel
         request = self._request
         try:
-            lock = install_stream_lock(self._request._connection)
             with trio.fail_after(self._accept_timeout):
                 connection = await request.accept()
         except (*CONNECTION_GONE, trio.TooSlowError) as error:
@@ -546,7 +537,6 @@ class TrioPendingWebSocket:
         self.channel = TrioWebSocket(
             connection,
             self._peer,
-            lock=lock,
             close_timeout=self._close_timeout,
             metrics=self._metrics,
         )

@@ -91,7 +91,7 @@ async def test_close_reason_is_set_by_a_close() -> None:
 
 
 def test_the_stream_lock_is_only_entered_with_async_with() -> None:
-    """web/client_socket.py swaps ``_stream_lock`` for a semaphore that any task may release.
+    """web.client_socket.DiscardingConnection swaps ``_stream_lock`` for a releasable semaphore.
 
     That holds only while trio-websocket does nothing with the lock but
     ``async with`` (a semaphore has no ``locked()``, no owner).
@@ -104,17 +104,8 @@ def test_the_stream_lock_is_only_entered_with_async_with() -> None:
     ], f"trio-websocket now uses its stream lock as: {uses}"
 
 
-async def test_a_request_holds_its_connection_before_the_handshake() -> None:
-    """The stream lock is swapped through ``WebSocketRequest._connection`` before accept()."""
-    ws, _ = _connection()
-    request = WebSocketRequest(ws, Request(host="localhost", target="/"))
-    assert request._connection is ws
-
-
 async def test_discarding_connection_private_attributes() -> None:
     """web.client_socket.DiscardingConnection replaces the queue and counts message sizes."""
-    from trio_websocket import WebSocketRequest
-    from wsproto.events import Request
     from wsproto.handshake import H11Handshake
 
     ws, _ = _connection()
