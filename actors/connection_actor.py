@@ -10,7 +10,10 @@ format, poison, where to resume). Lifecycle (SPEC section 4):
    a member of the stream's shared :class:`~actors.hub.LiveTailHub` consumer and
    any other position a broker consumer of its own. Both are a
    :class:`~actors.ports.broker.Subscription`: the pump is one code path.
-2. Run the *pump* (event -> core -> frames -> ack); learn that the peer
+2. Run the *pump* (event -> core -> frames -> ack; while it waits with
+   nothing buffered, the stream's hub hands a live event to
+   :meth:`ConnectionActor._deliver_now`, which runs the same step in the
+   hub's task and writes the frame without waiting); learn that the peer
    went from the websocket's ``on_gone`` callback (the adapter discards
    client frames itself, so no task per websocket reads them); and, when
    the stream's keepalive schedule
