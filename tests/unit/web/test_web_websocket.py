@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from web.client_socket import TrioWebSocket
 from web.metrics import ServiceMetrics, close_code_label
 from web.websocket import REFUSAL_LOG_BURST, serve_public_websockets
 
-from .web_fakes import FakeActor, FakeDirectory
+from .web_fakes import Behaviour, FakeActor, FakeDirectory
 from .web_servers import running_websockets
 
 
@@ -39,6 +41,19 @@ async def read_until_closed(ws: WebSocketConnection) -> tuple[list[str | bytes],
                 frames.append(await ws.get_message())
             except ConnectionClosed as closed:
                 return frames, closed.reason
+
+
+@asynccontextmanager
+async def client_of(behaviour: Behaviour, **options: Any) -> AsyncIterator[WebSocketConnection]:
+    """A new stream whose actor does ``behaviour``, served with ``options``; a client of it."""
+    directory = FakeDirectory()
+    directory.behaviour = behaviour
+    uuid = await make_stream(directory)
+    async with (
+        running_websockets(directory, **options) as port,
+        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
+    ):
+        yield ws
 
 
 async def read_once(directory: FakeDirectory, path: str) -> tuple[list[str | bytes], Any]:
@@ -195,7 +210,6 @@ async def test_metrics_count_connections_frames_and_closes() -> None:
 
 
 async def test_oversized_client_messages_close_with_1009() -> None:
-    directory = FakeDirectory()
 
     async def drain(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
         channel = await websocket.accept()
@@ -204,12 +218,7 @@ async def test_oversized_client_messages_close_with_1009() -> None:
         await gone.wait()
         await channel.close(1000, "bye")
 
-    directory.behaviour = drain
-    uuid = await make_stream(directory)
-    async with (
-        running_websockets(directory, max_message_size=1024) as port,
-        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
-    ):
+    async with client_of(drain, max_message_size=1024) as ws:
         await ws.send_message("small")
         await ws.send_message("x" * 2048)
         _, reason = await read_until_closed(ws)
@@ -270,7 +279,6 @@ async def test_close_is_bounded_when_the_peer_never_answers() -> None:
 
 
 async def test_ping_waits_for_the_pong() -> None:
-    directory = FakeDirectory()
     outcomes: list[str] = []
 
     async def ping_twice(actor: FakeActor, websocket: PendingWebSocket, start: ClientStart) -> None:
@@ -281,12 +289,7 @@ async def test_ping_waits_for_the_pong() -> None:
         outcomes.append("pong")
         await channel.close(1000, "")
 
-    directory.behaviour = ping_twice
-    uuid = await make_stream(directory)
-    async with (
-        running_websockets(directory) as port,
-        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
-    ):
+    async with client_of(ping_twice) as ws:
         await read_until_closed(ws)
     assert outcomes == ["pong"]
 
@@ -408,7 +411,6 @@ def test_close_code_label(code: int, label: str) -> None:
 
 async def test_client_chatter_is_discarded_and_pings_still_answered() -> None:
     """Nobody reads the socket: messages are dropped in the reader, pings and pongs flow."""
-    directory = FakeDirectory()
     chatted = trio.Event()
     seen: list[object] = []
 
@@ -427,12 +429,7 @@ async def test_client_chatter_is_discarded_and_pings_still_answered() -> None:
         seen.append(str(connection._wsproto.state))
         await channel.close(1000, "")
 
-    directory.behaviour = ping_after_chatter
-    uuid = await make_stream(directory)
-    async with (
-        running_websockets(directory, max_message_size=1024) as port,
-        open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws,
-    ):
+    async with client_of(ping_after_chatter, max_message_size=1024) as ws:
         for index in range(50):  # far more than trio-websocket's queue would hold undrained
             await ws.send_message(f"chatter {index:02}" * 10)
             await ws.send_message(b"\x00" * 1000)
