@@ -321,19 +321,7 @@ class TrioWebSocket:
         held is written first.
         """
         data = self._encode(texts)
-        if self._held:
-            await self.flush()
-        lock = self._lock
-        try:
-            # Uncontended (the usual case): no checkpoint of its own, as
-            # ``send_all`` checkpoints anyway; one wake-up per write saved.
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            await self._write(data)
-        finally:
-            lock.release()
+        await self._write_after_held(data)
         self._count(texts)
 
     def send_now(self, texts: Sequence[str]) -> bool:
@@ -370,16 +358,28 @@ class TrioWebSocket:
 
     async def flush(self) -> None:
         """Write what :meth:`send_now` held, under the stream lock."""
-        if not self._held:
-            return
+        if self._held:
+            await self._write_after_held(b"")
+
+    async def _write_after_held(self, data: bytes) -> None:
+        """Write what :meth:`send_now` held, then ``data``, in one write under the stream lock.
+
+        A partial write already holds the lock; otherwise it is taken here,
+        without a checkpoint of its own when free (the usual case: ``send_all``
+        checkpoints anyway, so one wake-up per write is saved). What is held
+        is read once the lock is ours: :meth:`send_now` may add to it meanwhile.
+        """
         lock = self._lock
         if self._holds_lock:
             self._holds_lock = False
         else:
-            await lock.acquire()
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
         try:
             held, self._held = self._held, b""
-            await self._write(held)
+            await self._write(held + data if held else data)
         finally:
             lock.release()
 
