@@ -190,6 +190,10 @@ class ConnectionActor:
             self._outcome = reason
         self._scope.cancel()
 
+    def edge_stopped(self) -> None:
+        """The websocket's edge stops serving (the listener shuts down): close with 1001."""
+        self.cancel(SHUTDOWN)
+
     async def _stop(self, reason: Outcome) -> NoReturn:
         self.cancel(reason)
         await trio.lowlevel.checkpoint()  # raises Cancelled: our own scope is cancelled

@@ -36,7 +36,7 @@ import functools
 import logging
 import os
 import struct
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final
 
 import trio
@@ -58,7 +58,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from actors.ports.websocket import WebSocketClosed
-from web.metrics import ServiceMetrics
+from web.metrics import ServiceMetrics, close_code_label
 from web.reasons import close_reason
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,13 @@ class DiscardingConnection(WebSocketConnection):
         self._open_handshake = self._for_testing_peer_closed_connection = _UNWATCHED
         self._reader_ended = False
         self._on_reader_end: Callable[[], None] | None = None
+        #: Set by :meth:`hand_over`: the owner's "the edge stops" callback and
+        #: the end steps to run once the reading is over.
+        self._on_stop: Callable[[], None] | None = None
+        self._finish: Callable[[], Awaitable[None]] | None = None
+        self._handed_over = False
+        #: The scope of the receive under way while the reader waits for a hand-over.
+        self._receiving: trio.CancelScope | None = None
 
     def when_reader_ends(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (sync, must not raise) once the reader task ends; at once if it has."""
@@ -214,42 +221,113 @@ class DiscardingConnection(WebSocketConnection):
         else:
             self._on_reader_end = callback
 
-    async def _reader_task(self) -> None:
+    @property
+    def handed_over(self) -> bool:
+        """Whether an owner took the websocket over from the routing task (:meth:`hand_over`)."""
+        return self._handed_over
+
+    def hand_over(self, on_stop: Callable[[], None], finish: Callable[[], Awaitable[None]]) -> None:
+        """The websocket's owner holds it from now on; the routing task may end.
+
+        The reading continues in the connection's task, outside the nursery it
+        shared with the routing task (see :meth:`read`). If that task is
+        cancelled (the listener shuts down) while the owner holds the
+        websocket, ``on_stop`` is called (sync, must not raise: the owner
+        closes the websocket, with 1001) and the reading goes on, shielded and
+        bounded, so the owner's close handshake completes; ``finish`` (the
+        edge's end steps: close if still open, count the close) is awaited
+        once the reading is over (:meth:`finish`).
+        """
+        self._on_stop = on_stop
+        self._finish = finish
+        self._handed_over = True
+        receiving = self._receiving
+        if receiving is not None:
+            receiving.cancel()
+
+    async def read(self, *, until_handed_over: bool, stop_grace: float) -> bool:
+        """Run the reader loop in the calling task; ``False`` if it stopped for a hand-over.
+
+        With ``until_handed_over``, a receive is interrupted (at its
+        checkpoint: no byte is lost) once :meth:`hand_over` is called, so the
+        caller can leave the nursery it shares with the routing task and call
+        this again without it: the idle connection is then one task, not two.
+        Otherwise it reads until the connection ends. Either way, once the
+        reading is over, the :meth:`when_reader_ends` callback is called.
+        ``stop_grace`` bounds the shielded reading after a cancellation (see
+        :meth:`hand_over`).
+        """
+        ended = True
+        try:
+            try:
+                ended = await self._read(until_handed_over)
+            except trio.Cancelled:
+                stop, self._on_stop = self._on_stop, None
+                if stop is None:
+                    raise
+                stop()
+                with trio.CancelScope(shield=True), trio.move_on_after(stop_grace):
+                    await self._read(False)
+                raise
+        finally:
+            if ended:
+                self._reader_ended = True
+                self._on_stop = None
+                callback, self._on_reader_end = self._on_reader_end, None
+                if callback is not None:
+                    callback()
+        return ended
+
+    async def finish(self) -> None:
+        """The owner's end steps, once (shielded); nothing if it was never handed over."""
+        finish, self._finish = self._finish, None
+        self._on_stop = None
+        if finish is not None:
+            with trio.CancelScope(shield=True):
+                await finish()
+
+    async def _read(self, until_handed_over: bool) -> bool:
         """trio-websocket 0.12's server reader loop, minus what an idle connection kept.
 
         The same steps as ``WebSocketConnection._reader_task`` for a server
         (handle the pending events, read, feed wsproto, until the connection
         or the stream ends), except that it keeps no dict of bound handlers
         and no reference to the last event (the handshake request, with its
-        headers, for an idle connection's life), and it does not hold the
-        inbound queue open (there is none). Then it calls back.
+        headers, for an idle connection's life), it does not hold the
+        inbound queue open (there is none), and it may stop for a hand-over
+        (``False``; see :meth:`read`).
         """
-        try:
-            wsproto = self._wsproto
-            while self._reader_running:
-                await self._handle_events()
-                try:
+        wsproto = self._wsproto
+        while self._reader_running:
+            await self._handle_events()
+            try:
+                if until_handed_over:
+                    if self._handed_over:
+                        return False
+                    receiving = self._receiving = trio.CancelScope()
+                    with receiving:
+                        data = await self._stream.receive_some(self._receive_buffer_size)
+                    self._receiving = None
+                    if receiving.cancelled_caught:
+                        return False
+                else:
                     data = await self._stream.receive_some(self._receive_buffer_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self._abort_web_socket()
-                    break
-                if not data:  # TCP closed, if before the websocket: an abnormal closure
-                    if wsproto.state != ConnectionState.CLOSED:
-                        await self._abort_web_socket()
-                    break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._abort_web_socket()
+                break
+            if not data:  # TCP closed, if before the websocket: an abnormal closure
                 if wsproto.state != ConnectionState.CLOSED:
-                    try:
-                        wsproto.receive_data(data if isinstance(data, bytes) else bytes(data))
-                    except RemoteProtocolError as error:
-                        if error.event_hint:
-                            await self._send(error.event_hint)
-                        await self._close_stream()
-                del data
-        finally:
-            self._reader_ended = True
-            callback, self._on_reader_end = self._on_reader_end, None
-            if callback is not None:
-                callback()
+                    await self._abort_web_socket()
+                break
+            if wsproto.state != ConnectionState.CLOSED:
+                try:
+                    wsproto.receive_data(data if isinstance(data, bytes) else bytes(data))
+                except RemoteProtocolError as error:
+                    if error.event_hint:
+                        await self._send(error.event_hint)
+                    await self._close_stream()
+            del data
+        return True
 
     async def _handle_events(self) -> None:
         """Dispatch wsproto's pending events (a frame of its own: no event outlives it)."""
@@ -499,17 +577,25 @@ async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
 
 
 class TrioPendingWebSocket:
-    """A handshake not yet answered: an :class:`~actors.ports.websocket.PendingWebSocket`."""
+    """A handshake not yet answered: an :class:`~actors.ports.websocket.PendingWebSocket`.
+
+    It also counts the connection in the metrics: up when accepted, down (with
+    the close code) in :meth:`finish`, which the edge runs once: when the
+    routing ends, or, for a websocket handed over to its owner
+    (:meth:`on_stop`), once the connection's reading is over.
+    """
 
     def __init__(
         self,
         request: WebSocketRequest,
+        connection: DiscardingConnection,
         *,
         accept_timeout: float = 10.0,
         close_timeout: float = 2.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._request = request
+        self._connection = connection
         self._peer = format_peer(request.remote)
         self._accept_timeout = accept_timeout
         self._close_timeout = close_timeout
@@ -519,6 +605,14 @@ class TrioPendingWebSocket:
     @property
     def peer(self) -> str:
         return self._peer
+
+    @property
+    def handed_over(self) -> bool:
+        return self._connection.handed_over
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """The owner holds the websocket from now on: see :meth:`DiscardingConnection.hand_over`."""
+        self._connection.hand_over(callback, self.finish)
 
     async def accept(self) -> TrioWebSocket:
         """Answer 101; bounded, because a client that stopped reading could stall it."""
@@ -530,7 +624,7 @@ class TrioPendingWebSocket:
                 connection = await request.accept()
         except (*CONNECTION_GONE, trio.TooSlowError) as error:
             raise WebSocketClosed(f"Handshake with {self._peer} failed: {error!r}") from None
-        if not isinstance(connection, DiscardingConnection):
+        if connection is not self._connection:
             raise TypeError("TrioPendingWebSocket serves web.websocket's connections only")
         # The handler's frames still hold the request: drop its headers.
         request._event = _SPENT_REQUEST
@@ -543,6 +637,22 @@ class TrioPendingWebSocket:
         if self._metrics is not None:
             self._metrics.websocket_connections.inc()
         return self.channel
+
+    async def finish(self) -> None:
+        """The edge's end of this websocket: close it if still open (1000), count the close.
+
+        Never accepted: the socket is dropped, so an accept still to come fails
+        (and is never counted).
+        """
+        channel = self.channel
+        if channel is None:
+            await trio.aclose_forcefully(self._connection._stream)
+            return
+        await channel.close(1000, "")
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.websocket_connections.dec()
+            metrics.websocket_closes.labels(close_code_label(channel.close_code)).inc()
 
 
 __all__ = [
