@@ -170,6 +170,16 @@ _HANDLERS: dict[type[Event], str] = {
 _SPENT_REQUEST = Request(host="", target="")
 
 
+class _Owner:
+    """What :meth:`DiscardingConnection.hand_over` keeps until it is used (then ``None``)."""
+
+    __slots__ = ("finish", "on_stop")
+
+    def __init__(self, on_stop: Callable[[], None], finish: Callable[[], Awaitable[None]]) -> None:
+        self.on_stop: Callable[[], None] | None = on_stop
+        self.finish: Callable[[], Awaitable[None]] | None = finish
+
+
 class DiscardingConnection(WebSocketConnection):
     """A server connection whose reader discards client messages and says when it ends.
 
@@ -201,18 +211,20 @@ class DiscardingConnection(WebSocketConnection):
         #: release (see :meth:`TrioWebSocket.send_now`). trio-websocket only
         #: ever enters it with ``async with``, which a semaphore supports; set
         #: before the reader starts, so no write ever held the lock it made.
-        self.stream_lock = trio.Semaphore(1, max_value=1)
-        self._stream_lock = self.stream_lock  # type: ignore[assignment]
+        self._stream_lock = trio.Semaphore(1, max_value=1)  # type: ignore[assignment]
         self._open_handshake = self._for_testing_peer_closed_connection = _UNWATCHED
         self._reader_ended = False
         self._on_reader_end: Callable[[], None] | None = None
-        #: Set by :meth:`hand_over`: the owner's "the edge stops" callback and
-        #: the end steps to run once the reading is over.
-        self._on_stop: Callable[[], None] | None = None
-        self._finish: Callable[[], Awaitable[None]] | None = None
-        self._handed_over = False
+        #: Set by :meth:`hand_over`. (Attributes are counted: past 30, Python
+        #: gives up the instance's shared-key dict, +1.3 KB per connection.)
+        self._owner: _Owner | None = None
         #: The scope of the receive under way while the reader waits for a hand-over.
         self._receiving: trio.CancelScope | None = None
+
+    @property
+    def stream_lock(self) -> trio.Semaphore:
+        """trio-websocket's stream lock, as a semaphore (see :meth:`TrioWebSocket.send_now`)."""
+        return self._stream_lock  # type: ignore[return-value]
 
     def when_reader_ends(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (sync, must not raise) once the reader task ends; at once if it has."""
@@ -224,7 +236,7 @@ class DiscardingConnection(WebSocketConnection):
     @property
     def handed_over(self) -> bool:
         """Whether an owner took the websocket over from the routing task (:meth:`hand_over`)."""
-        return self._handed_over
+        return self._owner is not None
 
     def hand_over(self, on_stop: Callable[[], None], finish: Callable[[], Awaitable[None]]) -> None:
         """The websocket's owner holds it from now on; the routing task may end.
@@ -238,9 +250,7 @@ class DiscardingConnection(WebSocketConnection):
         edge's end steps: close if still open, count the close) is awaited
         once the reading is over (:meth:`finish`).
         """
-        self._on_stop = on_stop
-        self._finish = finish
-        self._handed_over = True
+        self._owner = _Owner(on_stop, finish)
         receiving = self._receiving
         if receiving is not None:
             receiving.cancel()
@@ -262,9 +272,11 @@ class DiscardingConnection(WebSocketConnection):
             try:
                 ended = await self._read(until_handed_over)
             except trio.Cancelled:
-                stop, self._on_stop = self._on_stop, None
-                if stop is None:
+                owner = self._owner
+                stop = None if owner is None else owner.on_stop
+                if owner is None or stop is None:
                     raise
+                owner.on_stop = None
                 stop()
                 with trio.CancelScope(shield=True), trio.move_on_after(stop_grace):
                     await self._read(False)
@@ -272,7 +284,8 @@ class DiscardingConnection(WebSocketConnection):
         finally:
             if ended:
                 self._reader_ended = True
-                self._on_stop = None
+                if self._owner is not None:
+                    self._owner.on_stop = None
                 callback, self._on_reader_end = self._on_reader_end, None
                 if callback is not None:
                     callback()
@@ -280,8 +293,10 @@ class DiscardingConnection(WebSocketConnection):
 
     async def finish(self) -> None:
         """The owner's end steps, once (shielded); nothing if it was never handed over."""
-        finish, self._finish = self._finish, None
-        self._on_stop = None
+        owner = self._owner
+        if owner is None:
+            return
+        finish, owner.finish, owner.on_stop = owner.finish, None, None
         if finish is not None:
             with trio.CancelScope(shield=True):
                 await finish()
@@ -302,7 +317,7 @@ class DiscardingConnection(WebSocketConnection):
             await self._handle_events()
             try:
                 if until_handed_over:
-                    if self._handed_over:
+                    if self._owner is not None:
                         return False
                     receiving = self._receiving = trio.CancelScope()
                     with receiving:

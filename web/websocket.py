@@ -165,10 +165,7 @@ class _IsolatingWebSocketServer(WebSocketServer):
             )
             grace = self._disconnect_timeout * 2 + STOP_MARGIN
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._route, connection)
-                    ended = await connection.read(until_handed_over=True, stop_grace=grace)
-                if not ended:
+                if not await self._open(connection, grace):
                     await connection.read(until_handed_over=False, stop_grace=grace)
             finally:
                 await connection.finish()
@@ -178,6 +175,15 @@ class _IsolatingWebSocketServer(WebSocketServer):
                 failure.exceptions,
             )
             await trio.aclose_forcefully(stream)
+
+    async def _open(self, connection: DiscardingConnection, grace: float) -> bool:
+        """Read beside the routing task until it ends; ``False`` if it handed the websocket over.
+
+        A frame of its own: the nursery is gone with it.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._route, connection)
+            return await connection.read(until_handed_over=True, stop_grace=grace)
 
     async def _route(self, connection: DiscardingConnection) -> None:
         """The handshake (bounded) and its routing, until the stream actor holds the websocket."""
