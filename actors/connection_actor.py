@@ -141,7 +141,8 @@ class ConnectionActor:
         self._settings = context.settings
         self._pending = websocket
         self._channel: WebSocket | None = None
-        self._helpers: trio.Nursery | None = None
+        #: The scope of the ping under way (a task in the stream actor's nursery), if any.
+        self._pinging: trio.CancelScope | None = None
         self._on_exit = on_exit
         self._subscribe = subscribe
         self._keepalive = keepalive
@@ -213,6 +214,8 @@ class ConnectionActor:
             self.log.exception("crashed")
             self.cancel(INTERNAL_ERROR)
         finally:
+            if self._pinging is not None:
+                self._pinging.cancel()
             with trio.CancelScope(shield=True):
                 await self._close()
             self._log_stats("closed")
@@ -221,26 +224,24 @@ class ConnectionActor:
                 self._on_exit(self)
 
     async def _serve(self) -> None:
-        async with trio.open_nursery() as helpers:
-            self._helpers = helpers
-            while True:
-                try:
-                    await keep_subscribed(self, self._context.broker, self.log)
-                except LeftHub as left:
-                    # Dropped by the shared consumer after draining what it
-                    # buffered for us: continue at once on a consumer of our own.
-                    self._own_consumer = True
-                    self._consumer.state = "reconnecting"
-                    self._core.handed_over(left.resume_offset, left.not_before_ms)
-                    self.log.info(
-                        "left the shared consumer (%s); own consumer from %s",
-                        left.reason,
-                        describe_position(self._core.position()),
-                    )
-                except StreamNotFound:
-                    self._consumer.state = "detached"
-                    self.log.warning("the stream queue does not exist")
-                    await self._stop(QUEUE_MISSING)
+        while True:
+            try:
+                await keep_subscribed(self, self._context.broker, self.log)
+            except LeftHub as left:
+                # Dropped by the shared consumer after draining what it
+                # buffered for us: continue at once on a consumer of our own.
+                self._own_consumer = True
+                self._consumer.state = "reconnecting"
+                self._core.handed_over(left.resume_offset, left.not_before_ms)
+                self.log.info(
+                    "left the shared consumer (%s); own consumer from %s",
+                    left.reason,
+                    describe_position(self._core.position()),
+                )
+            except StreamNotFound:
+                self._consumer.state = "detached"
+                self.log.warning("the stream queue does not exist")
+                await self._stop(QUEUE_MISSING)
 
     # -- the resubscription loop's owner ---------------------------------
 
@@ -413,29 +414,42 @@ class ConnectionActor:
         """The websocket's reader ended: the client left (or the socket was closed)."""
         self.cancel(Ending.PEER_GONE)
 
-    def ping_due(self) -> None:
+    def ping_due(self) -> Callable[[], Awaitable[None]] | None:
         """The stream's keepalive schedule says it is time to ping (see :mod:`actors.keepalive`)."""
-        helpers, channel = self._helpers, self._channel
-        if helpers is not None and channel is not None and not self.ending:
-            helpers.start_soon(self._ping, channel)
+        if self._channel is None or self.ending or self._pinging is not None:
+            return None
+        return self._ping
 
-    async def _ping(self, channel: WebSocket) -> None:
-        """One ping: a pong within the timeout schedules the next, else the peer is dropped."""
-        timeout = self._settings.ping_timeout
-        with trio.move_on_after(timeout) as waiting:
-            try:
-                await channel.ping()
-            except WebSocketClosed:
-                self.cancel(Ending.PEER_GONE)
-                return
-        if waiting.cancelled_caught:
-            self.log.warning(
-                "no pong within %gs: dropping the connection",
-                timeout,
-            )
-            self.cancel(Ending.ABORT)
+    async def _ping(self) -> None:
+        """One ping: a pong within the timeout schedules the next, else the peer is dropped.
+
+        A task in the stream actor's nursery: the connection cancels it when
+        it ends, and an unexpected failure ends this connection only.
+        """
+        channel = self._channel
+        if channel is None or self.ending:
             return
-        self._keepalive.schedule(self)
+        timeout = self._settings.ping_timeout
+        pinging = self._pinging = trio.CancelScope()
+        try:
+            with pinging:
+                with trio.move_on_after(timeout) as waiting:
+                    await channel.ping()
+                if waiting.cancelled_caught:
+                    self.log.warning(
+                        "no pong within %gs: dropping the connection",
+                        timeout,
+                    )
+                    self.cancel(Ending.ABORT)
+                elif not self.ending:
+                    self._keepalive.schedule(self)
+        except WebSocketClosed:
+            self.cancel(Ending.PEER_GONE)
+        except Exception:
+            self.log.exception("crashed")
+            self.cancel(INTERNAL_ERROR)
+        finally:
+            self._pinging = None
 
     async def _close(self) -> None:
         """Close the websocket for the recorded outcome (shielded by the caller)."""

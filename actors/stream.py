@@ -330,14 +330,16 @@ class StreamActor:
         """Keep the task (and its nursery) alive while it has connections; ping them.
 
         The connections' keepalive is served here (one schedule per stream,
-        not a sleeping task per websocket): each due ping starts in its
-        connection's own nursery.
+        not a sleeping task per websocket): each due ping is a short task in
+        this actor's nursery, which its connection cancels if it ends first.
         """
         keepalive = self._keepalive
+        nursery = self._nursery
+        assert nursery is not None
         while self._connections:
             with trio.move_on_at(keepalive.next_due):
                 await self._wait_changed()
-            keepalive.fire_due()
+            keepalive.fire_due(nursery.start_soon)
 
     async def _after_crash(self) -> None:
         self.restarts += 1
