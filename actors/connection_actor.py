@@ -135,8 +135,6 @@ class ConnectionActor:
         self.bytes_sent = 0
         #: Every line this connection logs says which one it is.
         self.log = LogContext(log, stream=stream_id, conn=self.id)
-        #: Set once the actor has completely finished (websocket closed).
-        self.finished = trio.Event()
         self._context = context
         self._settings = context.settings
         self._pending = websocket
@@ -219,7 +217,6 @@ class ConnectionActor:
             with trio.CancelScope(shield=True):
                 await self._close()
             self._log_stats("closed")
-            self.finished.set()
             if self._on_exit is not None:
                 self._on_exit(self)
 
