@@ -108,8 +108,13 @@ class LeanWSConnection(WSConnection):
         if connection is not None:
             return connection.send(event)
         data = super().send(event)
-        if self.connection is not None and not self.handshake._events:
+        connection = self.connection
+        if connection is not None and not self.handshake._events:
             del self.handshake
+            if not connection._events:
+                # wsproto queues an event here only for ``receive_data(None)``,
+                # which the reader never calls; an empty deque holds ~700 B.
+                connection._events = _EventFifo()  # type: ignore[assignment]
         return data
 
     def receive_data(self, data: bytes | None) -> None:
@@ -124,6 +129,15 @@ class LeanWSConnection(WSConnection):
             yield from self.handshake.events()
         if self.connection is not None:
             yield from self.connection.events()
+
+
+class _EventFifo(list[Event]):
+    """Stands for wsproto ``Connection._events`` (a deque): a list with ``popleft``."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Event:
+        return self.pop(0)
 
 
 class _NoQueue:
@@ -150,6 +164,8 @@ class _NoQueue:
 
 
 _NO_QUEUE = _NoQueue()
+#: What a plain TCP read asks for when no receive buffer size is set (trio's default).
+DEFAULT_RECEIVE_SIZE = 65536
 #: Stands for events that nobody waits on for a server connection: trio-websocket
 #: only sets them (``_open_handshake`` is awaited by its client connect only).
 _UNWATCHED = trio.Event()
@@ -321,12 +337,12 @@ class DiscardingConnection(WebSocketConnection):
                         return False
                     receiving = self._receiving = trio.CancelScope()
                     with receiving:
-                        data = await self._stream.receive_some(self._receive_buffer_size)
+                        data = await self._receive()
                     self._receiving = None
                     if receiving.cancelled_caught:
                         return False
                 else:
-                    data = await self._stream.receive_some(self._receive_buffer_size)
+                    data = await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._abort_web_socket()
                 break
@@ -343,6 +359,35 @@ class DiscardingConnection(WebSocketConnection):
                     await self._close_stream()
             del data
         return True
+
+    async def _receive(self) -> bytes | bytearray:
+        """``receive_some`` of the stream; for plain TCP, a wait on the descriptor and a read.
+
+        An idle connection waits here for its whole life: trio's
+        ``SocketStream.receive_some`` waits three frames and a context
+        manager deeper (~1 KB per connection). The descriptor is asked for
+        on every call (a closed trio socket answers -1), a socket closed while
+        waiting raises ``ClosedResourceError`` as trio's own read would, and
+        socket errors become ``BrokenResourceError``.
+        """
+        stream = self._stream
+        if type(stream) is not trio.SocketStream:
+            return await stream.receive_some(self._receive_buffer_size)
+        size = self._receive_buffer_size or DEFAULT_RECEIVE_SIZE
+        while True:
+            fd = stream.socket.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            await trio.lowlevel.wait_readable(fd)
+            fd = stream.socket.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                return os.read(fd, size)
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                raise trio.BrokenResourceError(str(error)) from error
 
     async def _handle_events(self) -> None:
         """Dispatch wsproto's pending events (a frame of its own: no event outlives it)."""
