@@ -24,10 +24,14 @@ And one cost: every connection queues the client's messages for someone to
 read, so a server that must keep answering pings needs a task per websocket
 just to drain them. Clients have nothing to say to this service:
 :class:`DiscardingConnection` (built by :mod:`web.websocket`'s server) drops
-their messages in trio-websocket's own reader task and calls back when that
-reader ends, so there is no draining task, no inbound queue, and, once the
-handshake is answered, no handshake state (the h11 connection, the request's
-headers) kept for the connection's life.
+their messages in its reader loop (trio-websocket's, re-done) and calls back
+when the reading ends, so there is no draining task, no inbound queue, and,
+once the handshake is answered, no handshake state (the h11 connection, the
+request's headers) kept for the connection's life. That loop runs in the
+server's task for the connection, which thus does double duty: the handshake
+is routed in a child task that ends once the websocket's owner holds it
+(:meth:`DiscardingConnection.hand_over`), and an idle websocket costs the
+edge that one task.
 """
 
 from __future__ import annotations
@@ -243,7 +247,7 @@ class DiscardingConnection(WebSocketConnection):
         return self._stream_lock  # type: ignore[return-value]
 
     def when_reader_ends(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (sync, must not raise) once the reader task ends; at once if it has."""
+        """Call ``callback`` (sync, must not raise) once the reading ends; at once if it has."""
         if self._reader_ended:
             callback()
         else:
