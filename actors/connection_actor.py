@@ -135,13 +135,12 @@ class ConnectionActor:
         self.bytes_sent = 0
         #: Every line this connection logs says which one it is.
         self.log = LogContext(log, stream=stream_id, conn=self.id)
-        #: Set once the actor has completely finished (websocket closed).
-        self.finished = trio.Event()
         self._context = context
         self._settings = context.settings
         self._pending = websocket
         self._channel: WebSocket | None = None
-        self._helpers: trio.Nursery | None = None
+        #: The scope of the ping under way (a task in the stream actor's nursery), if any.
+        self._pinging: trio.CancelScope | None = None
         self._on_exit = on_exit
         self._subscribe = subscribe
         self._keepalive = keepalive
@@ -190,6 +189,10 @@ class ConnectionActor:
             self._outcome = reason
         self._scope.cancel()
 
+    def edge_stopped(self) -> None:
+        """The websocket's edge stops serving (the listener shuts down): close with 1001."""
+        self.cancel(SHUTDOWN)
+
     async def _stop(self, reason: Outcome) -> NoReturn:
         self.cancel(reason)
         await trio.lowlevel.checkpoint()  # raises Cancelled: our own scope is cancelled
@@ -201,42 +204,39 @@ class ConnectionActor:
         """Serve the websocket until the connection ends; never raises (but Cancelled)."""
         self.log.info("opening peer=%s start=%s", self.peer, describe_position(self._core.initial))
         try:
+            # The loop is here, not in a method of its own: one frame fewer per idle websocket.
             with self._scope:
-                await self._serve()
+                while True:
+                    try:
+                        await keep_subscribed(self, self._context.broker, self.log)
+                    except LeftHub as left:
+                        # Dropped by the shared consumer after draining what it
+                        # buffered for us: continue at once on a consumer of our own.
+                        self._own_consumer = True
+                        self._consumer.state = "reconnecting"
+                        self._core.handed_over(left.resume_offset, left.not_before_ms)
+                        self.log.info(
+                            "left the shared consumer (%s); own consumer from %s",
+                            left.reason,
+                            describe_position(self._core.position()),
+                        )
+                    except StreamNotFound:
+                        self._consumer.state = "detached"
+                        self.log.warning("the stream queue does not exist")
+                        await self._stop(QUEUE_MISSING)
         except* Exception:
             # Outside the scope: its own Cancelled is already filtered out, and
             # any other Cancelled (the stream actor's) is re-raised by except*.
             self.log.exception("crashed")
             self.cancel(INTERNAL_ERROR)
         finally:
+            if self._pinging is not None:
+                self._pinging.cancel()
             with trio.CancelScope(shield=True):
                 await self._close()
             self._log_stats("closed")
-            self.finished.set()
             if self._on_exit is not None:
                 self._on_exit(self)
-
-    async def _serve(self) -> None:
-        async with trio.open_nursery() as helpers:
-            self._helpers = helpers
-            while True:
-                try:
-                    await keep_subscribed(self, self._context.broker, self.log)
-                except LeftHub as left:
-                    # Dropped by the shared consumer after draining what it
-                    # buffered for us: continue at once on a consumer of our own.
-                    self._own_consumer = True
-                    self._consumer.state = "reconnecting"
-                    self._core.handed_over(left.resume_offset, left.not_before_ms)
-                    self.log.info(
-                        "left the shared consumer (%s); own consumer from %s",
-                        left.reason,
-                        describe_position(self._core.position()),
-                    )
-                except StreamNotFound:
-                    self._consumer.state = "detached"
-                    self.log.warning("the stream queue does not exist")
-                    await self._stop(QUEUE_MISSING)
 
     # -- the resubscription loop's owner ---------------------------------
 
@@ -262,7 +262,22 @@ class ConnectionActor:
         self._core.attached(position, self._now_ms())
         channel = self._channel or await self._accept()
         self.state = "open"
-        await self._pump(subscription, channel)
+        # The pump (here rather than in a method: one frame fewer per idle
+        # websocket): feed events to the core, send what it batches,
+        # acknowledge what it processed. Events are acknowledged only once
+        # their frames are written, so a client that stops reading stops the
+        # broker (backpressure). While it waits with nothing buffered, a
+        # member of the live-tail hub is written to from the hub's task
+        # instead (:meth:`_deliver_now`).
+        if isinstance(subscription, HubMember):
+            subscription.direct = self._deliver_now
+        async for event in subscription:
+            if not self._core.batch:  # this event starts a batch
+                self._received_at = trio.current_time()
+            if self._take(event, subscription.buffered):
+                await self._write_batch(channel)
+                self._processed(event.offset)
+                await subscription.ack(event.offset)
 
     async def detached(self, why: Detached) -> None:
         self._consumer.state = "reconnecting"
@@ -288,24 +303,6 @@ class ConnectionActor:
         channel.on_gone(self._peer_gone)
         self._keepalive.schedule(self)
         return channel
-
-    async def _pump(self, subscription: Subscription, channel: WebSocket) -> None:
-        """Feed events to the core; send what it batches; acknowledge what it processed.
-
-        Events are acknowledged only once their frames are written, so a
-        client that stops reading stops the broker (backpressure). While it
-        waits with nothing buffered, a member of the live-tail hub is written
-        to from the hub's task instead (:meth:`_deliver_now`).
-        """
-        if isinstance(subscription, HubMember):
-            subscription.direct = self._deliver_now
-        async for event in subscription:
-            if not self._core.batch:  # this event starts a batch
-                self._received_at = trio.current_time()
-            if self._take(event, subscription.buffered):
-                await self._write_batch(channel)
-                self._processed(event.offset)
-                await subscription.ack(event.offset)
 
     def _deliver_now(self, event: StreamEvent, received_at: float) -> Completion | None:
         """The hub's fast path (:data:`~actors.hub.DirectDelivery`): one event, never blocking.
@@ -409,29 +406,42 @@ class ConnectionActor:
         """The websocket's reader ended: the client left (or the socket was closed)."""
         self.cancel(Ending.PEER_GONE)
 
-    def ping_due(self) -> None:
+    def ping_due(self) -> Callable[[], Awaitable[None]] | None:
         """The stream's keepalive schedule says it is time to ping (see :mod:`actors.keepalive`)."""
-        helpers, channel = self._helpers, self._channel
-        if helpers is not None and channel is not None and not self.ending:
-            helpers.start_soon(self._ping, channel)
+        if self._channel is None or self.ending or self._pinging is not None:
+            return None
+        return self._ping
 
-    async def _ping(self, channel: WebSocket) -> None:
-        """One ping: a pong within the timeout schedules the next, else the peer is dropped."""
-        timeout = self._settings.ping_timeout
-        with trio.move_on_after(timeout) as waiting:
-            try:
-                await channel.ping()
-            except WebSocketClosed:
-                self.cancel(Ending.PEER_GONE)
-                return
-        if waiting.cancelled_caught:
-            self.log.warning(
-                "no pong within %gs: dropping the connection",
-                timeout,
-            )
-            self.cancel(Ending.ABORT)
+    async def _ping(self) -> None:
+        """One ping: a pong within the timeout schedules the next, else the peer is dropped.
+
+        A task in the stream actor's nursery: the connection cancels it when
+        it ends, and an unexpected failure ends this connection only.
+        """
+        channel = self._channel
+        if channel is None or self.ending:
             return
-        self._keepalive.schedule(self)
+        timeout = self._settings.ping_timeout
+        pinging = self._pinging = trio.CancelScope()
+        try:
+            with pinging:
+                with trio.move_on_after(timeout) as waiting:
+                    await channel.ping()
+                if waiting.cancelled_caught:
+                    self.log.warning(
+                        "no pong within %gs: dropping the connection",
+                        timeout,
+                    )
+                    self.cancel(Ending.ABORT)
+                elif not self.ending:
+                    self._keepalive.schedule(self)
+        except WebSocketClosed:
+            self.cancel(Ending.PEER_GONE)
+        except Exception:
+            self.log.exception("crashed")
+            self.cancel(INTERNAL_ERROR)
+        finally:
+            self._pinging = None
 
     async def _close(self) -> None:
         """Close the websocket for the recorded outcome (shielded by the caller)."""

@@ -5,9 +5,11 @@ accepted, and again ``ping_interval`` seconds after each pong (SPEC section
 4). A sleeping task per connection would cost a task, its coroutine stack and
 a timer per idle websocket; this schedule is a queue of ``(due, pinger)``
 that the stream actor's own task serves (:meth:`fire_due`, woken at
-:attr:`next_due`). When an entry is due, its pinger starts one short-lived
-ping task of its own (so a ping that waits for its pong is part of the
-connection, cancelled with it), which schedules the next ping after the pong.
+:attr:`next_due`). When an entry is due, its pinger hands back one
+short-lived ping, which the stream actor starts as a task in its nursery
+(the connection cancels it if it ends first; a nursery per connection only
+for its pings would cost more than the pings), and which schedules the next
+ping after the pong.
 
 Every entry is due ``interval`` after it was added and the clock only moves
 forward, so entries are added in the order they fall due: a FIFO queue is the
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -27,8 +29,8 @@ import trio
 class Pinger(Protocol):
     """What the schedule pings: a connection actor."""
 
-    def ping_due(self) -> None:
-        """Start a ping (the next one is scheduled once it is answered); must not block."""
+    def ping_due(self) -> Callable[[], Awaitable[None]] | None:
+        """The ping to run now, if any (it schedules the next once answered); must not block."""
         ...
 
 
@@ -58,9 +60,11 @@ class KeepaliveSchedule:
         if was_empty:
             self._wake()
 
-    def fire_due(self) -> None:
-        """Start every ping that is due now."""
+    def fire_due(self, start: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+        """Start (with ``start``: a nursery's ``start_soon``) every ping that is due now."""
         due = self._due
         now = trio.current_time()
         while due and due[0][0] <= now:
-            due.popleft()[1].ping_due()
+            ping = due.popleft()[1].ping_due()
+            if ping is not None:
+                start(ping)

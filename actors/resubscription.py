@@ -113,12 +113,14 @@ async def keep_subscribed(
     policy: BackoffPolicy = RESUBSCRIBE_BACKOFF,
 ) -> NoReturn:
     """Keep ``owner`` attached to its stream forever; see the module documentation."""
-    backoff = Backoff(policy)
+    # Made at the first failure, dropped at each attach (a reset): an attached
+    # owner (ten thousand idle websockets) keeps no schedule.
+    backoff: Backoff | None = None
     while True:
         position = owner.position()
         try:
             async with owner.subscribe(position) as subscription:
-                backoff.reset()
+                backoff = None
                 await owner.consume(subscription, position)
             why = Detached.ENDED
         except SubscriptionLost:
@@ -129,9 +131,11 @@ async def keep_subscribed(
         match why:
             case Detached.UNAVAILABLE:
                 await broker.wait_available()
+                backoff = backoff or Backoff(policy)
                 await backoff.sleep()
             case Detached.ENDED:
                 await trio.sleep(RESUBSCRIBE_PAUSE)
             case Detached.LOST if owner.position() == position:
+                backoff = backoff or Backoff(policy)
                 await backoff.sleep()  # lost again without progress: do not spin
         log.info("%s; resubscribing from %s", why.value, describe_position(owner.position()))

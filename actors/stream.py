@@ -177,7 +177,14 @@ class StreamActor:
     # -- serving websockets ----------------------------------------------
 
     async def serve(self, websocket: PendingWebSocket, start: ClientStart) -> None:
-        """Run a connection actor for ``websocket`` in this actor; return when it has ended."""
+        """Start a connection actor for ``websocket`` in this actor; return once it holds it.
+
+        The caller (the websocket edge's handler) does not wait for the
+        connection: once the actor runs in this actor's nursery it owns the
+        websocket (``PendingWebSocket.on_stop``), so an idle websocket costs
+        no waiting handler task. A websocket this actor cannot take (it is
+        closing, or its task cannot start) is refused before this returns.
+        """
         while self._restarting is not None and self._closing is None:
             await self._restarting.wait()
         if self._closing is not None:
@@ -195,28 +202,20 @@ class StreamActor:
             keepalive=self._keepalive,
         )
         self._admit(connection)
-        spawned = False
         try:
-            try:
-                nursery = await self._running_nursery()
-                nursery.start_soon(connection.run)
-                spawned = True
-            except RuntimeError:
-                # The supervisor (or this actor's task) is gone: close at once.
-                connection.cancel(self._closing or SHUTDOWN)
-                await connection.run()
-                return
-            await connection.finished.wait()
-        finally:
-            if not connection.finished.is_set():
-                # Our caller (the websocket handler) is being cancelled.
-                connection.cancel(self._closing or SHUTDOWN)
-                if spawned:
-                    timeout = self._context.settings.close_timeout * 2 + CLOSE_MARGIN
-                    with trio.CancelScope(shield=True), trio.move_on_after(timeout):
-                        await connection.finished.wait()
-                else:
-                    self._connection_exited(connection)
+            nursery = await self._running_nursery()
+            nursery.start_soon(connection.run)
+        except RuntimeError:
+            # The supervisor (or this actor's task) is gone: close at once.
+            connection.cancel(self._closing or SHUTDOWN)
+            await connection.run()
+            return
+        except BaseException:
+            # Our caller (the websocket handler) is cancelled before the hand-over.
+            connection.cancel(self._closing or SHUTDOWN)
+            self._connection_exited(connection)
+            raise
+        websocket.on_stop(connection.edge_stopped)
 
     def _admit(self, connection: ConnectionActor) -> None:
         """Add a connection; the oldest ones beyond the policy are replaced (4001)."""
@@ -331,14 +330,16 @@ class StreamActor:
         """Keep the task (and its nursery) alive while it has connections; ping them.
 
         The connections' keepalive is served here (one schedule per stream,
-        not a sleeping task per websocket): each due ping starts in its
-        connection's own nursery.
+        not a sleeping task per websocket): each due ping is a short task in
+        this actor's nursery, which its connection cancels if it ends first.
         """
         keepalive = self._keepalive
+        nursery = self._nursery
+        assert nursery is not None
         while self._connections:
             with trio.move_on_at(keepalive.next_due):
                 await self._wait_changed()
-            keepalive.fire_due()
+            keepalive.fire_due(nursery.start_soon)
 
     async def _after_crash(self) -> None:
         self.restarts += 1

@@ -24,10 +24,14 @@ And one cost: every connection queues the client's messages for someone to
 read, so a server that must keep answering pings needs a task per websocket
 just to drain them. Clients have nothing to say to this service:
 :class:`DiscardingConnection` (built by :mod:`web.websocket`'s server) drops
-their messages in trio-websocket's own reader task and calls back when that
-reader ends, so there is no draining task, no inbound queue, and, once the
-handshake is answered, no handshake state (the h11 connection, the request's
-headers) kept for the connection's life.
+their messages in its reader loop (trio-websocket's, re-done) and calls back
+when the reading ends, so there is no draining task, no inbound queue, and,
+once the handshake is answered, no handshake state (the h11 connection, the
+request's headers) kept for the connection's life. That loop runs in the
+server's task for the connection, which thus does double duty: the handshake
+is routed in a child task that ends once the websocket's owner holds it
+(:meth:`DiscardingConnection.hand_over`), and an idle websocket costs the
+edge that one task.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import functools
 import logging
 import os
 import struct
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final
 
 import trio
@@ -58,7 +62,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from actors.ports.websocket import WebSocketClosed
-from web.metrics import ServiceMetrics
+from web.metrics import ServiceMetrics, close_code_label
 from web.reasons import close_reason
 
 log = logging.getLogger(__name__)
@@ -108,8 +112,13 @@ class LeanWSConnection(WSConnection):
         if connection is not None:
             return connection.send(event)
         data = super().send(event)
-        if self.connection is not None and not self.handshake._events:
+        connection = self.connection
+        if connection is not None and not self.handshake._events:
             del self.handshake
+            if not connection._events:
+                # wsproto queues an event here only for ``receive_data(None)``,
+                # which the reader never calls; an empty deque holds ~700 B.
+                connection._events = _EventFifo()  # type: ignore[assignment]
         return data
 
     def receive_data(self, data: bytes | None) -> None:
@@ -124,6 +133,15 @@ class LeanWSConnection(WSConnection):
             yield from self.handshake.events()
         if self.connection is not None:
             yield from self.connection.events()
+
+
+class _EventFifo(list[Event]):
+    """Stands for wsproto ``Connection._events`` (a deque): a list with ``popleft``."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Event:
+        return self.pop(0)
 
 
 class _NoQueue:
@@ -150,6 +168,8 @@ class _NoQueue:
 
 
 _NO_QUEUE = _NoQueue()
+#: What a plain TCP read asks for when no receive buffer size is set (trio's default).
+DEFAULT_RECEIVE_SIZE = 65536
 #: Stands for events that nobody waits on for a server connection: trio-websocket
 #: only sets them (``_open_handshake`` is awaited by its client connect only).
 _UNWATCHED = trio.Event()
@@ -168,6 +188,16 @@ _HANDLERS: dict[type[Event], str] = {
 }
 #: What a request is replaced with once answered: the routed path is read before.
 _SPENT_REQUEST = Request(host="", target="")
+
+
+class _Owner:
+    """What :meth:`DiscardingConnection.hand_over` keeps until it is used (then ``None``)."""
+
+    __slots__ = ("finish", "on_stop")
+
+    def __init__(self, on_stop: Callable[[], None], finish: Callable[[], Awaitable[None]]) -> None:
+        self.on_stop: Callable[[], None] | None = on_stop
+        self.finish: Callable[[], Awaitable[None]] | None = finish
 
 
 class DiscardingConnection(WebSocketConnection):
@@ -201,55 +231,167 @@ class DiscardingConnection(WebSocketConnection):
         #: release (see :meth:`TrioWebSocket.send_now`). trio-websocket only
         #: ever enters it with ``async with``, which a semaphore supports; set
         #: before the reader starts, so no write ever held the lock it made.
-        self.stream_lock = trio.Semaphore(1, max_value=1)
-        self._stream_lock = self.stream_lock  # type: ignore[assignment]
+        self._stream_lock = trio.Semaphore(1, max_value=1)  # type: ignore[assignment]
         self._open_handshake = self._for_testing_peer_closed_connection = _UNWATCHED
         self._reader_ended = False
         self._on_reader_end: Callable[[], None] | None = None
+        #: Set by :meth:`hand_over`. (Attributes are counted: past 30, Python
+        #: gives up the instance's shared-key dict, +1.3 KB per connection.)
+        self._owner: _Owner | None = None
+        #: The scope of the receive under way while the reader waits for a hand-over.
+        self._receiving: trio.CancelScope | None = None
+
+    @property
+    def stream_lock(self) -> trio.Semaphore:
+        """trio-websocket's stream lock, as a semaphore (see :meth:`TrioWebSocket.send_now`)."""
+        return self._stream_lock  # type: ignore[return-value]
 
     def when_reader_ends(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (sync, must not raise) once the reader task ends; at once if it has."""
+        """Call ``callback`` (sync, must not raise) once the reading ends; at once if it has."""
         if self._reader_ended:
             callback()
         else:
             self._on_reader_end = callback
 
-    async def _reader_task(self) -> None:
+    @property
+    def handed_over(self) -> bool:
+        """Whether an owner took the websocket over from the routing task (:meth:`hand_over`)."""
+        return self._owner is not None
+
+    def hand_over(self, on_stop: Callable[[], None], finish: Callable[[], Awaitable[None]]) -> None:
+        """The websocket's owner holds it from now on; the routing task may end.
+
+        The reading continues in the connection's task, outside the nursery it
+        shared with the routing task (see :meth:`read`). If that task is
+        cancelled (the listener shuts down) while the owner holds the
+        websocket, ``on_stop`` is called (sync, must not raise: the owner
+        closes the websocket, with 1001) and the reading goes on, shielded and
+        bounded, so the owner's close handshake completes; ``finish`` (the
+        edge's end steps: close if still open, count the close) is awaited
+        once the reading is over (:meth:`finish`).
+        """
+        self._owner = _Owner(on_stop, finish)
+        receiving = self._receiving
+        if receiving is not None:
+            receiving.cancel()
+
+    async def read(self, *, until_handed_over: bool, stop_grace: float) -> bool:
+        """Run the reader loop in the calling task; ``False`` if it stopped for a hand-over.
+
+        With ``until_handed_over``, a receive is interrupted (at its
+        checkpoint: no byte is lost) once :meth:`hand_over` is called, so the
+        caller can leave the nursery it shares with the routing task and call
+        this again without it: the idle connection is then one task, not two.
+        Otherwise it reads until the connection ends. Either way, once the
+        reading is over, the :meth:`when_reader_ends` callback is called.
+        ``stop_grace`` bounds the shielded reading after a cancellation (see
+        :meth:`hand_over`).
+        """
+        ended = True
+        try:
+            try:
+                ended = await self._read(until_handed_over)
+            except trio.Cancelled:
+                owner = self._owner
+                stop = None if owner is None else owner.on_stop
+                if owner is None or stop is None:
+                    raise
+                owner.on_stop = None
+                stop()
+                with trio.CancelScope(shield=True), trio.move_on_after(stop_grace):
+                    await self._read(False)
+                raise
+        finally:
+            if ended:
+                self._reader_ended = True
+                if self._owner is not None:
+                    self._owner.on_stop = None
+                callback, self._on_reader_end = self._on_reader_end, None
+                if callback is not None:
+                    callback()
+        return ended
+
+    async def finish(self) -> None:
+        """The owner's end steps, once (shielded); nothing if it was never handed over."""
+        owner = self._owner
+        if owner is None:
+            return
+        finish, owner.finish, owner.on_stop = owner.finish, None, None
+        if finish is not None:
+            with trio.CancelScope(shield=True):
+                await finish()
+
+    async def _read(self, until_handed_over: bool) -> bool:
         """trio-websocket 0.12's server reader loop, minus what an idle connection kept.
 
         The same steps as ``WebSocketConnection._reader_task`` for a server
         (handle the pending events, read, feed wsproto, until the connection
         or the stream ends), except that it keeps no dict of bound handlers
         and no reference to the last event (the handshake request, with its
-        headers, for an idle connection's life), and it does not hold the
-        inbound queue open (there is none). Then it calls back.
+        headers, for an idle connection's life), it does not hold the
+        inbound queue open (there is none), and it may stop for a hand-over
+        (``False``; see :meth:`read`).
         """
-        try:
-            wsproto = self._wsproto
-            while self._reader_running:
-                await self._handle_events()
-                try:
-                    data = await self._stream.receive_some(self._receive_buffer_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self._abort_web_socket()
-                    break
-                if not data:  # TCP closed, if before the websocket: an abnormal closure
-                    if wsproto.state != ConnectionState.CLOSED:
-                        await self._abort_web_socket()
-                    break
+        wsproto = self._wsproto
+        while self._reader_running:
+            await self._handle_events()
+            try:
+                if until_handed_over:
+                    if self._owner is not None:
+                        return False
+                    receiving = self._receiving = trio.CancelScope()
+                    with receiving:
+                        data = await self._receive()
+                    self._receiving = None
+                    if receiving.cancelled_caught:
+                        return False
+                else:
+                    data = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._abort_web_socket()
+                break
+            if not data:  # TCP closed, if before the websocket: an abnormal closure
                 if wsproto.state != ConnectionState.CLOSED:
-                    try:
-                        wsproto.receive_data(data if isinstance(data, bytes) else bytes(data))
-                    except RemoteProtocolError as error:
-                        if error.event_hint:
-                            await self._send(error.event_hint)
-                        await self._close_stream()
-                del data
-        finally:
-            self._reader_ended = True
-            callback, self._on_reader_end = self._on_reader_end, None
-            if callback is not None:
-                callback()
+                    await self._abort_web_socket()
+                break
+            if wsproto.state != ConnectionState.CLOSED:
+                try:
+                    wsproto.receive_data(data if isinstance(data, bytes) else bytes(data))
+                except RemoteProtocolError as error:
+                    if error.event_hint:
+                        await self._send(error.event_hint)
+                    await self._close_stream()
+            del data
+        return True
+
+    async def _receive(self) -> bytes | bytearray:
+        """``receive_some`` of the stream; for plain TCP, a wait on the descriptor and a read.
+
+        An idle connection waits here for its whole life: trio's
+        ``SocketStream.receive_some`` waits three frames and a context
+        manager deeper (~1 KB per connection). The descriptor is asked for
+        on every call (a closed trio socket answers -1), a socket closed while
+        waiting raises ``ClosedResourceError`` as trio's own read would, and
+        socket errors become ``BrokenResourceError``.
+        """
+        stream = self._stream
+        if type(stream) is not trio.SocketStream:
+            return await stream.receive_some(self._receive_buffer_size)
+        size = self._receive_buffer_size or DEFAULT_RECEIVE_SIZE
+        while True:
+            fd = stream.socket.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            await trio.lowlevel.wait_readable(fd)
+            fd = stream.socket.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                return os.read(fd, size)
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                raise trio.BrokenResourceError(str(error)) from error
 
     async def _handle_events(self) -> None:
         """Dispatch wsproto's pending events (a frame of its own: no event outlives it)."""
@@ -499,17 +641,25 @@ async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
 
 
 class TrioPendingWebSocket:
-    """A handshake not yet answered: an :class:`~actors.ports.websocket.PendingWebSocket`."""
+    """A handshake not yet answered: an :class:`~actors.ports.websocket.PendingWebSocket`.
+
+    It also counts the connection in the metrics: up when accepted, down (with
+    the close code) in :meth:`finish`, which the edge runs once: when the
+    routing ends, or, for a websocket handed over to its owner
+    (:meth:`on_stop`), once the connection's reading is over.
+    """
 
     def __init__(
         self,
         request: WebSocketRequest,
+        connection: DiscardingConnection,
         *,
         accept_timeout: float = 10.0,
         close_timeout: float = 2.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._request = request
+        self._connection = connection
         self._peer = format_peer(request.remote)
         self._accept_timeout = accept_timeout
         self._close_timeout = close_timeout
@@ -519,6 +669,14 @@ class TrioPendingWebSocket:
     @property
     def peer(self) -> str:
         return self._peer
+
+    @property
+    def handed_over(self) -> bool:
+        return self._connection.handed_over
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """The owner holds the websocket from now on: see :meth:`DiscardingConnection.hand_over`."""
+        self._connection.hand_over(callback, self.finish)
 
     async def accept(self) -> TrioWebSocket:
         """Answer 101; bounded, because a client that stopped reading could stall it."""
@@ -530,7 +688,7 @@ class TrioPendingWebSocket:
                 connection = await request.accept()
         except (*CONNECTION_GONE, trio.TooSlowError) as error:
             raise WebSocketClosed(f"Handshake with {self._peer} failed: {error!r}") from None
-        if not isinstance(connection, DiscardingConnection):
+        if connection is not self._connection:
             raise TypeError("TrioPendingWebSocket serves web.websocket's connections only")
         # The handler's frames still hold the request: drop its headers.
         request._event = _SPENT_REQUEST
@@ -543,6 +701,22 @@ class TrioPendingWebSocket:
         if self._metrics is not None:
             self._metrics.websocket_connections.inc()
         return self.channel
+
+    async def finish(self) -> None:
+        """The edge's end of this websocket: close it if still open (1000), count the close.
+
+        Never accepted: the socket is dropped, so an accept still to come fails
+        (and is never counted).
+        """
+        channel = self.channel
+        if channel is None:
+            await trio.aclose_forcefully(self._connection._stream)
+            return
+        await channel.close(1000, "")
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.websocket_connections.dec()
+            metrics.websocket_closes.labels(close_code_label(channel.close_code)).inc()
 
 
 __all__ = [

@@ -23,10 +23,13 @@ class StreamHandle(Protocol):
     def record(self) -> StreamRecord: ...
 
     async def serve(self, websocket: PendingWebSocket, start: ClientStart) -> None:
-        """Run one websocket connection of this stream; return when it is over.
+        """Start one websocket connection of this stream; return once the actor holds it.
 
         The actor accepts the pending websocket itself (after attaching its
-        broker consumer) and closes it with the appropriate code.
+        broker consumer) and closes it with the appropriate code. It takes the
+        websocket over with ``websocket.on_stop`` and returns (the edge then
+        reads the connection until it is over); a websocket it refuses is
+        closed before this returns.
         """
         ...
 

@@ -44,7 +44,7 @@ from web.client_socket import (
     format_peer,
 )
 from web.log_limit import RateLimitedLog
-from web.metrics import ServiceMetrics, close_code_label
+from web.metrics import ServiceMetrics
 from web.params import StartParameterError, parse_start
 from web.ports import StreamDirectory
 
@@ -64,6 +64,9 @@ _NOT_FOUND_BODY = b"Not found: websockets are served at /event-stream/<uuid>\n"
 #: Refused-handshake lines let through per window, and the window in seconds.
 REFUSAL_LOG_BURST = 20
 REFUSAL_LOG_INTERVAL = 60.0
+#: Extra time, beyond twice the close timeout, that a handed-over websocket is
+#: still read after the listener was cancelled (its owner's close handshake).
+STOP_MARGIN = 1.0
 
 
 async def serve_public_websockets(
@@ -104,7 +107,7 @@ async def serve_public_websockets(
             port, ssl_context, host=host, https_compatible=True
         )
     server = _IsolatingWebSocketServer(
-        edge.handle,
+        edge,
         listeners,
         max_message_size=max_message_size,
         connect_timeout=handshake_timeout,
@@ -136,8 +139,9 @@ class _IsolatingWebSocketServer(WebSocketServer):
     failure is logged and ends that connection only.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, edge: _Edge, *args: Any, **kwargs: Any) -> None:
+        super().__init__(_routed_by_the_edge, *args, **kwargs)
+        self._edge = edge
         self._failures = RateLimitedLog(
             log,
             what="websocket connections failed inside trio-websocket",
@@ -147,35 +151,60 @@ class _IsolatingWebSocketServer(WebSocketServer):
         )
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
-        # One frame (this task's stack lasts as long as the websocket), and the
-        # handshake's timeout scope is not kept in it (``request`` tells).
+        # This task reads the connection for its whole life. The handshake and
+        # its routing run beside it, in a child that ends once the stream
+        # actor holds the websocket (or it is refused); then the reading goes
+        # on outside that nursery, so an idle websocket is this one task (and
+        # its connection actor's). The edge's end steps (close if still open,
+        # count the close) run here once the reading is over.
         try:
-            async with trio.open_nursery() as nursery:
-                connection = DiscardingConnection(
-                    stream,
-                    max_message_size=self._max_message_size,
-                    receive_buffer_size=self._receive_buffer_size,
-                )
-                nursery.start_soon(connection._reader_task)
-                request: WebSocketRequest | None = None
-                with trio.move_on_after(self._connect_timeout):
-                    request = await connection._get_request()
-                if request is None:
-                    nursery.cancel_scope.cancel()
-                    await stream.aclose()
-                    return
-                try:
-                    await self._handler(request)
-                finally:
-                    with trio.move_on_after(self._disconnect_timeout):
-                        # aclose() shuts the reader task down even if cancelled.
-                        await connection.aclose()
+            connection = DiscardingConnection(
+                stream,
+                max_message_size=self._max_message_size,
+                receive_buffer_size=self._receive_buffer_size,
+            )
+            grace = self._disconnect_timeout * 2 + STOP_MARGIN
+            try:
+                if not await self._open(connection, grace):
+                    await connection.read(until_handed_over=False, stop_grace=grace)
+            finally:
+                await connection.finish()
         except* Exception as failure:
             self._failures.log(
                 "A websocket connection failed inside trio-websocket; dropped it: %r",
                 failure.exceptions,
             )
             await trio.aclose_forcefully(stream)
+
+    async def _open(self, connection: DiscardingConnection, grace: float) -> bool:
+        """Read beside the routing task until it ends; ``False`` if it handed the websocket over.
+
+        A frame of its own: the nursery is gone with it.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._route, connection)
+            return await connection.read(until_handed_over=True, stop_grace=grace)
+
+    async def _route(self, connection: DiscardingConnection) -> None:
+        """The handshake (bounded) and its routing, until the stream actor holds the websocket."""
+        request: WebSocketRequest | None = None
+        with trio.move_on_after(self._connect_timeout):
+            request = await connection._get_request()
+        if request is None:
+            await trio.aclose_forcefully(connection._stream)  # the reader ends
+            return
+        try:
+            await self._edge.handle(request, connection)
+        finally:
+            if not connection.handed_over:
+                with trio.move_on_after(self._disconnect_timeout):
+                    # aclose() ends the reading even if cancelled.
+                    await connection.aclose()
+
+
+async def _routed_by_the_edge(request: WebSocketRequest) -> None:
+    """trio-websocket's handler argument; never called: our server routes through :class:`_Edge`."""
+    raise NotImplementedError("_IsolatingWebSocketServer routes through _Edge.handle")
 
 
 class _Edge:
@@ -199,12 +228,14 @@ class _Edge:
             interval=REFUSAL_LOG_INTERVAL,
         )
 
-    async def handle(self, request: WebSocketRequest) -> None:
-        """trio-websocket's handler: never raises (except cancellation).
+    async def handle(self, request: WebSocketRequest, connection: DiscardingConnection) -> None:
+        """Route one handshake: never raises (except cancellation).
 
-        Routes the handshake, then runs the stream actor's ``serve`` and
-        makes sure the websocket is closed however that ends. One function,
-        not three: its frame is kept for the websocket's life.
+        Routes the handshake, then runs the stream actor's ``serve``, which
+        returns once the actor holds the websocket (``connection.handed_over``:
+        the connection's task then closes and counts it when it is over) or
+        after refusing it. Else the websocket is closed (if still open) and
+        counted here, however that ended.
         """
         try:
             path, _, query = request.path.partition("?")
@@ -214,6 +245,7 @@ class _Edge:
                 return
             pending = TrioPendingWebSocket(
                 request,
+                connection,
                 accept_timeout=self._handshake_timeout,
                 close_timeout=self._close_timeout,
                 metrics=self._metrics,
@@ -233,26 +265,19 @@ class _Edge:
                 try:
                     await actor.serve(pending, start)
                 except trio.Cancelled:
-                    if pending.channel is not None:
+                    if pending.channel is not None and not pending.handed_over:
                         await pending.channel.close(1001, SHUTDOWN_REASON)
                     raise
                 except Exception:
                     log.exception("Stream actor failed serving %s", pending.peer)
-                    if pending.channel is not None:
+                    if pending.channel is not None and not pending.handed_over:
                         await pending.channel.close(1011, "Internal error")
-                # The actor normally closed it already; then this is a no-op.
-                if pending.channel is not None:
-                    await pending.channel.close(1000, "")
             finally:
-                self._count_end(pending.channel)
+                if not pending.handed_over:
+                    # The actor normally closed it already; then this only counts.
+                    await pending.finish()
         except Exception:
             log.exception("Websocket handler failed for %s", format_peer(request.remote))
-
-    def _count_end(self, channel: TrioWebSocket | None) -> None:
-        if self._metrics is None or channel is None:
-            return
-        self._metrics.websocket_connections.dec()
-        self._metrics.websocket_closes.labels(close_code_label(channel.close_code)).inc()
 
 
 async def _accept_and_close(pending: TrioPendingWebSocket, code: int, reason: str) -> None:

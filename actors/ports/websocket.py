@@ -89,3 +89,16 @@ class PendingWebSocket(Protocol):
     async def accept(self) -> WebSocket:
         """Complete the handshake. Raises :class:`WebSocketClosed` if the peer left."""
         ...
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Take the websocket over from the edge's handler, which stops waiting for it.
+
+        Called once, by the owner that will accept (or refuse) and close it
+        (the stream actor, starting its connection actor): the edge's
+        handler returns, and the edge keeps only what it needs to read the
+        connection. ``callback`` (synchronous, must not raise) is called if the
+        edge stops serving while the owner holds it (the listener shuts down):
+        the owner should close the websocket as at shutdown (1001); the edge
+        still reads the connection for a bounded time, so that close completes.
+        """
+        ...

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connections-signal",
         action="store_true",
-        help="send the service SIGUSR1 while all websockets are held (then wait 5 s): with a "
-        "BENCH_ESS_COMMAND wrapper that dumps a tracemalloc snapshot on it (bench/README.md)",
+        help="send the service SIGUSR1 while all websockets are held (then wait 5 s): with "
+        "bench/traced_serve.py as BENCH_ESS_COMMAND, which dumps a tracemalloc snapshot on it",
     )
     parser.add_argument(
         "--force-broker-fds",

@@ -78,7 +78,8 @@ class FakeWebSocket:
     accepted: trio.Event = field(default_factory=trio.Event, init=False)
     #: Set when the websocket is over: closed, aborted or left by the client.
     closed: trio.Event = field(default_factory=trio.Event, init=False)
-    #: Set when ``serve`` returned (set by :meth:`Harness.connect`).
+    #: Set when the server is done with it: ``serve`` returned and the
+    #: connection actor it handed the websocket to is gone (:meth:`Harness.connect`).
     served: trio.Event = field(default_factory=trio.Event, init=False)
     close_calls: list[tuple[int, str]] = field(default_factory=list, init=False)
     close_code: int | None = field(default=None, init=False)
@@ -91,6 +92,9 @@ class FakeWebSocket:
     held: list[str] = field(default_factory=list, init=False)
     _gone: bool = field(default=False, init=False)
     _on_gone: Callable[[], None] | None = field(default=None, init=False)
+    #: The owner's callback, once it took the websocket over (``on_stop``).
+    _on_stop: Callable[[], None] | None = field(default=None, init=False)
+    handed_over: bool = field(default=False, init=False)
     _changed: trio.Event = field(default_factory=trio.Event, init=False)
 
     # -- PendingWebSocket / WebSocket ---------------------------------
@@ -147,6 +151,16 @@ class FakeWebSocket:
     async def flush(self) -> None:
         while self.held:
             await self.send_text(self.held.pop(0))
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self.handed_over = True
+        self._on_stop = callback
+
+    def stop(self) -> None:
+        """The edge stops serving (the listener is cancelled), as the real edge tells the owner."""
+        callback, self._on_stop = self._on_stop, None
+        if callback is not None:
+            callback()
 
     def on_gone(self, callback: Callable[[], None]) -> None:
         if self.closed.is_set():
@@ -329,6 +343,9 @@ class Harness:
         async def handler() -> None:
             try:
                 await actor.serve(ws, start or LiveTail())
+                # The connection actor holds it: wait (as long as it lives) until it is done.
+                while ws.handed_over and any(c._pending is ws for c in actor.connections):
+                    await trio.sleep(0.01)
             finally:
                 ws.served.set()
 

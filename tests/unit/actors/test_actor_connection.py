@@ -14,7 +14,18 @@ from actors.ports.broker import FromOffset, FromTimestamp
 from actors.resubscription import RESUBSCRIBE_BACKOFF
 from actors.start import AfterOrdinal, AtOrAfterTime, LiveTail
 
-from .actor_fakes import SETTINGS, WAIT, FakeWebSocket, Harness, running, settle, until, wall_clock
+from .actor_fakes import (
+    MANY,
+    SETTINGS,
+    TAKEOVER,
+    WAIT,
+    FakeWebSocket,
+    Harness,
+    running,
+    settle,
+    until,
+    wall_clock,
+)
 
 pytestmark = pytest.mark.autojump
 
@@ -273,6 +284,50 @@ async def test_dead_peer_aborted_after_ping_timeout(h: Harness) -> None:
     assert elapsed < SETTINGS.ping_interval + SETTINGS.ping_timeout + 1
     assert live.pings >= 1
     assert not live.closed.is_set()
+
+
+async def test_a_ping_that_fails_unexpectedly_closes_only_its_connection_1011(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pings run as tasks of the stream actor: a bug in one must not take the stream down."""
+    async with running(MANY) as h:
+        record = await h.stream()
+        neighbour = await h.open(record)
+        ws = FakeWebSocket()
+
+        async def broken_ping() -> None:
+            raise RuntimeError("ping bug")
+
+        monkeypatch.setattr(ws, "ping", broken_ping)
+        await h.open(record, websocket=ws)
+        await ws.wait_closed()
+        assert (ws.close_code, ws.close_reason) == (1011, "Internal error")
+        await trio.sleep(SETTINGS.ping_interval * 2)  # the neighbour is pinged and answers
+        assert neighbour.pings >= 2 and not neighbour.closed.is_set()
+        assert h.actor(record).restarts == 0
+
+
+async def test_a_ping_under_way_ends_with_its_connection(
+    h: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = await h.stream()
+    old = FakeWebSocket()
+    pings: list[float] = []
+
+    async def unanswered_even_once_closed() -> None:
+        pings.append(trio.current_time())
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(old, "ping", unanswered_even_once_closed)
+    await h.open(record, websocket=old)
+    await trio.sleep(SETTINGS.ping_interval + SETTINGS.ping_timeout / 2)  # waiting for a pong
+    assert len(pings) == 1
+    newer = await h.open(record)  # replaces it (4001); the stream actor lives on
+    await old.wait_closed()
+    assert old.close_calls == [TAKEOVER]
+    await trio.sleep(SETTINGS.ping_timeout)
+    assert not [r for r in caplog.records if "no pong" in r.getMessage()]
+    assert not newer.closed.is_set()
 
 
 async def test_client_leaving_ends_the_connection_and_its_consumer(h: Harness) -> None:

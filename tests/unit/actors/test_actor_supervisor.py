@@ -25,6 +25,7 @@ from .actor_fakes import (
     oldest_of_three_taken_over,
     running,
     settle,
+    until,
     wait_queue_deleted,
     wall_clock,
 )
@@ -229,14 +230,39 @@ async def test_idle_streams_have_no_task(h: Harness) -> None:
     await again.wait_frames(1)
 
 
-async def test_handler_cancelled_closes_its_connection(h: Harness) -> None:
+async def test_serve_returns_once_the_connection_actor_holds_the_websocket(h: Harness) -> None:
     record = await h.stream()
     ws = FakeWebSocket()
     actor = h.actor(record)
-    with trio.move_on_after(5):
-        await actor.serve(ws, AfterOrdinal(0))
+    with trio.fail_after(1):
+        await actor.serve(ws, AfterOrdinal(0))  # no waiting handler task per websocket
+    assert ws.handed_over and len(actor.connections) == 1
+    await ws.wait_accepted()
+    assert not ws.closed.is_set()
+
+
+async def test_the_edge_stopping_closes_a_handed_over_connection_with_1001(h: Harness) -> None:
+    record = await h.stream()
+    actor = h.actor(record)
+    ws = await h.open(record)
+    ws.stop()  # what the websocket edge does when its listener is cancelled
+    await ws.wait_closed()
     assert code(ws) == SHUTDOWN
+    await until(lambda: actor.connections == [])
+    assert h.broker.active_subscriptions == 0
+
+
+async def test_handler_cancelled_before_the_hand_over_leaves_nothing(h: Harness) -> None:
+    record = await h.stream()
+    actor = h.actor(record)
+    ws = FakeWebSocket()
+    with trio.CancelScope() as scope:
+        scope.cancel()  # cancelled while the stream actor's task starts
+        await actor.serve(ws, AfterOrdinal(0))
+    assert scope.cancelled_caught
+    assert not ws.handed_over and not ws.accepted.is_set()
     assert actor.connections == []
+    await settle()
     assert h.broker.active_subscriptions == 0
 
 

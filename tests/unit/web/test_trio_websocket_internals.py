@@ -161,3 +161,34 @@ async def test_server_settings_the_connection_handler_reads() -> None:
         assert hasattr(server, name), f"trio-websocket's WebSocketServer has no {name} any more"
     for listener in listeners:
         await listener.aclose()
+
+
+def test_wsproto_queues_connection_events_only_for_a_lost_transport() -> None:
+    """LeanWSConnection swaps the open connection's event deque for a list with ``popleft``.
+
+    That holds while wsproto's ``Connection`` only appends to ``_events`` when
+    told the transport is gone (``receive_data(None)``, which the reader never
+    calls) and only takes from it with ``popleft``.
+    """
+    from wsproto.connection import Connection
+
+    source = inspect.getsource(Connection)
+    uses = [line.strip() for line in source.splitlines() if "_events" in line]
+    assert uses == [
+        "self._events: deque[Event] = deque()",
+        "self._events.append(CloseConnection(code=CloseReason.ABNORMAL_CLOSURE))",
+        "while self._events:",
+        "yield self._events.popleft()",
+    ], f"wsproto's Connection now uses its events as: {uses}"
+
+
+async def test_a_socket_stream_exposes_the_socket_the_reader_waits_on() -> None:
+    """DiscardingConnection reads a plain trio.SocketStream through its socket's descriptor."""
+    import socket as stdlib_socket
+
+    left, right = stdlib_socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(left))
+    assert stream.socket.fileno() == left.fileno()
+    stream.socket.close()
+    assert stream.socket.fileno() == -1  # a closed trio socket answers -1: never a reused fd
+    right.close()

@@ -473,3 +473,182 @@ async def test_on_gone_fires_when_the_client_leaves(how: str) -> None:
             await stream.aclose()
         with trio.fail_after(5):
             await gone.wait()
+
+
+# --- a websocket handed over to its owner: the handler task does not wait for it --------
+
+
+class Owner:
+    """A stream actor's stand-in that takes the websocket over, as ``StreamActor.serve`` does.
+
+    Its "connection actor" runs in ``nursery`` (not in the handler): it
+    accepts, sends ``hello``, and closes with 1001 when the edge stops, or
+    with ``close`` when ``release`` is set; it leaves a websocket whose
+    client went without closing it (as the connection actor does).
+    """
+
+    def __init__(self, nursery: trio.Nursery, close: tuple[int, str] = (1000, "done")) -> None:
+        self.nursery = nursery
+        self.close = close
+        self.stopped = trio.Event()
+        self.release = trio.Event()
+        self.gone = trio.Event()
+        self.accepted = trio.Event()
+        self.ended = trio.Event()
+        self.close_seconds: float | None = None
+        self.served_returned = 0
+
+    async def serve(
+        self, actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
+    ) -> None:
+        websocket.on_stop(self.stopped.set)
+        self.nursery.start_soon(self._run, websocket)
+        self.served_returned += 1
+
+    async def _run(self, websocket: PendingWebSocket) -> None:
+        try:
+            channel = await websocket.accept()
+            channel.on_gone(self.gone.set)
+            await channel.send_texts(["hello"])
+            self.accepted.set()
+            async with trio.open_nursery() as waits:
+                for event in (self.stopped, self.release, self.gone):
+                    waits.start_soon(_cancel_when, event, waits.cancel_scope)
+            if self.gone.is_set() and not self.stopped.is_set():
+                return
+            code, reason = (1001, "shutting down") if self.stopped.is_set() else self.close
+            started = time.monotonic()
+            await channel.close(code, reason)
+            self.close_seconds = time.monotonic() - started
+        finally:
+            self.ended.set()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def wait_for_gauge(metrics: ServiceMetrics, value: float) -> None:
+    registry = metrics.registry
+    with trio.fail_after(5):
+        while registry.get_sample_value("ess_websocket_connections") != value:
+            await trio.sleep(0.01)
+
+
+async def test_a_handed_over_websocket_is_served_and_counted_after_its_handler_returned() -> None:
+    directory = FakeDirectory()
+    metrics = ServiceMetrics()
+    async with trio.open_nursery() as actors:
+        owner = Owner(actors)
+        directory.behaviour = owner.serve
+        uuid = await make_stream(directory)
+        async with running_websockets(directory, metrics=metrics) as port:
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws:
+                assert await ws.get_message() == "hello"
+                assert owner.served_returned == 1  # the handler is done; the websocket lives on
+                await wait_for_gauge(metrics, 1)
+                await ws.ping()  # the edge still reads and answers
+                owner.release.set()
+                frames, reason = await read_until_closed(ws)
+            assert frames == [] and (reason.code, reason.reason) == (1000, "done")
+            await wait_for_gauge(metrics, 0)
+    closes = metrics.registry.get_sample_value("ess_websocket_closes_total", {"code": "1000"})
+    assert closes == 1
+    assert owner.close_seconds is not None and owner.close_seconds < 1  # the reply was read
+
+
+async def test_shutdown_closes_a_handed_over_websocket_with_1001_and_reads_the_reply() -> None:
+    directory = FakeDirectory()
+    metrics = ServiceMetrics()
+    server_scope = trio.CancelScope()
+
+    async def server(task_status: trio.TaskStatus[int]) -> None:
+        with server_scope:
+            await serve_public_websockets(
+                directory,
+                host="127.0.0.1",
+                port=0,
+                metrics=metrics,
+                close_timeout=5.0,
+                task_status=task_status,
+            )
+
+    async with trio.open_nursery() as nursery:
+        owner = Owner(nursery)
+        directory.behaviour = owner.serve
+        uuid = await make_stream(directory)
+        port = await nursery.start(server)
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws:
+            assert await ws.get_message() == "hello"
+            server_scope.cancel()
+            frames, reason = await read_until_closed(ws)
+        with trio.fail_after(5):
+            await owner.ended.wait()
+    assert frames == [] and reason.code == 1001
+    assert owner.stopped.is_set()
+    # The edge kept reading after it was cancelled: the close handshake completed
+    # at once instead of running into the 5 s close timeout.
+    assert owner.close_seconds is not None and owner.close_seconds < 1
+    registry = metrics.registry
+    assert registry.get_sample_value("ess_websocket_closes_total", {"code": "1001"}) == 1
+    assert registry.get_sample_value("ess_websocket_connections") == 0
+
+
+async def test_a_client_leaving_a_handed_over_websocket_is_counted_with_its_code() -> None:
+    directory = FakeDirectory()
+    metrics = ServiceMetrics()
+    async with trio.open_nursery() as actors:
+        owner = Owner(actors)
+        directory.behaviour = owner.serve
+        uuid = await make_stream(directory)
+        async with running_websockets(directory, metrics=metrics) as port:
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/{uuid}") as ws:
+                assert await ws.get_message() == "hello"
+                await ws.aclose(4321, "bye")
+            with trio.fail_after(5):
+                await owner.gone.wait()
+            await wait_for_gauge(metrics, 0)
+    registry = metrics.registry
+    assert registry.get_sample_value("ess_websocket_closes_total", {"code": "other"}) == 1
+
+
+async def test_a_client_gone_before_the_owner_accepts_is_never_counted() -> None:
+    directory = FakeDirectory()
+    metrics = ServiceMetrics()
+    outcome: list[str] = []
+    release = trio.Event()
+
+    async def late_accept(websocket: PendingWebSocket) -> None:
+        await release.wait()
+        try:
+            await websocket.accept()
+            outcome.append("accepted")
+        except WebSocketClosed:
+            outcome.append("closed")
+
+    async with trio.open_nursery() as actors:
+
+        async def take_over(
+            actor: FakeActor, websocket: PendingWebSocket, start: ClientStart
+        ) -> None:
+            websocket.on_stop(lambda: None)
+            actors.start_soon(late_accept, websocket)
+
+        directory.behaviour = take_over
+        uuid = await make_stream(directory)
+        async with running_websockets(directory, metrics=metrics) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(HANDSHAKE % uuid.encode())
+            with trio.fail_after(5):
+                while not directory.actors[1].served:
+                    await trio.sleep(0.01)
+            await stream.send_eof()  # the client half-closes before the 101
+            await receive_until_eof(stream)  # the edge dropped the connection
+            await stream.aclose()
+            release.set()
+            with trio.fail_after(5):
+                while not outcome:
+                    await trio.sleep(0.01)
+    assert outcome == ["closed"]
+    assert metrics.registry.get_sample_value("ess_websocket_connections") == 0
