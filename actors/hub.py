@@ -21,6 +21,13 @@ one set of stream segment files per stream instead of one per websocket.
   connection's task. What the fast path could not finish (a socket that
   did not take every byte) it returns as a :data:`Completion`, which the
   connection's task runs before its next event.
+- While the hub's task waits for its next event, a consumer that can push
+  (:class:`~actors.ports.broker.PushingSubscription`) hands each event to
+  the hub in the task that received it (the AMQP connection's reader), and
+  the hub fans it out there if no member's buffer is full: a live event
+  then costs no wake-up of the hub's task either. An event some member has
+  no room for goes through the hub's task, which gives that member its
+  grace (below).
 - Each member has a bounded buffer (``prefetch`` events). The hub acks the
   broker right after an event is fanned out (every member buffered it), so
   memory per stream is bounded by members x prefetch events.
@@ -61,6 +68,7 @@ from actors.ports.broker import (
     BrokerUnavailable,
     FromNext,
     FromOffset,
+    PushingSubscription,
     StartPosition,
     StreamEvent,
     StreamNotFound,
@@ -159,6 +167,11 @@ class HubMember:
     @property
     def ended(self) -> bool:
         return self._end is not None
+
+    @property
+    def full(self) -> bool:
+        """Whether an event offered now might find no room (see :meth:`_offer`)."""
+        return len(self._buffer) >= self._capacity
 
     def _offer(self, event: StreamEvent, received_at: float) -> bool:
         """Buffer ``event``; ``False`` (nothing buffered) if the buffer is full.
@@ -307,6 +320,8 @@ class LiveTailHub:
         self._scope = trio.CancelScope()
         #: Once set, the hub accepts no member and is (or will be) gone.
         self._stopping = False
+        #: Set while the hub's task handles an event: nothing is pushed meanwhile.
+        self._busy = False
 
     # -- observation -----------------------------------------------------
 
@@ -470,12 +485,36 @@ class LiveTailHub:
 
     async def consume(self, subscription: Subscription, position: StartPosition) -> None:
         self._attach()
-        async for event in subscription:
-            received_at = trio.current_time()
-            slow = self._fan_out(event, received_at)
-            if slow:
-                await self._fan_out_slow(event, received_at, slow)
-            await subscription.ack(event.offset)
+        pushing = subscription if isinstance(subscription, PushingSubscription) else None
+        if pushing is not None:
+            pushing.listen(self._take_pushed)
+        try:
+            # Only what was not pushed: every event without a pushing
+            # consumer, and those a full member had no room for.
+            async for event in subscription:
+                self._busy = True
+                try:
+                    received_at = trio.current_time()
+                    slow = self._fan_out(event, received_at)
+                    if slow:
+                        await self._fan_out_slow(event, received_at, slow)
+                    await subscription.ack(event.offset)
+                finally:
+                    self._busy = False
+        finally:
+            if pushing is not None:
+                pushing.listen(None)
+
+    def _take_pushed(self, event: StreamEvent) -> bool:
+        """The consumer's listener: fan ``event`` out now if nobody needs a grace for it."""
+        if self._busy:
+            return False  # the hub's task holds an earlier event
+        for member in self._members:
+            if member.full:
+                return False
+        slow = self._fan_out(event, trio.current_time())
+        assert not slow, "a member with room refused an event"
+        return True
 
     async def detached(self, why: Detached) -> None:
         """The consumer is gone (members stay and wait); joiners wait for the broker too."""

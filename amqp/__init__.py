@@ -25,7 +25,7 @@ consumers) -> :mod:`~amqp.consumer` (byte-bounded buffer, iteration) ->
 
 from .channel import Channel, QueueDeclareOk
 from .connection import Connection, connect
-from .consumer import Consumer
+from .consumer import Consumer, DeliveryListener
 from .errors import (
     AccessRefused,
     AMQPConnectionError,
@@ -71,6 +71,7 @@ __all__ = [
     "ConsumerCancelled",
     "ConsumerOverflow",
     "DeliveredMessage",
+    "DeliveryListener",
     "HeartbeatTimeout",
     "InvalidURL",
     "NoFreeChannels",

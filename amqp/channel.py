@@ -513,6 +513,10 @@ class Channel(BoundedExit, EndState):
 
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         """Acknowledge a delivery (all up to it with ``multiple``). Never blocks."""
+        self.basic_ack_nowait(delivery_tag, multiple=multiple)
+
+    def basic_ack_nowait(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        """:meth:`basic_ack` without the ``await``: for a consumer's listener."""
         self.check()
         self._connection.send(codec.basic_ack(self.number, delivery_tag, multiple))
 

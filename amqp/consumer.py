@@ -33,13 +33,23 @@ when a single message is larger (an empty buffer always accepts one).
 The iterator takes messages that are already buffered without a
 checkpoint: one wake-up of the consuming task serves a whole batch, not one
 message.
+
+A consumer may also be given a :data:`DeliveryListener`: a delivery that arrives
+while nothing is buffered is offered to it first, in the reader's task, and
+one it takes is never buffered. Its owner then handles a steady trickle of
+messages without a wake-up of its own task per message. The listener must
+not block; its owner decides when it takes a message (say, only while its
+task waits in the iterator, so that order holds). If it raises, the consumer
+ends with that error and is cancelled, like an overflow: a bug in one
+consumer's owner never reaches the reader, the connection or its other
+channels.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final, Unpack
 
 import anyio
@@ -63,6 +73,10 @@ DEFAULT_MAX_BUFFER_BYTES: Final = 8 * 1024 * 1024
 CANCEL_TIMEOUT: Final = 5.0
 
 _NEW, _ACTIVE, _CANCELLING, _ENDED = 0, 1, 2, 3
+
+#: Offered a delivery in the reader's task; ``True`` if it took it (it is
+#: then not buffered), ``False`` to leave it to the iterator.
+DeliveryListener = Callable[[DeliveredMessage], bool]
 
 
 class ConsumerOptions(codec.Consume, total=False):
@@ -120,6 +134,8 @@ class Consumer(BoundedExit):
         self._finished = False  # no more deliveries are buffered
         self._ended_event = anyio.Event()
         self._error: BaseException | None = None
+        #: Offered each delivery that arrives while nothing is buffered.
+        self.listener: DeliveryListener | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -228,12 +244,22 @@ class Consumer(BoundedExit):
     def deliver(self, message: DeliveredMessage) -> None:
         """Buffer one delivery (the reader's fast path: never waits, never raises).
 
-        A delivery that would take the buffer past :attr:`max_buffer_bytes`
+        Offered to :attr:`listener` first when nothing is buffered. A
+        delivery that would take the buffer past :attr:`max_buffer_bytes`
         (an empty buffer takes any one message) gives the consumer up
         instead: see the module docstring.
         """
         if self._finished:
             return  # cancelled, ended or overflowed: dropped, it stays unacked
+        listener = self.listener
+        if listener is not None and not self._buffer:
+            try:
+                if listener(message):
+                    return
+            except Exception as error:
+                self._finish(error)
+                self._cancel_nowait()
+                return
         total = self._buffered_bytes + len(message.body) + MESSAGE_OVERHEAD
         if total > self.max_buffer_bytes and self._buffer:
             self._overflow()

@@ -24,6 +24,10 @@ Modelled RabbitMQ behaviour:
   a consumer cancelled while its queue exists (:meth:`MemoryBroker.cancel_consumers`,
   as RabbitMQ does when a stream's leader moves) ends with
   :class:`~actors.ports.broker.SubscriptionLost`.
+- A subscription can push (:meth:`MemorySubscription.listen`): an entry
+  appended while the consumer has nothing deliverable is offered to the
+  listener in the appending task, as the RabbitMQ adapter offers it in
+  its connection's reader task.
 - A queue that is not a stream queue (:meth:`MemoryBroker.create_queue` with
   ``stream=False``) makes :meth:`~MemoryBroker.ensure_stream` raise
   :class:`~actors.ports.broker.NotAStreamQueue` and stays unbound.
@@ -45,6 +49,7 @@ import trio
 
 from actors.ports.broker import (
     BrokerUnavailable,
+    EventListener,
     FromNext,
     FromOffset,
     FromTimestamp,
@@ -108,6 +113,9 @@ class MemorySubscription:
         self._cancelled = False
         self._closed = False
         self._wakeup = trio.Event()
+        self._listener: EventListener | None = None
+        #: What the listener raised: iteration ends with it.
+        self._failure: Exception | None = None
 
     @property
     def in_flight(self) -> int:
@@ -137,6 +145,39 @@ class MemorySubscription:
         self._broker._subscriptions.discard(self)
         self.wake()
 
+    def listen(self, listener: EventListener | None) -> None:
+        """Offer ``listener`` each entry as it is logged (the port's ``PushingSubscription``)."""
+        self._listener = listener
+
+    def arrived(self, entry: LogEntry) -> None:
+        """An entry was logged: offer it to the listener, in the appender's task, else wake.
+
+        As the RabbitMQ adapter does in its reader's task: only while every
+        event handed out is acknowledged and nothing else is deliverable.
+        """
+        listener = self._listener
+        if (
+            listener is not None
+            and self._failure is None
+            and not self._unacked
+            and self.next_offset == entry.offset
+            and not (self._lost or self._cancelled or self._closed)
+            and self._broker.available
+        ):
+            try:
+                taken = listener(StreamEvent(entry.offset, entry.body, entry.timestamp_ms))
+            except Exception as error:
+                self._failure = error
+                taken = False
+            if taken:
+                self.next_offset = entry.offset + 1
+                self.delivered += 1
+                self.max_in_flight = max(self.max_in_flight, 1)
+                self._broker.delivered += 1
+                self.acked_offset = entry.offset
+                return
+        self.wake()
+
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self
 
@@ -159,6 +200,8 @@ class MemorySubscription:
         # once: the actor tests' timing under a MockClock relies on it.
         await trio.lowlevel.cancel_shielded_checkpoint()
         while True:
+            if self._failure is not None:
+                raise self._failure
             if self._lost or not self._broker.available:
                 raise BrokerUnavailable("the broker connection was lost")
             if self._log.deleted:
@@ -270,7 +313,8 @@ class MemoryBroker:
         entry = LogEntry(log.next_offset, body, timestamp_ms, int(self._clock()))
         log.entries.append(entry)
         log.next_offset += 1
-        log.wake()
+        for subscription in list(log.subscriptions):
+            subscription.arrived(entry)
         return entry.offset
 
     def truncate_before(self, routing_key: str, offset: int) -> None:

@@ -38,7 +38,15 @@ Acknowledgements are batched: ``ack(offset)`` turns into one ``basic.ack``
 with ``multiple`` once ``prefetch // 4`` deliveries are pending, or right
 away when the consumer's buffer is empty (nothing more to deliver right
 now) -- so a slow, steady stream is acknowledged promptly and a fast one
-costs one ack frame per quarter window.
+costs one ack frame per quarter window. (The AMQP connection's writer then
+lets the acks of quiet channels share one socket write.)
+
+Push (:meth:`RabbitMQSubscription.listen`): the listener is the amqp
+consumer's, so it runs in the connection's reader task. A message is
+offered only while every event handed out is acknowledged and the consumer
+has nothing buffered (so order holds and a taken message can be
+acknowledged at once), and only with a usable offset (the iteration skips
+the others and logs them).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ import amqp
 from actors.adapters.rabbitmq_errors import broker_errors
 from actors.ports.broker import (
     BrokerUnavailable,
+    EventListener,
     FromNext,
     FromOffset,
     FromTimestamp,
@@ -165,17 +174,19 @@ class ConsumerLike(Protocol):
     @property
     def buffered(self) -> int: ...
 
+    listener: amqp.DeliveryListener | None
+
     def __anext__(self) -> Awaitable[amqp.DeliveredMessage]: ...
 
 
 class AckChannel(Protocol):
     """What a subscription uses of its ``amqp.Channel``."""
 
-    async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
+    def basic_ack_nowait(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
 
 
 class RabbitMQSubscription:
-    """A live stream consumer on its own channel (implements ``Subscription``).
+    """A live stream consumer on its own channel (implements ``PushingSubscription``).
 
     ``queue_exists`` answers, after a broker-sent cancel, whether the stream
     queue is still there (bounded by the caller).
@@ -198,6 +209,7 @@ class RabbitMQSubscription:
         self._ack_threshold = max(1, prefetch // 4)
         self._last_offset: int | None = None
         self._skipping = False
+        self._listener: EventListener | None = None
         #: Acknowledgement frames sent (observable by tests and metrics).
         self.acks_sent = 0
         #: Messages skipped for want of a usable ``x-stream-offset``.
@@ -215,7 +227,7 @@ class RabbitMQSubscription:
             if self._ack_pending and (
                 self._consumer.buffered == 0 or self._ack_pending >= self._ack_threshold
             ):
-                await self._flush()  # (pending past the threshold: skipped messages)
+                self._flush()  # (pending past the threshold: skipped messages)
             message = await self._receive()
             offset = _stream_offset(message)
             if offset is None:
@@ -225,6 +237,28 @@ class RabbitMQSubscription:
             self._last_offset = offset
             self._skipping = False
             return StreamEvent(offset, message.body, event_timestamp_ms(message))
+
+    def listen(self, listener: EventListener | None) -> None:
+        """Offer ``listener`` each event as it arrives (see the module docstring)."""
+        self._listener = listener
+        self._consumer.listener = None if listener is None else self._offer
+
+    def _offer(self, message: amqp.DeliveredMessage) -> bool:
+        """The amqp consumer's listener: hand the event over, and acknowledge it if taken."""
+        listener = self._listener
+        if listener is None or self._unacked:
+            return False
+        offset = _stream_offset(message)
+        if offset is None:
+            return False  # the iteration skips it, and logs it
+        if not listener(StreamEvent(offset, message.body, event_timestamp_ms(message))):
+            return False
+        self._last_offset = offset
+        self._skipping = False
+        self._ack_tag = message.delivery_tag
+        self._ack_pending += 1
+        self._flush()
+        return True
 
     async def _receive(self) -> amqp.DeliveredMessage:
         """The next delivery; an amqp error becomes the port's error.
@@ -279,13 +313,14 @@ class RabbitMQSubscription:
         if self._ack_pending and (
             self._ack_pending >= self._ack_threshold or self._consumer.buffered == 0
         ):
-            await self._flush()
+            self._flush()
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
+        """Send the pending acknowledgement (queued for the connection's writer: never waits)."""
         tag = self._ack_tag
         self._ack_pending = 0
         with broker_errors("cannot acknowledge", channel_closed=BrokerUnavailable):
-            await self._channel.basic_ack(tag, multiple=True)
+            self._channel.basic_ack_nowait(tag, multiple=True)
         self.acks_sent += 1
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, TypedDict, Unpack
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 
 class BrokerError(Exception):
@@ -132,6 +132,33 @@ class Subscription(Protocol):
 
         Adapters may batch acknowledgements; this never blocks on the
         network for long.
+        """
+        ...
+
+
+#: Offered an event the moment it arrives; ``True`` if it took it completely.
+EventListener = Callable[[StreamEvent], bool]
+
+
+@runtime_checkable
+class PushingSubscription(Subscription, Protocol):
+    """A subscription that can also hand each event over as it arrives.
+
+    A consumer shared by many websockets (the live-tail hub) waits for its
+    next event most of the time; taking the event in the task that received
+    it from the broker saves a wake-up of its own task per event.
+    """
+
+    def listen(self, listener: EventListener | None) -> None:
+        """Offer ``listener`` each event that arrives while iteration has nothing buffered.
+
+        It is called synchronously, from whichever task received the event
+        (it must not block, and it decides itself whether now is a moment
+        it can take one, e.g. only while its task waits in the iteration,
+        so that order holds). An event it takes (``True``) is acknowledged
+        with it and never yielded by the iteration; one it leaves
+        (``False``) is yielded as usual. If it raises, iteration ends with
+        that error. ``None`` stops the offers.
         """
         ...
 

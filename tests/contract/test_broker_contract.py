@@ -20,6 +20,7 @@ from actors.ports.broker import (
     FromOffset,
     FromTimestamp,
     NotAStreamQueue,
+    PushingSubscription,
     StreamEvent,
     StreamNotFound,
     Subscription,
@@ -228,6 +229,81 @@ async def test_acknowledged_subscriptions_read_the_whole_stream(harness: BrokerH
     async with broker.subscribe(key, FromOffset(0), prefetch=4) as subscription:
         events = await take(subscription, 50, ack=True)
     assert [e.offset for e in events] == list(range(50))
+
+
+# --------------------------------------------------------------------------- push
+
+
+class Taker:
+    """A listener that takes events unless told to leave them; records what it took."""
+
+    def __init__(self) -> None:
+        self.taking = True
+        self.taken: list[StreamEvent] = []
+        self._arrived = trio.Event()
+
+    def __call__(self, event: StreamEvent) -> bool:
+        if not self.taking:
+            return False
+        self.taken.append(event)
+        self._arrived.set()
+        return True
+
+    async def wait_for(self, count: int) -> list[StreamEvent]:
+        with trio.fail_after(WAIT):
+            while len(self.taken) < count:
+                await self._arrived.wait()
+                self._arrived = trio.Event()
+        return self.taken
+
+
+async def test_a_pushing_subscription_hands_events_over_in_order_and_acks_what_was_taken(
+    harness: BrokerHarness,
+) -> None:
+    broker, key = await new_stream(harness)
+    async with broker.subscribe(key, FromNext(), prefetch=2) as subscription:
+        assert isinstance(subscription, PushingSubscription)
+        taker = Taker()
+        subscription.listen(taker)
+        await broker.publish(key, b"0", timestamp_ms=1000)
+        assert await taker.wait_for(1) == [StreamEvent(0, b"0", 1000)]
+
+        taker.taking = False  # left: the iteration yields it
+        await broker.publish(key, b"1")
+        [left] = await take(subscription, 1)
+        assert (left.offset, left.body) == (1, b"1")
+        await subscription.ack(left.offset)
+
+        # Taken events count as acknowledged: far more than the prefetch window arrive.
+        taker.taking = True
+        for index in range(2, 8):
+            await broker.publish(key, b"%d" % index)
+        taken = await taker.wait_for(7)
+        assert [(e.offset, e.body) for e in taken[1:]] == [(i, b"%d" % i) for i in range(2, 8)]
+
+        subscription.listen(None)  # no more offers
+        await broker.publish(key, b"8")
+        [last] = await take(subscription, 1)
+        assert (last.offset, last.body) == (8, b"8")
+        assert len(taker.taken) == 7
+
+
+async def test_a_listener_that_raises_ends_the_iteration_with_its_error(
+    harness: BrokerHarness,
+) -> None:
+    class ListenerBug(Exception):
+        pass
+
+    def broken(event: StreamEvent) -> bool:
+        raise ListenerBug(f"at offset {event.offset}")
+
+    broker, key = await new_stream(harness)
+    async with broker.subscribe(key, FromNext(), prefetch=10) as subscription:
+        assert isinstance(subscription, PushingSubscription)
+        subscription.listen(broken)
+        await broker.publish(key, b"0")
+        with trio.fail_after(WAIT), pytest.raises(ListenerBug, match="at offset 0"):
+            await subscription.__aiter__().__anext__()
 
 
 # --------------------------------------------------------------------------- how it ends

@@ -162,6 +162,7 @@ class FakeConsumer:
 
     def __init__(self, *script: amqp.DeliveredMessage | Exception) -> None:
         self.script: deque[amqp.DeliveredMessage | Exception] = deque(script)
+        self.listener: amqp.DeliveryListener | None = None
 
     @property
     def buffered(self) -> int:
@@ -180,7 +181,7 @@ class FakeChannel:
     def __init__(self) -> None:
         self.acks: list[tuple[int, bool]] = []
 
-    async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+    def basic_ack_nowait(self, delivery_tag: int, *, multiple: bool = False) -> None:
         self.acks.append((delivery_tag, multiple))
 
 

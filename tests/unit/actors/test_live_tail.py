@@ -444,6 +444,45 @@ async def test_an_idle_member_is_written_from_the_hubs_task(h: Harness) -> None:
         assert connection.last_ordinal == 5
 
 
+async def test_a_live_event_is_fanned_out_and_acked_in_the_task_that_received_it(
+    h: Harness,
+) -> None:
+    record = await h.stream()
+    sockets = [await h.open(record) for _ in range(3)]
+    await settle()
+    [subscription] = h.broker.subscriptions
+    for n in range(1, 4):
+        # The broker's side hands the event over: no other task runs before the frames are out.
+        with trio.testing.assert_no_checkpoints():
+            h.broker.append("rk", b"e%d" % n)
+        assert [ws.ordinals() for ws in sockets] == [list(range(1, n + 1))] * 3
+        assert subscription.acked_offset == n - 1
+    assert hub_of(h, record).received == 3
+    for ws in sockets:
+        assert ws.sends_started == 0, "the connection's own task wrote a frame"
+
+
+async def test_an_event_a_full_member_has_no_room_for_goes_through_the_hubs_task(
+    h: Harness,
+) -> None:
+    record = await h.stream()
+    stalled = await h.open(record, websocket=FakeWebSocket(read_budget=1))
+    other = await h.open(record)
+    await h.publish("rk", *[f"e{n}" for n in range(1, SETTINGS.prefetch + 3)])
+    await settle()
+    hub = hub_of(h, record)
+    [member] = [m for m in hub._members if m.full]
+    h.broker.append("rk", b"late")  # not taken on the broker's side: the hub's task waits
+    count = SETTINGS.prefetch + 3
+    assert other.ordinals() == list(range(1, count))
+    stalled.resume()
+    await stalled.wait_frames(count)
+    await other.wait_frames(count)
+    assert stalled.ordinals() == other.ordinals() == list(range(1, count + 1))
+    assert member.next_offset == count
+    assert hub.demoted == 0
+
+
 async def test_what_the_socket_did_not_take_is_written_before_the_next_event(h: Harness) -> None:
     record = await h.stream()
     stalled = await h.open(record, websocket=FakeWebSocket(read_budget=1))
