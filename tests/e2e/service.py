@@ -73,10 +73,10 @@ class ServiceProcess:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> None:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Start the process and return once ``/health/ready`` answers 200."""
         self._spawn()
-        self.wait_ready("/health/ready")
+        self.wait_ready("/health/ready", timeout)
 
     def start_live_only(self) -> None:
         """Start the process and return once ``/health/live`` answers (no broker needed)."""

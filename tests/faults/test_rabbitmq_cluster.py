@@ -186,7 +186,9 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
         extra_env={"ESS_AMQP_POOL_SIZE": "1", "ESS_MAX_CONNECTIONS_PER_STREAM": "0"},
     )
     try:
-        await trio.to_thread.run_sync(service.start)
+        # A cluster that has just booted on a busy machine may take a while to
+        # serve the control connection's declares: ready is bounded, not raced.
+        await trio.to_thread.run_sync(service.start, RECOVERY_TIMEOUT)
         async with api_client(service) as api:
             streams = [await create_stream(api, key) for key in keys]
             before = await trio.to_thread.run_sync(_connections, cluster, name)
