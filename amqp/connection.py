@@ -17,7 +17,8 @@ it):
   need no lock; the writer sends whatever accumulated in one ``send`` (acks
   and publishes batch themselves under load). A write of nothing but
   acknowledgements waits up to :data:`ACK_LINGER` for company, as long as
-  it keeps little prefetch credit from the broker (see there).
+  it keeps little prefetch credit from the broker (see there); such an ack
+  does not wake the writer, it only sets the deadline of the writer's wait.
 - the **heartbeat** task sends a heartbeat when nothing was sent for half an
   interval and declares the broker dead when nothing arrived for two
   intervals (:class:`~amqp.errors.HeartbeatTimeout`).
@@ -31,6 +32,7 @@ it -- which is what a connection manager waits on to reconnect.
 from __future__ import annotations
 
 import heapq
+import math
 import platform
 import ssl
 from collections.abc import AsyncIterator, Generator, Mapping
@@ -57,12 +59,11 @@ from .errors import (
 )
 from .frames import FrameDecoder, Heartbeat
 from .message import DeliveredMessage
+from .transport import READ_SIZE, Transport, transport_for
 from .url import ConnectionParameters, parse_url
 
 __all__ = ["Connection", "connect"]
 
-#: Bytes asked of the socket per read: large, so one read carries many frames.
-READ_SIZE: Final = 65536
 #: Publishers wait while more than this is queued for the socket.
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
 #: How long the writer may try to flush the last frames (close-ok) at the end.
@@ -74,8 +75,10 @@ FLUSH_TIMEOUT: Final = 1.0
 #: Acknowledgements on a stream queue only return prefetch credit, and a
 #: held one never keeps much of it (:data:`ACK_HOLD_SHARE`); any other
 #: frame (a publish, a request, a heartbeat, a close) ends the wait at once
-#: and goes out with them, in order.
-ACK_LINGER: Final = 0.01
+#: and goes out with them, in order. The first held ack sets the deadline
+#: of the writer's wait; later ones join without waking anybody, so the
+#: acks of a linger cost the writer one wake-up in all.
+ACK_LINGER: Final = 0.025
 #: An acknowledgement may wait only while the deliveries that the channel's
 #: held acks cover (its newest held tag minus the newest tag already
 #: written) stay below ``prefetch_count // ACK_HOLD_SHARE``: a held ack
@@ -86,10 +89,6 @@ ACK_LINGER: Final = 0.01
 #: limit has no credit to run out of; one with a window under eight never
 #: holds an ack.
 ACK_HOLD_SHARE: Final = 8
-#: An acknowledgement queued this long after the wait began ends it: the
-#: writer is woken in the batch that is running anyway, instead of a timer
-#: of its own waking the process once more for the write.
-ACK_LINGER_ENOUGH: Final = ACK_LINGER / 2
 #: Held acknowledgements that end the wait (one write of at most ~1.3 KiB).
 ACK_LINGER_FRAMES: Final = 64
 #: ``basic.ack`` frames are recognised by size and class/method id bytes.
@@ -142,10 +141,13 @@ class Connection(EndState):
         self._outbox_size = 0
         #: Whether the outbox holds a frame that must not wait (see ACK_LINGER).
         self._urgent = False
-        #: Whether the writer is holding back acknowledgements right now.
-        self._lingering = False
-        #: When the current wait has lasted :data:`ACK_LINGER_ENOUGH`.
-        self._linger_enough = 0.0
+        #: When the acknowledgements held in the outbox must go (see ACK_LINGER).
+        self._hold_deadline = math.inf
+        #: The writer's wait for frames, while it waits: its deadline is
+        #: the held acks' (set from :meth:`_send` without waking it).
+        self._idle_scope: anyio.CancelScope | None = None
+        #: The socket's fast path or the stream (set when the tasks start).
+        self._transport: Transport | None = None
         #: Channel number -> the newest delivery tag of its acks already written.
         self._acks_written: dict[int, int] = {}
         #: Channel number -> the newest delivery tag of its acks in the outbox.
@@ -234,13 +236,14 @@ class Connection(EndState):
             window = channel.prefetch_count if channel is not None else 0
             if window and (tag - self._acks_written.get(number, 0)) * ACK_HOLD_SHARE >= window:
                 self._urgent = True
-            elif self._lingering and not self._urgent:
-                if (
-                    len(self._outbox) < ACK_LINGER_FRAMES
-                    and anyio.current_time() < self._linger_enough
-                ):
-                    return  # joins the held write without waking the writer
-                self._urgent = True  # waited long enough: out with this batch
+            elif not self._urgent and len(self._outbox) < ACK_LINGER_FRAMES:
+                if len(self._outbox) == 1:  # the first held ack starts the clock
+                    self._hold_deadline = anyio.current_time() + ACK_LINGER
+                    if self._idle_scope is not None:
+                        self._idle_scope.deadline = self._hold_deadline
+                return  # waits for company without waking the writer
+            else:
+                self._urgent = True
         else:
             self._urgent = True
         self._writer_wake.set()
@@ -261,24 +264,20 @@ class Connection(EndState):
                 return
 
     async def _writer(self) -> None:
-        stream = self._stream
+        assert self._transport is not None
+        transport = self._transport
         outbox = self._outbox
         while True:
-            if not outbox:
-                if self._error is not None:
+            if not outbox or not (self._urgent or self._error is not None):
+                if not outbox and self._error is not None:
                     break
-                if self._writer_wake.is_set():
-                    self._writer_wake = anyio.Event()
-                    continue
-                await self._writer_wake.wait()
-                continue
-            if not self._urgent and self._error is None:
-                await self._linger()
+                await self._wait_for_frames()
                 continue  # the outbox may hold more, or urgent frames, now
             data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
             outbox.clear()
             self._outbox_size = 0
             self._urgent = False
+            self._hold_deadline = math.inf
             if self._acks_queued:
                 self._acks_written.update(self._acks_queued)
                 self._acks_queued.clear()
@@ -287,7 +286,7 @@ class Connection(EndState):
                     scope.deadline = anyio.current_time() + FLUSH_TIMEOUT
                 self._send_scope = scope
                 try:
-                    await stream.send(data)
+                    await transport.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                     self._fail(ConnectionLost(f"cannot write to the broker: {exc!r}"))
                     break
@@ -301,37 +300,35 @@ class Connection(EndState):
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
 
-    async def _linger(self) -> None:
-        """Hold acknowledgements back for at most :data:`ACK_LINGER` (see there).
+    async def _wait_for_frames(self) -> None:
+        """Wait for :meth:`_send` to wake us, or for the held acks' deadline.
 
-        Afterwards the outbox is marked urgent: the writer sends it.
+        Past the deadline the outbox is marked urgent: the writer sends it.
         """
-        self._lingering = True
-        self._linger_enough = anyio.current_time() + ACK_LINGER_ENOUGH
-        try:
-            with anyio.move_on_after(ACK_LINGER):
-                while (
-                    not self._urgent
-                    and self._error is None
-                    and len(self._outbox) < ACK_LINGER_FRAMES
-                ):
-                    if self._writer_wake.is_set():
-                        self._writer_wake = anyio.Event()
-                    await self._writer_wake.wait()
-        finally:
-            self._lingering = False
+        if self._writer_wake.is_set():
+            self._writer_wake = anyio.Event()
+            return
+        deadline = self._hold_deadline if self._outbox else math.inf
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._idle_scope = scope
+            try:
+                await self._writer_wake.wait()
+            finally:
+                self._idle_scope = None
+        if scope.cancelled_caught:
             self._urgent = True
 
     # ------------------------------------------------------------------ reading
 
     async def _reader(self) -> None:
-        stream = self._stream
+        assert self._transport is not None
+        receive = self._transport.receive
         feed = self._decoder.feed
         channels = self._channels
         error: BaseException
         try:
             while self._error is None:
-                data = await stream.receive(READ_SIZE)
+                data = await receive()
                 self._last_rx = anyio.current_time()
                 for number, event in feed(data):
                     if isinstance(event, DeliveredMessage):
@@ -509,6 +506,7 @@ class Connection(EndState):
                 # ends (the writer cancels this scope), which close() ensures.
                 tasks.cancel_scope.shield = True
                 self._tasks = tasks
+                self._transport = transport_for(self._stream)
                 tasks.start_soon(self._reader)
                 tasks.start_soon(self._writer)
                 if self.heartbeat:

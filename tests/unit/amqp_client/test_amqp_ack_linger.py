@@ -18,7 +18,7 @@ from pamqp import commands
 
 import amqp
 from amqp import ConnectionParameters
-from amqp.connection import ACK_HOLD_SHARE, ACK_LINGER, ACK_LINGER_ENOUGH
+from amqp.connection import ACK_HOLD_SHARE, ACK_LINGER, ACK_LINGER_FRAMES
 from tests.unit.amqp_client.test_amqp_fake_broker import AnyioAdapter, FakeBroker
 
 pytestmark = pytest.mark.autojump
@@ -106,10 +106,10 @@ async def test_any_other_frame_takes_the_held_acks_along_at_once() -> None:
 async def test_the_per_event_acks_of_a_busy_channel_share_one_write() -> None:
     """A live stream acks every event alone; far from its window, they wait for company.
 
-    The fourth ack comes past half the linger: it ends the wait at once, so the
-    write goes with the batch that queued it instead of a timer of its own.
+    The first held ack sets the deadline; the later ones join it, and the
+    write goes when it passes, not a linger after the last of them.
     """
-    assert 2 * GAP < ACK_LINGER_ENOUGH <= 3 * GAP
+    assert 3 * GAP < ACK_LINGER
     async with connected() as (connection, adapter, log):
         channel = await connection.channel()
         await channel.basic_qos(200)
@@ -120,7 +120,20 @@ async def test_the_per_event_acks_of_a_busy_channel_share_one_write() -> None:
             await channel.basic_ack(tag, multiple=True)
         await log.wait_for(4)
         assert adapter.ack_writes == 1
-        assert log.acks == [(channel.number, tag, start + 3 * GAP) for tag in range(1, 5)]
+        assert log.acks == [(channel.number, tag, start + ACK_LINGER) for tag in range(1, 5)]
+
+
+async def test_a_full_outbox_of_held_acks_goes_at_once() -> None:
+    """Held acks never pile up past one small write, however much window is left."""
+    async with connected() as (connection, adapter, log):
+        channel = await connection.channel()
+        await channel.basic_qos(65535)
+        start = trio.current_time()
+        for tag in range(1, ACK_LINGER_FRAMES + 1):
+            await channel.basic_ack(tag)
+        await log.wait_for(ACK_LINGER_FRAMES)
+        assert adapter.ack_writes == 1
+        assert {at for _, _, at in log.acks} == {start}
 
 
 @pytest.mark.parametrize("tag", [25, 26])
