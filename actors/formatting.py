@@ -70,6 +70,10 @@ def _reject_constant(name: str) -> object:
 
 _DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
 _SEPARATORS: Final = (",", ":")
+#: Built once: ``json.dumps`` with any option builds a new encoder per call,
+#: and every live event is encoded (same options, same output).
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=_SEPARATORS).encode
+_ENCODE_ASCII: Final = json.JSONEncoder(ensure_ascii=True, separators=_SEPARATORS).encode
 
 
 @functools.lru_cache(maxsize=16)
@@ -97,10 +101,10 @@ def format_event(body: bytes, ordinal: int, timestamp_ms: int) -> Formatted:
         return _NOT_OBJECT
     value["ess_ordinal"] = ordinal
     value["ess_timestamp"] = timestamp_ms
-    out = json.dumps(value, ensure_ascii=False, separators=_SEPARATORS)
+    out = _ENCODE(value)
     if "\\u" in text and not _encodable(out):
         # A "\udXXX" escape decoded to a lone surrogate: keep it escaped.
-        out = json.dumps(value, ensure_ascii=True, separators=_SEPARATORS)
+        out = _ENCODE_ASCII(value)
     return Text(out)
 
 
