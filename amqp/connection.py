@@ -18,7 +18,9 @@ it):
   and publishes batch themselves under load). A write of nothing but
   acknowledgements waits up to :data:`ACK_LINGER` for company, as long as
   it keeps little prefetch credit from the broker (see there); such an ack
-  does not wake the writer, it only sets the deadline of the writer's wait.
+  does not wake the writer. On a busy connection the reader writes the
+  held acks itself, at its first read past their linger; the writer's own
+  deadline is the backstop for a connection that went quiet.
 - the **heartbeat** task sends a heartbeat when nothing was sent for half an
   interval and declares the broker dead when nothing arrived for two
   intervals (:class:`~amqp.errors.HeartbeatTimeout`).
@@ -75,10 +77,16 @@ FLUSH_TIMEOUT: Final = 1.0
 #: Acknowledgements on a stream queue only return prefetch credit, and a
 #: held one never keeps much of it (:data:`ACK_HOLD_SHARE`); any other
 #: frame (a publish, a request, a heartbeat, a close) ends the wait at once
-#: and goes out with them, in order. The first held ack sets the deadline
-#: of the writer's wait; later ones join without waking anybody, so the
-#: acks of a linger cost the writer one wake-up in all.
+#: and goes out with them, in order. Held acks wake nobody: the reader
+#: writes them (no wake-up of the writer, whose wake-up at a deadline is a
+#: trio cancellation, the costliest step of an idle connection's ack) at
+#: the end of its first read past :data:`ACK_LINGER` after the first of
+#: them, when the socket takes them at once; else the writer does, woken
+#: by the reader, or at :data:`ACK_LINGER_MAX` when nothing was read since.
 ACK_LINGER: Final = 0.025
+#: The longest an acknowledgement waits: the writer's own deadline, for a
+#: connection that read nothing after the linger.
+ACK_LINGER_MAX: Final = 2 * ACK_LINGER
 #: An acknowledgement may wait only while the deliveries that the channel's
 #: held acks cover (its newest held tag minus the newest tag already
 #: written) stay below ``prefetch_count // ACK_HOLD_SHARE``: a held ack
@@ -141,8 +149,9 @@ class Connection(EndState):
         self._outbox_size = 0
         #: Whether the outbox holds a frame that must not wait (see ACK_LINGER).
         self._urgent = False
-        #: When the acknowledgements held in the outbox must go (see ACK_LINGER).
-        self._hold_deadline = math.inf
+        #: When the first acknowledgement held in the outbox was queued
+        #: (infinity while none is held; see ACK_LINGER).
+        self._held_since = math.inf
         #: The writer's wait for frames, while it waits: its deadline is
         #: the held acks' (set from :meth:`_send` without waking it).
         self._idle_scope: anyio.CancelScope | None = None
@@ -238,9 +247,9 @@ class Connection(EndState):
                 self._urgent = True
             elif not self._urgent and len(self._outbox) < ACK_LINGER_FRAMES:
                 if len(self._outbox) == 1:  # the first held ack starts the clock
-                    self._hold_deadline = anyio.current_time() + ACK_LINGER
+                    self._held_since = now = anyio.current_time()
                     if self._idle_scope is not None:
-                        self._idle_scope.deadline = self._hold_deadline
+                        self._idle_scope.deadline = now + ACK_LINGER_MAX
                 return  # waits for company without waking the writer
             else:
                 self._urgent = True
@@ -273,14 +282,7 @@ class Connection(EndState):
                     break
                 await self._wait_for_frames()
                 continue  # the outbox may hold more, or urgent frames, now
-            data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-            outbox.clear()
-            self._outbox_size = 0
-            self._urgent = False
-            self._hold_deadline = math.inf
-            if self._acks_queued:
-                self._acks_written.update(self._acks_queued)
-                self._acks_queued.clear()
+            data = self._take_outbox()
             with anyio.CancelScope() as scope:
                 if self._error is not None:
                     scope.deadline = anyio.current_time() + FLUSH_TIMEOUT
@@ -300,6 +302,46 @@ class Connection(EndState):
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
 
+    def _take_outbox(self) -> bytes:
+        """Everything queued, in order, as one write; the acks in it count as written."""
+        outbox = self._outbox
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        self._outbox_size = 0
+        self._urgent = False
+        self._held_since = math.inf
+        if self._acks_queued:
+            self._acks_written.update(self._acks_queued)
+            self._acks_queued.clear()
+        return data
+
+    def _write_held_acks(self, now: float) -> None:
+        """In the reader's task, past the linger: write the held acks without the writer.
+
+        Only while the writer waits (so it is not halfway through a write)
+        and the outbox holds nothing but held acks. What the socket does not
+        take at once goes back to the writer, first in line, and wakes it.
+        """
+        scope = self._idle_scope
+        if scope is None or self._urgent or self._error is not None:
+            return  # the writer is awake or about to be: it writes them
+        assert self._transport is not None
+        data = self._take_outbox()
+        try:
+            written = self._transport.write_now(data)
+        except anyio.BrokenResourceError as exc:
+            self._fail(ConnectionLost(f"cannot write to the broker: {exc!r}"))
+            return
+        if written < len(data):
+            self._outbox.append(data[written:])
+            self._outbox_size = len(data) - written
+            self._urgent = True
+            self._writer_wake.set()
+        else:
+            scope.deadline = math.inf
+            self._last_tx = now
+            self._drained.set()
+
     async def _wait_for_frames(self) -> None:
         """Wait for :meth:`_send` to wake us, or for the held acks' deadline.
 
@@ -308,14 +350,14 @@ class Connection(EndState):
         if self._writer_wake.is_set():
             self._writer_wake = anyio.Event()
             return
-        deadline = self._hold_deadline if self._outbox else math.inf
+        deadline = self._held_since + ACK_LINGER_MAX if self._outbox else math.inf
         with anyio.CancelScope(deadline=deadline) as scope:
             self._idle_scope = scope
             try:
                 await self._writer_wake.wait()
             finally:
                 self._idle_scope = None
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and self._outbox:
             self._urgent = True
 
     # ------------------------------------------------------------------ reading
@@ -329,7 +371,7 @@ class Connection(EndState):
         try:
             while self._error is None:
                 data = await receive()
-                self._last_rx = anyio.current_time()
+                self._last_rx = now = anyio.current_time()
                 for number, event in feed(data):
                     if isinstance(event, DeliveredMessage):
                         channel = channels.get(number)
@@ -341,6 +383,8 @@ class Connection(EndState):
                         channel = channels.get(number)
                         if channel is not None:
                             channel.handle(event)
+                if now - self._held_since >= ACK_LINGER:
+                    self._write_held_acks(now)
             return
         except anyio.EndOfStream:
             error = ConnectionLost("the broker closed the socket")

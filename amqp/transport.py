@@ -47,6 +47,10 @@ class Transport(Protocol):
         """Write all of ``data``; a checkpoint only if the kernel cannot take it now."""
         ...
 
+    def write_now(self, data: bytes) -> int:
+        """Write what the kernel takes of ``data`` without waiting; the bytes written."""
+        ...
+
 
 class StreamTransport:
     """Any anyio byte stream, as it is."""
@@ -61,6 +65,9 @@ class StreamTransport:
 
     async def send(self, data: bytes) -> None:
         await self._stream.send(data)
+
+    def write_now(self, data: bytes) -> int:
+        return 0  # a stream writes only when awaited
 
 
 class SocketTransport:
@@ -86,21 +93,21 @@ class SocketTransport:
             return data
 
     async def send(self, data: bytes) -> None:
-        sock = self._socket
-        view: memoryview | None = None
-        sent = 0
-        while True:
-            try:
-                sent += sock.send(data if view is None else view[sent:])
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise anyio.BrokenResourceError(str(exc)) from exc
-            if sent >= len(data):
-                return
-            if view is None:
-                view = memoryview(data)
-            await anyio.wait_writable(sock)
+        sent = self.write_now(data)
+        if sent >= len(data):
+            return
+        view = memoryview(data)
+        while sent < len(data):
+            await anyio.wait_writable(self._socket)
+            sent += self.write_now(view[sent:])
+
+    def write_now(self, data: bytes | memoryview) -> int:
+        try:
+            return self._socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise anyio.BrokenResourceError(str(exc)) from exc
 
 
 def transport_for(stream: anyio.abc.ByteStream) -> Transport:

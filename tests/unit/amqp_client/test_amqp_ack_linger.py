@@ -15,10 +15,11 @@ import pytest
 import trio
 import trio.testing
 from pamqp import commands
+from pamqp import heartbeat as pheartbeat
 
 import amqp
 from amqp import ConnectionParameters
-from amqp.connection import ACK_HOLD_SHARE, ACK_LINGER, ACK_LINGER_FRAMES
+from amqp.connection import ACK_HOLD_SHARE, ACK_LINGER, ACK_LINGER_FRAMES, ACK_LINGER_MAX
 from tests.unit.amqp_client.test_amqp_fake_broker import AnyioAdapter, FakeBroker
 
 pytestmark = pytest.mark.autojump
@@ -89,8 +90,8 @@ async def test_acks_of_quiet_channels_share_one_write() -> None:
         assert [(c, t) for c, t, _ in log.acks] == [
             (ch.number, n) for n, ch in enumerate(channels, 1)
         ]
-        # Nobody waited longer than the linger.
-        assert all(at - start <= ACK_LINGER + 1e-9 for _, _, at in log.acks)
+        # Nothing was read meanwhile: the writer's own deadline sent them.
+        assert all(at - start <= ACK_LINGER_MAX + 1e-9 for _, _, at in log.acks)
 
 
 async def test_any_other_frame_takes_the_held_acks_along_at_once() -> None:
@@ -107,7 +108,8 @@ async def test_the_per_event_acks_of_a_busy_channel_share_one_write() -> None:
     """A live stream acks every event alone; far from its window, they wait for company.
 
     The first held ack sets the deadline; the later ones join it, and the
-    write goes when it passes, not a linger after the last of them.
+    write goes when it passes, not a linger after the last of them (here
+    the writer's, as nothing is read meanwhile).
     """
     assert 3 * GAP < ACK_LINGER
     async with connected() as (connection, adapter, log):
@@ -120,7 +122,25 @@ async def test_the_per_event_acks_of_a_busy_channel_share_one_write() -> None:
             await channel.basic_ack(tag, multiple=True)
         await log.wait_for(4)
         assert adapter.ack_writes == 1
-        assert log.acks == [(channel.number, tag, start + ACK_LINGER) for tag in range(1, 5)]
+        assert log.acks == [(channel.number, tag, start + ACK_LINGER_MAX) for tag in range(1, 5)]
+
+
+async def test_a_busy_connection_writes_held_acks_at_its_first_read_past_the_linger() -> None:
+    """Past the linger the reader writes them at once; the writer's deadline is a backstop."""
+    async with connected() as (connection, adapter, log):
+        channel = await connection.channel()
+        await channel.basic_qos(200)
+        start = trio.current_time()
+        await channel.basic_ack(1)
+        await trio.sleep(ACK_LINGER / 2)
+        await log._broker.stream.send_all(pheartbeat.Heartbeat().marshal())  # read too early
+        await trio.sleep(ACK_LINGER / 2 + GAP)
+        read_at = trio.current_time()
+        await log._broker.stream.send_all(pheartbeat.Heartbeat().marshal())
+        await log.wait_for(1)
+        assert log.acks == [(channel.number, 1, read_at)]
+        assert read_at - start < ACK_LINGER_MAX
+        assert adapter.ack_writes == 1
 
 
 async def test_a_full_outbox_of_held_acks_goes_at_once() -> None:
@@ -163,7 +183,7 @@ async def test_held_acks_together_never_keep_an_eighth_of_the_window() -> None:
         # Counted from what was written: the next ack covers 1 again and may wait.
         await channel.basic_ack(3, multiple=True)
         await log.wait_for(3)
-        assert log.acks[2][2] == sent + ACK_LINGER
+        assert log.acks[2][2] == sent + ACK_LINGER_MAX
 
 
 async def test_a_window_under_the_share_never_holds_an_ack() -> None:

@@ -96,6 +96,22 @@ async def test_a_write_larger_than_the_socket_takes_waits_and_loses_nothing() ->
         assert bytes(received) == payload
 
 
+async def test_write_now_takes_what_the_socket_takes_and_never_waits() -> None:
+    async with tcp_pair() as (client, server):
+        transport = transport_for(client)
+        assert transport.write_now(b"at once") == len(b"at once")
+        assert await server.receive() == b"at once"
+        chunk = b"x" * 65536
+        written = [transport.write_now(chunk) for _ in range(200)]  # nobody reads
+        assert written[-1] == 0  # the socket is full: nothing taken, no wait
+        assert 0 < sum(written) < len(chunk) * len(written)
+
+
+async def test_a_stream_writes_nothing_now() -> None:
+    client_side, _ = trio.testing.memory_stream_pair()
+    assert transport_for(AnyioAdapter(client_side)).write_now(b"later") == 0  # type: ignore[arg-type]
+
+
 async def test_closing_the_stream_ends_a_waiting_receive() -> None:
     async with tcp_pair() as (client, _):
         transport = transport_for(client)
