@@ -107,6 +107,8 @@ def _in_range(ms: int) -> int | None:
 
 def _header_ms(value: object) -> int | None:
     """A ``timestamp_in_ms`` header: an integer, or the ASCII digits of one; else absent."""
+    if value is None:  # the usual case, first: this runs for every event
+        return None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -125,6 +127,8 @@ def _header_ms(value: object) -> int | None:
 
 def _property_ms(value: object) -> int | None:
     """The AMQP ``timestamp`` property (seconds, or a datetime) in ms; else absent."""
+    if value is None:
+        return None
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
