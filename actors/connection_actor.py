@@ -387,11 +387,12 @@ class ConnectionActor:
     def _sent(self, texts: list[str]) -> None:
         """Count frames handed to the socket; their lag runs from the batch's first event."""
         lag = trio.current_time() - self._received_at
-        observer = self._context.observer
+        size = 0
         for text in texts:
-            observer.event_sent(lag)
-            self.bytes_sent += len(text) if text.isascii() else len(text.encode("utf-8"))
+            size += len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        self.bytes_sent += size
         self.messages_sent += len(texts)
+        self._context.observer.frames_sent(len(texts), size, lag)
 
     def _processed(self, offset: int) -> None:
         """Everything up to ``offset`` is done with; log the stats when they are due."""

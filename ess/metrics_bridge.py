@@ -12,13 +12,17 @@ class MetricsObserver:
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._received = metrics.messages_received
         self._lag = metrics.delivery_lag
+        self._frames = metrics.messages_sent
+        self._bytes = metrics.bytes_sent
         self._subscriptions = metrics.consumer_subscriptions
 
     def event_received(self) -> None:
         self._received.inc()
 
-    def event_sent(self, seconds_since_received: float) -> None:
-        self._lag.observe(seconds_since_received)
+    def frames_sent(self, frames: int, utf8_bytes: int, seconds_since_received: float) -> None:
+        self._frames.inc(frames)
+        self._bytes.inc(utf8_bytes)
+        self._lag.observe(seconds_since_received, frames)
 
     def consumer_subscribed(self) -> None:
         self._subscriptions.inc()

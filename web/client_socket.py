@@ -424,13 +424,11 @@ class TrioWebSocket:
         peer: str,
         *,
         close_timeout: float = 2.0,
-        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._ws = connection
         self._lock = connection.stream_lock
         self._peer = peer
         self._close_timeout = close_timeout
-        self._metrics = metrics
         #: Set by our close/abort (a flag: an Event per websocket costs more).
         self._closed = False
         #: Bytes :meth:`send_now` could not write yet (see :meth:`flush`).
@@ -464,7 +462,6 @@ class TrioWebSocket:
         """
         data = self._encode(texts)
         await self._write_after_held(data)
-        self._count(texts)
 
     def send_now(self, texts: Sequence[str]) -> bool:
         """Write the frames at once if the socket takes them; else hold the rest.
@@ -476,7 +473,6 @@ class TrioWebSocket:
         connection since is never written.
         """
         data = self._encode(texts)
-        self._count(texts)
         stream = self._ws._stream
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         lock = self._lock
@@ -540,11 +536,6 @@ class TrioWebSocket:
             with trio.CancelScope(shield=True):
                 await ws._abort_web_socket()
             raise WebSocketClosed(str(error)) from None
-
-    def _count(self, texts: Sequence[str]) -> None:
-        if self._metrics is not None:
-            self._metrics.messages_sent.inc(len(texts))
-            self._metrics.bytes_sent.inc(sum(map(_utf8_length, texts)))
 
     def on_gone(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once trio-websocket's reader ends (the peer or the socket went)."""
@@ -696,7 +687,6 @@ class TrioPendingWebSocket:
             connection,
             self._peer,
             close_timeout=self._close_timeout,
-            metrics=self._metrics,
         )
         if self._metrics is not None:
             self._metrics.websocket_connections.inc()
@@ -727,7 +717,3 @@ __all__ = [
     "TrioWebSocket",
     "format_peer",
 ]
-
-
-def _utf8_length(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", errors="replace"))

@@ -242,9 +242,10 @@ class FrameHistogram(Collector):
         self._counts = [0] * (len(buckets) + 1)
         self._sum = 0.0
 
-    def observe(self, amount: float) -> None:
-        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
-        self._sum += amount
+    def observe(self, amount: float, times: int = 1) -> None:
+        """``times`` observations of ``amount`` (the frames of one write share their lag)."""
+        self._counts[bisect.bisect_left(self._bounds, amount)] += times
+        self._sum += amount * times
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation)

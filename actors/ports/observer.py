@@ -14,8 +14,12 @@ class ActorObserver(Protocol):
     def event_received(self) -> None:
         """One event arrived from the broker for one connection."""
 
-    def event_sent(self, seconds_since_received: float) -> None:
-        """One event went out on a websocket this long after it was received."""
+    def frames_sent(self, frames: int, utf8_bytes: int, seconds_since_received: float) -> None:
+        """Text frames went out on one websocket, the first event of them received this long ago.
+
+        The one report of what was sent: the websocket layer counts nothing
+        itself, so a frame is counted once, in one place, with its lag.
+        """
 
     def consumer_subscribed(self) -> None:
         """A connection attached a broker consumer (first time or resubscription)."""
@@ -27,7 +31,7 @@ class NullObserver:
     def event_received(self) -> None:
         pass
 
-    def event_sent(self, seconds_since_received: float) -> None:
+    def frames_sent(self, frames: int, utf8_bytes: int, seconds_since_received: float) -> None:
         pass
 
     def consumer_subscribed(self) -> None:

@@ -14,6 +14,7 @@ from actors.adapters.memory_broker import MemoryBroker, MemorySubscription
 from actors.adapters.memory_registry import MemoryRegistry
 from actors.hub import HubMember, LiveTailHub
 from actors.ports.broker import StartPosition, StreamEvent, SubscriptionLost
+from actors.ports.observer import ActorObserver
 from actors.ports.registry import StreamRecord
 from actors.ports.websocket import WebSocketClosed
 from actors.settings import ActorSettings
@@ -382,10 +383,11 @@ async def running(
     *,
     broker: MemoryBroker | None = None,
     registry: MemoryRegistry | None = None,
+    observer: ActorObserver | None = None,
 ) -> AsyncIterator[Harness]:
     broker = broker or MemoryBroker(clock=wall_clock)
     registry = registry or MemoryRegistry()
-    supervisor = Supervisor(broker, registry, settings, clock=wall_clock)
+    supervisor = Supervisor(broker, registry, settings, clock=wall_clock, observer=observer)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)
         yield Harness(broker, registry, supervisor, nursery, settings)

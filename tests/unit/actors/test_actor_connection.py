@@ -11,6 +11,7 @@ import trio
 
 from actors.delivery import SEND_BATCH, start_position
 from actors.ports.broker import FromOffset, FromTimestamp
+from actors.ports.observer import NullObserver
 from actors.resubscription import RESUBSCRIBE_BACKOFF
 from actors.start import AfterOrdinal, AtOrAfterTime, LiveTail
 
@@ -133,6 +134,34 @@ async def test_json_and_text_formatting(h: Harness) -> None:
     ]
     connection = h.actor(record).connections[0]
     assert connection.bytes_sent == sum(len(text.encode()) for text in ws.sent)
+
+
+class RecordingObserver(NullObserver):
+    """Keeps every ``frames_sent`` report."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int, float]] = []
+
+    def frames_sent(self, frames: int, utf8_bytes: int, seconds_since_received: float) -> None:
+        self.reports.append((frames, utf8_bytes, seconds_since_received))
+
+
+async def test_every_frame_sent_is_reported_once_with_its_bytes() -> None:
+    """The one count of frames and bytes sent (the metrics are fed from it)."""
+    observer = RecordingObserver()
+    async with running(replace(SETTINGS, max_connections_per_stream=2), observer=observer) as h:
+        record = await h.stream()
+        await h.publish("rk", "é-1", "two", '{"n": 3}')
+        replaying = await h.open(record, AfterOrdinal(0))  # a burst: batched writes
+        live = await h.open(record)
+        await h.publish("rk", "four")  # live: one write to each
+        await replaying.wait_frames(4)
+        await live.wait_frames(1)
+        await settle()
+    sent = replaying.sent + live.sent
+    assert sum(frames for frames, _, _ in observer.reports) == len(sent) == 5
+    assert sum(size for _, size, _ in observer.reports) == sum(len(t.encode()) for t in sent)
+    assert all(lag >= 0 for _, _, lag in observer.reports)
 
 
 async def test_bad_bodies_are_skipped_without_closing(h: Harness) -> None:

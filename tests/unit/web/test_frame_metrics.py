@@ -44,3 +44,16 @@ def test_the_counter_renders_as_prometheus_clients() -> None:
         counter.inc(amount)
     assert exposition(ours) == exposition(theirs)
     assert "x_frames_created" in generate_latest(ours).decode()
+
+
+def test_observing_several_frames_at_once_is_observing_each() -> None:
+    """The frames of one write share their lag: observed once with a count."""
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("x_lag_seconds", "lag", buckets=BUCKETS, registry=theirs)
+    histogram = FrameHistogram("x_lag_seconds", "lag", BUCKETS)
+    ours.register(histogram)
+    for value, times in [(0.0005, 3), (0.01, 1), (2.0, 7), (9.0, 2)]:
+        for _ in range(times):
+            reference.observe(value)
+        histogram.observe(value, times)
+    assert exposition(ours) == exposition(theirs)

@@ -192,7 +192,7 @@ async def test_shutdown_closes_open_connections_with_1001() -> None:
     assert frames == [] and reason.code == 1001
 
 
-async def test_metrics_count_connections_frames_and_closes() -> None:
+async def test_metrics_count_connections_and_closes() -> None:
     directory = FakeDirectory()
     metrics = ServiceMetrics()
     uuid = await make_stream(directory)
@@ -203,8 +203,9 @@ async def test_metrics_count_connections_frames_and_closes() -> None:
             await read_until_closed(ws)
         await trio.sleep(0.05)  # let the handlers' finally blocks run
     registry = metrics.registry
-    assert registry.get_sample_value("ess_messages_sent_total") == 2
-    assert (registry.get_sample_value("ess_bytes_sent_total") or 0) > 10
+    # Frames are counted by the connection actor's observer, not here
+    # (tests/unit/ess/test_metrics_bridge.py): this layer counts none.
+    assert registry.get_sample_value("ess_messages_sent_total") == 0
     assert registry.get_sample_value("ess_websocket_closes_total", {"code": "1000"}) == 2
     assert registry.get_sample_value("ess_websocket_connections") == 0
 
