@@ -16,7 +16,8 @@ it):
   caller can never leave half a frame on the wire and concurrent senders
   need no lock; the writer sends whatever accumulated in one ``send`` (acks
   and publishes batch themselves under load). A write of nothing but
-  acknowledgements waits up to :data:`ACK_LINGER` for company, as long as
+  acknowledgements waits :data:`ACK_LINGER` (at most :data:`ACK_LINGER_MAX`)
+  for company, as long as
   it keeps little prefetch credit from the broker (see there); such an ack
   does not wake the writer. On a busy connection the reader writes the
   held acks itself, at its first read past their linger; the writer's own
