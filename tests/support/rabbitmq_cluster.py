@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tests.support.net import free_port
+from tests.support.net import free_ports
 
 #: Where Debian puts the real scripts (``/usr/sbin``'s wrappers change user).
 SCRIPTS: Final = Path("/usr/lib/rabbitmq/bin")
@@ -64,11 +64,11 @@ def installed() -> bool:
     return (SCRIPTS / "rabbitmq-server").exists() and (SCRIPTS / "rabbitmqctl").exists()
 
 
-def _free_port() -> int:
-    """A free port that is none of the system broker's (:data:`RESERVED_PORTS`)."""
-    while (port := free_port()) in RESERVED_PORTS:
+def _free_ports(count: int) -> list[int]:
+    """``count`` different free ports, none of the system broker's (:data:`RESERVED_PORTS`)."""
+    while RESERVED_PORTS.intersection(ports := free_ports(count)):
         pass
-    return port
+    return ports
 
 
 @dataclass
@@ -118,12 +118,13 @@ class RabbitMQCluster:
         (self.root / ".erlang.cookie").chmod(0o400)
         (self.root / "rabbitmq-env.conf").write_text("# the cluster's own: none\n")
         (self.root / "enabled_plugins").write_text("[].\n")
-        self.nodes = [self._make_node(n) for n in range(1, size + 1)]
+        ports = iter(_free_ports(2 * size))  # all at once: no two nodes may share one
+        self.nodes = [self._make_node(n, next(ports), next(ports)) for n in range(1, size + 1)]
 
-    def _make_node(self, n: int) -> Node:
+    def _make_node(self, n: int, amqp_port: int, dist_port: int) -> Node:
         base = self.root / f"node{n}"
         base.mkdir()
-        node = Node(n, f"ess-test-{self.tag}-{n}@localhost", _free_port(), _free_port(), base)
+        node = Node(n, f"ess-test-{self.tag}-{n}@localhost", amqp_port, dist_port, base)
         (base / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{node.amqp_port}\n"
             "log.console = false\n"
