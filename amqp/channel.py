@@ -518,7 +518,9 @@ class Channel(BoundedExit, EndState):
     def basic_ack_nowait(self, delivery_tag: int, *, multiple: bool = False) -> None:
         """:meth:`basic_ack` without the ``await``: for a consumer's listener."""
         self.check()
-        self._connection.send(codec.basic_ack(self.number, delivery_tag, multiple))
+        self._connection.send_ack(
+            self.number, delivery_tag, codec.basic_ack(self.number, delivery_tag, multiple)
+        )
 
     async def basic_nack(
         self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True

@@ -100,9 +100,6 @@ ACK_LINGER_MAX: Final = 2 * ACK_LINGER
 ACK_HOLD_SHARE: Final = 8
 #: Held acknowledgements that end the wait (one write of at most ~1.3 KiB).
 ACK_LINGER_FRAMES: Final = 64
-#: ``basic.ack`` frames are recognised by size and class/method id bytes.
-_ACK_SIZE: Final = len(codec.basic_ack(1, 1))
-_ACK_METHOD: Final = codec.basic_ack(1, 1)[7:11]
 #: Bound on the connection's close handshake (close, then close-ok).
 CLOSE_TIMEOUT: Final = 5.0
 DEFAULT_FRAME_MAX: Final = 131072
@@ -233,29 +230,37 @@ class Connection(EndState):
     # ------------------------------------------------------------------ writing
 
     def _send(self, data: bytes) -> None:
-        """Queue complete frames for the writer (synchronous: cannot be torn)."""
+        """Queue complete frames for the writer (synchronous: cannot be torn); they go now."""
         if self._error is not None:
             raise fresh(self._error)
         self._outbox.append(data)
         self._outbox_size += len(data)
-        if len(data) == _ACK_SIZE and data[7:11] == _ACK_METHOD:
-            number = int.from_bytes(data[1:3])
-            tag = int.from_bytes(data[11:19])
-            self._acks_queued[number] = tag
+        self._urgent = True
+        self._writer_wake.set()
+
+    def _send_ack(self, number: int, tag: int, frame: bytes) -> None:
+        """Queue the ``basic.ack`` ``frame`` of channel ``number`` up to ``tag``; it may wait.
+
+        It waits for company (see :data:`ACK_LINGER`) unless the channel's
+        held acks would cover an eighth of its window, the outbox is full of
+        held acks, or something else in it goes now anyway.
+        """
+        if self._error is not None:
+            raise fresh(self._error)
+        outbox = self._outbox
+        outbox.append(frame)
+        self._outbox_size += len(frame)
+        self._acks_queued[number] = tag
+        if not self._urgent and len(outbox) < ACK_LINGER_FRAMES:
             channel = self._channels.get(number)
             window = channel.prefetch_count if channel is not None else 0
-            if window and (tag - self._acks_written.get(number, 0)) * ACK_HOLD_SHARE >= window:
-                self._urgent = True
-            elif not self._urgent and len(self._outbox) < ACK_LINGER_FRAMES:
-                if len(self._outbox) == 1:  # the first held ack starts the clock
+            if not window or (tag - self._acks_written.get(number, 0)) * ACK_HOLD_SHARE < window:
+                if len(outbox) == 1:  # the first held ack starts the clock
                     self._held_since = now = anyio.current_time()
                     if self._idle_scope is not None:
                         self._idle_scope.deadline = now + ACK_LINGER_MAX
                 return  # waits for company without waking the writer
-            else:
-                self._urgent = True
-        else:
-            self._urgent = True
+        self._urgent = True
         self._writer_wake.set()
 
     def _must_wait_to_publish(self) -> bool:
@@ -571,12 +576,13 @@ class _ChannelLink:
     the public :class:`Connection`.
     """
 
-    __slots__ = ("_connection", "send")
+    __slots__ = ("_connection", "send", "send_ack")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        #: Bound once: acks and publishes call it without an extra hop.
+        #: Bound once: acks and publishes call them without an extra hop.
         self.send = connection._send
+        self.send_ack = connection._send_ack
 
     @property
     def frame_max(self) -> int:

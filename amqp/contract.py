@@ -50,7 +50,11 @@ class ConnectionSide(Protocol):
         ...
 
     def send(self, frames: bytes) -> None:
-        """Queue complete frames for the writer (never torn, never waits)."""
+        """Queue complete frames for the writer (never torn, never waits); they go now."""
+        ...
+
+    def send_ack(self, channel: int, delivery_tag: int, frame: bytes) -> None:
+        """Queue a ``basic.ack`` frame; it may wait a little for company (never for long)."""
         ...
 
     def usable(self) -> bool:
