@@ -201,8 +201,10 @@ async def test_metrics_count_connections_and_closes() -> None:
             await read_until_closed(ws)
         async with open_websocket_url(f"ws://127.0.0.1:{port}/event-stream/nope") as ws:
             await read_until_closed(ws)
-        await trio.sleep(0.05)  # let the handlers' finally blocks run
-    registry = metrics.registry
+        registry = metrics.registry
+        with trio.fail_after(5):  # until the handlers' finally blocks have counted both
+            while registry.get_sample_value("ess_websocket_closes_total", {"code": "1000"}) != 2:
+                await trio.sleep(0.01)
     # Frames are counted by the connection actor's observer, not here
     # (tests/unit/ess/test_metrics_bridge.py): this layer counts none.
     assert registry.get_sample_value("ess_messages_sent_total") == 0
