@@ -17,11 +17,11 @@ it):
   need no lock; the writer sends whatever accumulated in one ``send`` (acks
   and publishes batch themselves under load). A write of nothing but
   acknowledgements waits :data:`ACK_LINGER` (at most :data:`ACK_LINGER_MAX`)
-  for company, as long as
-  it keeps little prefetch credit from the broker (see there); such an ack
-  does not wake the writer. On a busy connection the reader writes the
-  held acks itself, at its first read past their linger; the writer's own
-  deadline is the backstop for a connection that went quiet.
+  for company, as long as it keeps little prefetch credit from the broker
+  (see there); such an ack does not wake the writer. On a busy connection
+  the reader writes the held acks itself, at its first read past their
+  linger; the writer's own deadline is the backstop for a connection that
+  went quiet.
 - the **heartbeat** task sends a heartbeat when nothing was sent for half an
   interval and declares the broker dead when nothing arrived for two
   intervals (:class:`~amqp.errors.HeartbeatTimeout`).
@@ -151,7 +151,7 @@ class Connection(EndState):
         #: (infinity while none is held; see ACK_LINGER).
         self._held_since = math.inf
         #: The writer's wait for frames, while it waits: its deadline is
-        #: the held acks' (set from :meth:`_send` without waking it).
+        #: the held acks' backstop (set from :meth:`_send_ack` without waking it).
         self._idle_scope: anyio.CancelScope | None = None
         #: The socket's fast path or the stream (set when the tasks start).
         self._transport: Transport | None = None
@@ -256,9 +256,9 @@ class Connection(EndState):
             window = channel.prefetch_count if channel is not None else 0
             if not window or (tag - self._acks_written.get(number, 0)) * ACK_HOLD_SHARE < window:
                 if len(outbox) == 1:  # the first held ack starts the clock
-                    self._held_since = now = anyio.current_time()
+                    self._held_since = anyio.current_time()
                     if self._idle_scope is not None:
-                        self._idle_scope.deadline = now + ACK_LINGER_MAX
+                        self._idle_scope.deadline = self._held_since + ACK_LINGER_MAX
                 return  # waits for company without waking the writer
         self._urgent = True
         self._writer_wake.set()
@@ -296,14 +296,13 @@ class Connection(EndState):
                 try:
                     await transport.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    self._fail(ConnectionLost(f"cannot write to the broker: {exc!r}"))
+                    self._write_failed(exc)
                     break
                 finally:
                     self._send_scope = None
             if scope.cancelled_caught:
                 break
-            self._last_tx = anyio.current_time()
-            self._drained.set()
+            self._wrote(anyio.current_time())
         # Flushed what we could: stop the reader and the heartbeat task.
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
@@ -336,7 +335,7 @@ class Connection(EndState):
         try:
             written = self._transport.write_now(data)
         except anyio.BrokenResourceError as exc:
-            self._fail(ConnectionLost(f"cannot write to the broker: {exc!r}"))
+            self._write_failed(exc)
             return
         if written < len(data):
             self._outbox.append(data[written:])
@@ -345,8 +344,15 @@ class Connection(EndState):
             self._writer_wake.set()
         else:
             scope.deadline = math.inf
-            self._last_tx = now
-            self._drained.set()
+            self._wrote(now)
+
+    def _wrote(self, now: float) -> None:
+        """A write went out whole: the heartbeat's clock, and publishers waiting for room."""
+        self._last_tx = now
+        self._drained.set()
+
+    def _write_failed(self, error: BaseException) -> None:
+        self._fail(ConnectionLost(f"cannot write to the broker: {error!r}"))
 
     async def _wait_for_frames(self) -> None:
         """Wait for :meth:`_send` to wake us, or for the held acks' deadline.
@@ -356,8 +362,8 @@ class Connection(EndState):
         if self._writer_wake.is_set():
             self._writer_wake = anyio.Event()
             return
-        deadline = self._held_since + ACK_LINGER_MAX if self._outbox else math.inf
-        with anyio.CancelScope(deadline=deadline) as scope:
+        # Infinite unless acks are held: _take_outbox resets it with the outbox.
+        with anyio.CancelScope(deadline=self._held_since + ACK_LINGER_MAX) as scope:
             self._idle_scope = scope
             try:
                 await self._writer_wake.wait()
