@@ -52,10 +52,29 @@ async def _unique_names(
         return name
 
     yield make
-    async with amqp.connect(AMQP_URL) as conn:
-        for name in made:
-            async with conn.channel() as ch:
+    for name in made:
+        await _delete_retrying_internal_errors(delete, name)
+
+
+#: RabbitMQ 3.10 sometimes fails ``queue.delete`` of a stream queue declared
+#: a moment before with 541 INTERNAL_ERROR (its members still starting) and
+#: closes the connection; the same delete a little later succeeds.
+DELETE_ATTEMPTS = 4
+DELETE_RETRY_PAUSE = 0.25
+
+
+async def _delete_retrying_internal_errors(
+    delete: Callable[[amqp.Channel, str], Awaitable[object]], name: str
+) -> None:
+    for attempt in range(1, DELETE_ATTEMPTS + 1):
+        try:
+            async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:
                 await delete(ch, name)
+            return
+        except amqp.ConnectionClosedByServer as exc:
+            if exc.reply_code != 541 or attempt == DELETE_ATTEMPTS:
+                raise
+        await trio.sleep(DELETE_RETRY_PAUSE * attempt)  # a back-off, not a synchronisation
 
 
 @pytest.fixture
