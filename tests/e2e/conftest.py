@@ -47,7 +47,7 @@ async def api(service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
 async def broker(service: ServiceProcess, amqp_url: str) -> AsyncIterator[RabbitMQBroker]:
     """The test's own broker client, on the service's exchange, to publish and inspect."""
     async with trio.open_nursery() as nursery:
-        test_broker = RabbitMQBroker(amqp_url, service.exchange)
+        test_broker = RabbitMQBroker(amqp_url, service.exchange, connection_name="ess-test-client")
         await nursery.start(test_broker.run)
         await test_broker.wait_available()
         yield test_broker

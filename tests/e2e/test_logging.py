@@ -23,7 +23,7 @@ async def test_json_log_follows_a_connection_and_never_holds_the_uuid(
     async with httpx.AsyncClient(base_url=fresh_service.api, timeout=10.0) as api:
         created = (await api.post("/event-stream/", json={"routing_key": routing_key})).json()
         uuid = created["location"].rsplit("/", 1)[1]
-        broker = RabbitMQBroker(amqp_url, fresh_service.exchange)
+        broker = RabbitMQBroker(amqp_url, fresh_service.exchange, connection_name="ess-test-client")
         async with connect(created["location"]) as ws:
             async with trio.open_nursery() as nursery:
                 await nursery.start(broker.run)
