@@ -59,7 +59,7 @@ from actors.close import (
 )
 from actors.context import ActorContext
 from actors.delivery import Delivery, Poisoned, Skipped
-from actors.hub import Completion, HubMember, LeftHub
+from actors.hub import Completion, HubMember, LeftHub, OnWaiting
 from actors.keepalive import KeepaliveSchedule
 from actors.logcontext import LogContext
 from actors.ports.broker import StartPosition, StreamEvent, StreamNotFound, Subscription
@@ -72,8 +72,10 @@ log = logging.getLogger(__name__)
 
 #: Attaches a consumer of the connection's stream at a position with a
 #: prefetch (``Broker.subscribe`` with the routing key bound). The stream
-#: actor supplies one that routes ``FromNext`` to its shared live tail.
-Subscriber = Callable[[StartPosition, int], AbstractAsyncContextManager[Subscription]]
+#: actor supplies one that routes ``FromNext`` to its shared live tail,
+#: whose joiner runs the third argument (in its own task) if the hub waits
+#: for the broker before it attaches (:data:`actors.hub.OnWaiting`).
+Subscriber = Callable[[StartPosition, int, OnWaiting], AbstractAsyncContextManager[Subscription]]
 
 
 class ConsumerNode:
@@ -248,7 +250,7 @@ class ConnectionActor:
     def subscribe(self, position: StartPosition) -> AbstractAsyncContextManager[Subscription]:
         prefetch = self._settings.prefetch
         if self._subscribe is not None and not self._own_consumer:
-            return self._subscribe(position, prefetch)
+            return self._subscribe(position, prefetch, self._wait_in_hub)
         return self._context.broker.subscribe(self.routing_key, position, prefetch=prefetch)
 
     async def consume(self, subscription: Subscription, position: StartPosition) -> None:
@@ -281,11 +283,20 @@ class ConnectionActor:
 
     async def detached(self, why: Detached) -> None:
         self._consumer.state = "reconnecting"
+        self._core.attach_failed(int(self.started_at * 1000))  # a no-op once attached
         if why is Detached.UNAVAILABLE:
-            if self._channel is None:
-                await self._accept()
-            self.state = "waiting"
-            self.log.warning("broker unavailable; waiting (last_ordinal=%s)", self.last_ordinal)
+            await self._wait_for_broker()
+
+    async def _wait_in_hub(self) -> None:
+        """The shared consumer we are joining waits for the broker: so do we, accepted."""
+        self._consumer.state = "reconnecting"
+        await self._wait_for_broker()
+
+    async def _wait_for_broker(self) -> None:
+        if self._channel is None:
+            await self._accept()
+        self.state = "waiting"
+        self.log.warning("broker unavailable; waiting (last_ordinal=%s)", self.last_ordinal)
 
     # -- I/O -------------------------------------------------------------
 

@@ -143,7 +143,8 @@ class Delivery:
         self.skipped = 0
         #: Events with their own timestamp below this are filtered.
         self.not_before_ms = start.timestamp_ms if isinstance(start, AtOrAfterTime) else None
-        #: Wall time (ms) of the first attach: what a live tail resumes from.
+        #: Wall time (ms) a live tail resumes from: its first attach, or its
+        #: first attempt if that failed (:meth:`attach_failed`).
         self.since_ms: int | None = None
         self._min_offset = start.ordinal if isinstance(start, AfterOrdinal) else 0
         self._resume_offset: int | None = None
@@ -175,6 +176,25 @@ class Delivery:
             self.since_ms = now_ms
         if isinstance(position, FromTimestamp) and self.not_before_ms is None:
             self.not_before_ms = self.since_ms
+
+    def resumes_live_from(self) -> int | None:
+        """For a live tail that resumes by time (see :meth:`position`): from when (wall ms)."""
+        if self.cursor is None and self._resume_offset is None and isinstance(self.start, LiveTail):
+            return self.since_ms
+        return None
+
+    def attach_failed(self, first_attempt_ms: int) -> None:
+        """An attempt failed before any consumer attached (at wall time ``first_attempt_ms``).
+
+        A live tail then resumes from that first attempt, by time, instead of
+        from whatever is *next* once a consumer attaches: its broker was down
+        or refused the consumer (a stream without a member on its node) while
+        the others took publishes, and those are the client's events. It
+        joins the shared hub dated (:meth:`resumes_live_from`), or reads on
+        a consumer of its own if the hub cannot reach that far back.
+        """
+        if self.since_ms is None:
+            self.since_ms = first_attempt_ms
 
     def handed_over(self, resume_offset: int | None, not_before_ms: int | None) -> None:
         """The live-tail hub let this connection go (:class:`~actors.hub.LeftHub`).

@@ -42,8 +42,11 @@ one set of stream segment files per stream instead of one per websocket.
   its send timeout still applies).
 - Broker outage or a lost consumer: the hub resubscribes through the one
   resubscription loop (:func:`~actors.resubscription.keep_subscribed`) from
-  its last offset + 1; members only see a pause. A hub that has received
-  nothing yet resumes from the time it was first attached
+  its last offset + 1; members only see a pause, and joiners wait in the
+  hub (each accepts its websocket meanwhile, :data:`OnWaiting`), so a
+  stream's live clients share one retrying consumer however long the broker
+  refuses it. A hub that has received nothing yet resumes from the time of
+  its first attempt
   (:func:`~actors.resubscription.position_at`), and from then on gives each
   member only the events not stamped (own timestamp) before that member
   joined: nothing published during the outage is lost, and a member that
@@ -65,9 +68,9 @@ import trio
 from actors.context import ActorContext
 from actors.logcontext import LogContext
 from actors.ports.broker import (
-    BrokerUnavailable,
     FromNext,
     FromOffset,
+    FromTimestamp,
     PushingSubscription,
     StartPosition,
     StreamEvent,
@@ -92,6 +95,9 @@ Completion = Callable[[], Awaitable[None]]
 #: time ``received_at``) now, from the hub's task, without blocking; return
 #: what is left to do in the connection's own task, if anything.
 DirectDelivery = Callable[[StreamEvent, float], Completion | None]
+#: What a joiner does, in its own task, once the hub it waits for is waiting
+#: for the broker (the connection accepts its websocket and says so).
+OnWaiting = Callable[[], Awaitable[None]]
 
 
 class LeftHub(Exception):
@@ -263,15 +269,16 @@ class HubMember:
 class _Membership:
     """:meth:`LiveTailHub.membership`: a class, not a generator, held for a member's life."""
 
-    __slots__ = ("_capacity", "_hub", "_member")
+    __slots__ = ("_capacity", "_hub", "_member", "_on_waiting")
 
-    def __init__(self, hub: LiveTailHub, capacity: int) -> None:
+    def __init__(self, hub: LiveTailHub, capacity: int, on_waiting: OnWaiting | None) -> None:
         self._hub = hub
         self._capacity = capacity
+        self._on_waiting = on_waiting
         self._member: HubMember | None = None
 
     async def __aenter__(self) -> HubMember:
-        member = self._member = await self._hub.join(self._capacity)
+        member = self._member = await self._hub.join(self._capacity, self._on_waiting)
         return member
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -304,8 +311,10 @@ class LiveTailHub:
         #: Members that were too slow and moved to a consumer of their own.
         self.demoted = 0
         self.log = LogContext(log, stream=stream_id)
-        #: Wall time (ms) of the first attach: where a hub that received nothing resumes.
+        #: Wall time (ms) of the first attempt: where a hub that received nothing resumes.
         self._since_ms: int | None = None
+        #: Set while the broker refuses the consumer (until the next attach).
+        self._waiting = False
         #: Whether the hub resumed by time (members then filter by their join time).
         self._by_time = False
         self._context = context
@@ -356,18 +365,21 @@ class LiveTailHub:
 
     # -- members ---------------------------------------------------------
 
-    def membership(self, capacity: int) -> AbstractAsyncContextManager[HubMember]:
+    def membership(
+        self, capacity: int, on_waiting: OnWaiting | None = None
+    ) -> AbstractAsyncContextManager[HubMember]:
         """:meth:`join` on entry, :meth:`leave` on exit: a ``Broker.subscribe`` look-alike."""
-        return _Membership(self, capacity)
+        return _Membership(self, capacity, on_waiting)
 
-    async def join(self, capacity: int) -> HubMember:
+    async def join(self, capacity: int, on_waiting: OnWaiting | None = None) -> HubMember:
         """Become a member; on return, every event the hub receives from now on is buffered.
 
         Synchronous (no checkpoint) when the hub is attached. Otherwise waits
-        until it is; raises :class:`~actors.ports.broker.BrokerUnavailable` if the
-        broker is down (the caller waits and joins again, as it would
-        resubscribe), :class:`~actors.ports.broker.StreamNotFound` if the queue is
-        missing, :class:`LeftHub` if the hub is gone.
+        until it is, however long the broker refuses the hub's consumer (the
+        hub retries for all its joiners; ``on_waiting`` runs once, in the
+        joiner's task, when it starts waiting for the broker). Raises
+        :class:`~actors.ports.broker.StreamNotFound` if the queue is missing,
+        :class:`LeftHub` if the hub is gone.
         """
         if self._stopping:
             raise LeftHub("the shared consumer has stopped", None)
@@ -378,14 +390,16 @@ class LiveTailHub:
         if self._attached:
             self._members[member] = None
             return member
-        if not self._context.broker.available:
-            raise BrokerUnavailable("the broker is unavailable")
         self._joining[member] = None
+        told = False
         try:
             while not self._attached:
                 if member._end is not None:
-                    # The attempt failed: raise why (nothing was buffered).
-                    raise member._end
+                    raise member._end  # the hub ended (nothing was buffered)
+                if self._waiting and on_waiting is not None and not told:
+                    told = True
+                    await on_waiting()
+                    continue
                 await self._changed.wait()
         except BaseException:
             self.leave(member)
@@ -481,10 +495,12 @@ class LiveTailHub:
 
     def subscribe(self, position: StartPosition) -> AbstractAsyncContextManager[Subscription]:
         self.state = "attaching"
+        if self._since_ms is None:
+            self._since_ms = int(self._context.clock() * 1000)
         return self._context.broker.subscribe(self.routing_key, position, prefetch=self._prefetch)
 
     async def consume(self, subscription: Subscription, position: StartPosition) -> None:
-        self._attach()
+        self._attach(position)
         pushing = subscription if isinstance(subscription, PushingSubscription) else None
         if pushing is not None:
             pushing.listen(self._take_pushed)
@@ -517,7 +533,7 @@ class LiveTailHub:
         return True
 
     async def detached(self, why: Detached) -> None:
-        """The consumer is gone (members stay and wait); joiners wait for the broker too."""
+        """The consumer is gone or refused: members and joiners stay and wait."""
         self._attached = False
         self.state = "reconnecting"
         if why is Detached.UNAVAILABLE:
@@ -526,24 +542,20 @@ class LiveTailHub:
                 self.members,
                 self.last_offset,
             )
-            joining = list(self._joining)
-            self._joining.clear()
-            for member in joining:
-                member._finish(BrokerUnavailable("the broker connection was lost"))
+            self._waiting = True  # joiners accept their websockets (OnWaiting)
         self._notify()
         self._stop_if_empty()
 
-    def _attach(self) -> None:
+    def _attach(self, position: StartPosition) -> None:
         self._attached = True
+        self._waiting = False
         self.state = "attached"
         self.subscriptions += 1
         self._context.observer.consumer_subscribed()
-        if self._since_ms is None:
-            self._since_ms = int(self._context.clock() * 1000)
-        elif self.last_offset is None and not self._by_time:
-            # Attached again having received nothing: by time (see position).
-            # From now on nobody gets what was stamped before it joined (the
-            # broker's window starts a second before the first member).
+        if isinstance(position, FromTimestamp) and not self._by_time:
+            # By time, having received nothing since its first attempt (see
+            # position): from now on nobody gets what was stamped before it
+            # joined (the broker's window starts a second before the first).
             self._by_time = True
             for member in [*self._members, *self._joining]:
                 member.not_before_ms = member.since_ms

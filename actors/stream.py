@@ -45,7 +45,7 @@ from actors.close import INTERNAL_ERROR, SHUTDOWN, TAKEOVER, CloseReason
 from actors.cluster.messages import ConnectionKey
 from actors.connection_actor import ConnectionActor
 from actors.context import ActorContext
-from actors.hub import LiveTailHub
+from actors.hub import LiveTailHub, OnWaiting
 from actors.keepalive import KeepaliveSchedule
 from actors.logcontext import LogContext
 from actors.ports.broker import FromNext, StartPosition, Subscription
@@ -245,13 +245,13 @@ class StreamActor:
                 old.cancel(TAKEOVER)
 
     def _subscribe(
-        self, position: StartPosition, prefetch: int
+        self, position: StartPosition, prefetch: int, on_waiting: OnWaiting
     ) -> AbstractAsyncContextManager[Subscription]:
         """A consumer for a connection: the shared live tail for ``FromNext``, else its own."""
         if isinstance(position, FromNext):
             hub = self._live_tail()
             if hub is not None:
-                return hub.membership(prefetch)
+                return hub.membership(prefetch, on_waiting)
         return self._context.broker.subscribe(self.record.routing_key, position, prefetch=prefetch)
 
     def _live_tail(self) -> LiveTailHub | None:

@@ -34,7 +34,9 @@ on the connection's node, is refuse the consumer (406 "does not have a
 replica on the local node"); the third case, **no-local-replica**, checks
 the websockets stay open through that (the adapter maps it to
 ``BrokerUnavailable``, retried) and receive everything once a member is
-added there. It is marked xfail for a known gap (see its reason).
+added there: a live client refused from the start still gets every event
+published since it connected (its hub, or its own consumer, resumes by time
+from its first attempt).
 """
 
 from __future__ import annotations
@@ -72,19 +74,7 @@ BEFORE, AFTER = 20, 50
 RECOVERY_TIMEOUT = 90.0
 #: Bound on one publisher confirm before publishing again.
 CONFIRM_BOUND = 5.0
-CASES = [
-    "connected-node-killed",
-    "leader-node-stopped",
-    pytest.param(
-        "no-local-replica",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="known gap: a live client whose first consumer is refused resumes from "
-            "'next' once attached (Delivery.since_ms is set by the first successful attach), "
-            "missing what was published meanwhile; see the README",
-        ),
-    ),
-]
+CASES = ["connected-node-killed", "leader-node-stopped", "no-local-replica"]
 
 
 @pytest.fixture(scope="module")

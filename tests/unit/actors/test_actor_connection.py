@@ -263,6 +263,35 @@ async def test_outage_with_unacked_events_in_flight(h: Harness) -> None:
     assert ws.ordinals() == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("clients", [1, 2], ids=["alone", "hub"])
+async def test_a_live_tail_refused_at_first_gets_what_was_published_since_it_connected(
+    clients: int,
+) -> None:
+    """Its consumer refused (this node's broker down, or no stream member here),
+    a live client still gets every event published after it connected: the
+    other nodes took them meanwhile. Nothing from before it connected."""
+    async with running(MANY) as h:
+        await _refused_at_first(h, clients)
+
+
+async def _refused_at_first(h: Harness, clients: int) -> None:
+    record = await h.stream()
+    h.broker.append("rk", b"before", timestamp_ms=int(wall_clock() * 1000))
+    await trio.sleep(10)
+    h.broker.set_available(False)
+    sockets = [await h.open(record) for _ in range(clients)]
+    await trio.sleep(5)
+    h.broker.append("rk", b"meanwhile", timestamp_ms=int(wall_clock() * 1000))
+    h.broker.set_available(True)
+    # One consumer for them all: the hub kept its joiners while it retried.
+    await until(lambda: h.broker.active_subscriptions > 0, RESUBSCRIBE_BACKOFF.maximum)
+    await h.publish("rk", "live")
+    for ws in sockets:
+        await ws.wait_frames(2)
+        assert ws.ordinals() == [2, 3]  # not "before" (1): it was published before the client came
+    assert h.broker.active_subscriptions == 1
+
+
 async def test_broker_down_at_first_subscribe_accepts_and_waits(h: Harness) -> None:
     record = await h.stream()
     h.broker.set_available(False)

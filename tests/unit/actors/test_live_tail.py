@@ -370,15 +370,31 @@ async def test_a_crashed_hub_sends_members_to_their_own_consumers(
 async def test_broker_down_when_joining_accepts_and_joins_later(h: Harness) -> None:
     record = await h.stream()
     h.broker.set_available(False)
-    sockets = [await h.open(record) for _ in range(3)]
+    sockets = [await h.open(record) for _ in range(3)]  # accepted while the hub waits
     await settle()
-    assert h.actor(record).live_tail is None  # no member: no hub left waiting
+    hub = h.actor(record).live_tail
+    assert hub is not None and hub.members == 3  # one hub retries for all three
+    assert all(ws.state == "waiting" for ws in h.actor(record).connections)
     await trio.sleep(30)
     h.broker.set_available(True)
     await until(lambda: all(consumer_state(c) == "shared" for c in h.actor(record).connections))
     await h.publish("rk", "live")
     await receive_each(sockets, [1])
     assert h.broker.active_subscriptions == 1
+
+
+async def test_joiners_that_leave_during_an_outage_stop_the_waiting_hub(h: Harness) -> None:
+    record = await h.stream()
+    h.broker.set_available(False)
+    sockets = [await h.open(record) for _ in range(2)]
+    await settle()
+    assert h.actor(record).live_tail is not None
+    for ws in sockets:
+        await ws.leave()
+    await until(lambda: h.actor(record).live_tail is None)  # no joiner: nobody retries
+    h.broker.set_available(True)
+    await settle()
+    assert h.broker.subscriptions_opened == 0
 
 
 async def test_snapshot_shows_the_shared_consumer(h: Harness) -> None:
