@@ -68,6 +68,30 @@ def test_a_live_tail_that_processed_nothing_resumes_from_when_it_attached() -> N
     assert core.receive(event(2), T + 60_000) == Queued(3)
 
 
+def test_a_live_tail_refused_at_first_resumes_from_its_first_attempt() -> None:
+    core = Delivery(LiveTail())
+    assert core.position() == FromNext()
+    core.attach_failed(T)  # refused: nothing attached
+    resume = core.position()
+    assert resume == FromTimestamp(T // 1000 - 1)
+    core.attach_failed(T + 30_000)  # refused again: still dated from the first attempt
+    assert core.position() == resume
+    core.attached(resume, T + 60_000)
+    assert core.not_before_ms == T
+    assert core.receive(event(0, own_ms=T - 1), T + 60_000) == Filtered(1)
+    assert core.receive(event(1, own_ms=T + 10_000), T + 60_000) == Queued(2)
+
+
+def test_a_failed_attempt_after_an_attach_changes_nothing() -> None:
+    core = Delivery(LiveTail())
+    core.attached(FromNext(), T)
+    core.attach_failed(T - 50_000)  # the connection's start: earlier than its attach
+    assert core.position() == FromTimestamp(T // 1000 - 1)
+    replay = Delivery(AfterOrdinal(3))
+    replay.attach_failed(T)
+    assert replay.position() == FromOffset(3)  # not a live tail: where the client asked
+
+
 def test_a_live_tail_that_delivered_resumes_after_its_cursor() -> None:
     core = Delivery(LiveTail())
     core.attached(FromNext(), T)
