@@ -2,6 +2,8 @@
 
 - :func:`bare_amqp_consume`: our own ``amqp/`` consumer reading the same stream
   queue bare: what the service would reach if websockets and actors cost nothing.
+- :func:`bare_amqp_fanout`: the same, live, on every stream of the fanout
+  scenario at once, with its CPU and latency over the same publishing.
 - :func:`bare_ws_server`: a bare trio-websocket server (``serve_websocket``) in
   its own process, pushing the very frames the service sent, to the same client.
 """
@@ -10,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiormq
 
-from .harness import AMQP_URL, free_port
+from .harness import AMQP_URL, free_port, proc_cpu_seconds
 
 
 async def bare_amqp_consume(
@@ -98,3 +103,55 @@ async def bare_amqp_latency(
         with contextlib.suppress(Exception):
             await connection.close()
     return latencies
+
+
+async def bare_amqp_fanout(
+    queues: list[str],
+    prefetch: int,
+    publish: Callable[[], Awaitable[int]],
+    *,
+    pool: int = 2,
+    amqp_url: str = AMQP_URL,
+) -> dict[str, Any]:
+    """The fanout ceiling: ``bench.bare_fanout`` consumes ``queues`` while ``publish`` runs.
+
+    ``publish`` publishes and returns how many events it published. Measured
+    as the service is: the consumer process's CPU over the publishing
+    window, per event received, and its publish-to-delivery latencies.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.bare_fanout",
+        amqp_url,
+        str(prefetch),
+        str(pool),
+        *queues,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"bench.bare_fanout did not start: {line!r}")
+        cpu0, wall0 = proc_cpu_seconds(proc.pid), time.perf_counter()
+        sent = await publish()
+        cpu1, wall1 = proc_cpu_seconds(proc.pid), time.perf_counter()
+        proc.stdin.write(f"{sent}\n".encode())
+        await proc.stdin.drain()
+        report = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    received = int(report["received"])
+    return {
+        "sent": sent,
+        "received": received,
+        "cpu_fraction_of_core": round((cpu1 - cpu0) / (wall1 - wall0), 4),
+        "cpu_us_per_event": round((cpu1 - cpu0) / received * 1e6, 1) if received else math.nan,
+        "latency": report["latency"],
+    }

@@ -3,7 +3,9 @@
 Latency percentiles, loss, and the service's CPU (utime+stime from
 /proc/<pid>/stat over the publishing window, also per delivered event: the
 figure that stays comparable on a shared, noisy machine) and RSS. Targets
-(issue 12): p99 <= 3 ms, <= 6 % of a core.
+(issue 12): p99 <= 3 ms, <= 6 % of a core. Its ceiling follows in the same
+run: the same publishing read by a bare ``amqp/`` consumer of every stream
+(:func:`~bench.ceilings.bare_amqp_fanout`), its CPU per event and latency.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable
 
+from ..ceilings import bare_amqp_fanout
 from ..client import open_ws
 from ..harness import Result, event_costs, latency_summary, observed, running_service
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "fanout"
+
+
+async def _published(publishing: Awaitable[tuple[int, float]]) -> int:
+    sent, _ = await publishing
+    return sent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +69,13 @@ async def run(args: argparse.Namespace) -> Result:
         await asyncio.gather(*(r.stop() for r in readers))
         if args.profile:
             result.profile = profiler.top()
+        # The ceiling, in the same run once the websockets are gone: the same
+        # publishing to the same streams, read by a bare amqp/ consumer.
+        bare = await bare_amqp_fanout(
+            keys,
+            args.prefetch,
+            lambda: _published(paced_publish(publisher, keys, rate, duration, size)),
+        )
 
     latencies = [x for r in readers for x in r.latencies_ms]
     lat = latency_summary(latencies)
@@ -82,8 +98,14 @@ async def run(args: argparse.Namespace) -> Result:
             "rss_kb_streams_idle": rss_idle,
             "rss_kb_clients_connected": rss_connected,
             "rss_kb_end": rss_end,
+            "bare_consumer": bare,
         }
     )
+    service_cpu = result.figures["service_cpu_us_per_event"]
+    if isinstance(service_cpu, float) and bare["cpu_us_per_event"] > 0:
+        result.figures["cpu_per_event_over_bare_consumer"] = round(
+            service_cpu / bare["cpu_us_per_event"], 2
+        )
     result.target("p99_ms", lat.get("p99_ms"), "<=", 3.0, "ms")
     result.target("cpu_fraction_of_core", round(cpu_fraction, 4), "<=", 0.06)
     result.target("lost", result.figures["lost"], "==", 0)
