@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -447,6 +448,21 @@ class Service:
         return proc_rss_kb(self.pid)
 
 
+_LAG_BUCKET = re.compile(r'^ess_delivery_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.MULTILINE)
+
+
+def lag_shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Between two :meth:`Api.delivery_lag_buckets`: the share of sends within each bound (ms)."""
+    total = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    if total <= 0:
+        return {}
+    return {
+        f"<= {float(le) * 1000:g} ms": round((after[le] - before.get(le, 0.0)) / total, 4)
+        for le in ("0.00025", "0.0005", "0.001", "0.0025", "0.005")
+        if le in after
+    }
+
+
 class Api:
     """The internal HTTP API, as the Account Server uses it."""
 
@@ -463,6 +479,16 @@ class Api:
             raise RuntimeError(f"POST /event-stream/ {routing_key!r}: {r.status_code} {r.text}")
         body = r.json()
         return int(body["id"]), str(body["location"])
+
+    async def delivery_lag_buckets(self) -> dict[str, float]:
+        """The service's ``ess_delivery_lag_seconds`` histogram now: ``{le: cumulative count}``.
+
+        Its own time from an event's receipt from the broker to its
+        websocket send: what the service adds, apart from the broker, the
+        kernel and the client.
+        """
+        text = (await self.client.get("/metrics")).text
+        return {match.group(1): float(match.group(2)) for match in _LAG_BUCKET.finditer(text)}
 
     async def create_many(
         self, service: Service, prefix: str, count: int, *, concurrency: int = 10

@@ -17,7 +17,14 @@ from collections.abc import Awaitable
 
 from ..ceilings import bare_amqp_fanout
 from ..client import open_ws
-from ..harness import Result, event_costs, latency_summary, observed, running_service
+from ..harness import (
+    Result,
+    event_costs,
+    lag_shares,
+    latency_summary,
+    observed,
+    running_service,
+)
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "fanout"
@@ -60,10 +67,12 @@ async def run(args: argparse.Namespace) -> Result:
         await asyncio.sleep(2.0)
         idle_cpu = (service.cpu_seconds() - cpu_idle0) / 2.0
         cpu0, wall0, counts0 = service.cpu_seconds(), time.perf_counter(), service.counters()
+        lag0 = await api.delivery_lag_buckets()
         with observed(service, args, NAME) as (profiler, syscalls):
             sent, achieved = await paced_publish(publisher, keys, rate, duration, size)
             cpu1, wall1, counts1 = service.cpu_seconds(), time.perf_counter(), service.counters()
             await wait_all_received(readers, sent, grace=5.0)
+        lag = lag_shares(lag0, await api.delivery_lag_buckets())
         rss_end = service.rss_kb()
         closed_early = sum(1 for r in readers if r.closed is not None)
         await asyncio.gather(*(r.stop() for r in readers))
@@ -91,6 +100,7 @@ async def run(args: argparse.Namespace) -> Result:
             "out_of_order": sum(r.out_of_order for r in readers),
             "closed_early": closed_early,
             "latency": lat,
+            "service_own_lag_shares": lag,
             "service_cpu_seconds": round(cpu1 - cpu0, 3),
             "service_cpu_fraction_of_core": round(cpu_fraction, 4),
             **event_costs(cpu1 - cpu0, counts0, counts1, syscalls, received),
