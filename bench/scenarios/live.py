@@ -12,7 +12,15 @@ import asyncio
 
 from ..ceilings import bare_amqp_latency
 from ..client import open_ws
-from ..harness import Result, event_costs, latency_summary, observed, running_service, unique_key
+from ..harness import (
+    Result,
+    event_costs,
+    lag_shares,
+    latency_summary,
+    observed,
+    running_service,
+    unique_key,
+)
 from ..latency import Reader, paced_publish, wait_all_received
 
 NAME = "live"
@@ -38,10 +46,12 @@ async def run(args: argparse.Namespace) -> Result:
         await asyncio.sleep(0.5)
         cpu0, wall0 = service.cpu_seconds(), asyncio.get_running_loop().time()
         counts0 = service.counters()
+        lag0 = await api.delivery_lag_buckets()
         with observed(service, args, NAME) as (profiler, syscalls):
             sent, achieved = await paced_publish(publisher, [key], rate, duration, size)
             await wait_all_received([reader], sent, grace=5.0)
         cpu = service.cpu_seconds() - cpu0
+        lag = lag_shares(lag0, await api.delivery_lag_buckets())
         counts1 = service.counters()
         wall = asyncio.get_running_loop().time() - wall0
         closed_early = reader.closed
@@ -62,6 +72,7 @@ async def run(args: argparse.Namespace) -> Result:
             "out_of_order": reader.out_of_order,
             "latency": lat,
             "broker_floor_latency": latency_summary(floor),
+            "service_own_lag_shares": lag,
             "service_cpu_fraction_of_core": round(cpu / wall, 4),
             **event_costs(cpu, counts0, counts1, syscalls, len(reader.seqs)),
             "closed_early": closed_early,
