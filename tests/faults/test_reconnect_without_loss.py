@@ -8,7 +8,9 @@ delivered nothing yet starts with the first event published after its
 handshake completed: no gap, no duplicate, for every client." (Issue 9.3.)
 
 The clients are live (no parameter) and have received nothing when the
-service's broker connections go: one alone on its stream, and two sharing
+service's broker connections go (or, in the last test, connect while the
+broker is unreachable for the service and receive events published
+meanwhile by others): one alone on its stream, and two sharing
 another stream (the live-tail hub, before its first event). From the
 moment of the drop until the service is connected again and a while after,
 events are published straight into both stream queues by a publisher of
@@ -326,4 +328,63 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
         collectors,
         [stored[alone_key], stored[shared_key], stored[shared_key]],
         f"[{drop}, primed={primed}]",
+    )
+
+
+@pytest.mark.timeout(180)
+async def test_live_clients_that_connect_while_the_broker_is_unreachable_miss_nothing(
+    services: Services, routing_keys: RoutingKeys, amqp_url: str
+) -> None:
+    """Accepted while the service cannot reach the broker, they get every event
+    published after their handshakes: those published while the service was
+    cut off (other publishers reach the broker) and after, up to the sentinel."""
+    name = f"ess-faults-unreachable-{secrets.token_hex(4)}"
+    alone_key, shared_key = routing_keys.new(), routing_keys.new()
+    async with trio.open_nursery() as nursery:
+        proxy = FreezableProxy(urlsplit(amqp_url).port or 5672)
+        port = await nursery.start(proxy.run)
+        url = f"amqp://guest:guest@127.0.0.1:{port}/?name={name}"
+        service = await services.start(url, ESS_MAX_CONNECTIONS_PER_STREAM="0")
+        await wait_all_connected(name)
+        async with api_client(service) as api:
+            alone = await create_stream(api, alone_key)
+            shared = await create_stream(api, shared_key)
+            await proxy.refuse()
+            await wait_status(api, "/health/ready", 503, timeout=RECONNECT_TIMEOUT)
+            async with (
+                connect(alone["location"]) as ws_alone,
+                connect(shared["location"]) as ws_hub_a,
+                connect(shared["location"]) as ws_hub_b,
+                trio.open_nursery() as readers,
+            ):
+                collectors = start_collectors(
+                    readers, alone=ws_alone, hub_a=ws_hub_a, hub_b=ws_hub_b
+                )
+                publisher = RetryingPublisher(amqp_url)  # straight to the broker
+                published = 0
+                reconnected = trio.Event()
+
+                async def publish_across_the_cut() -> None:
+                    nonlocal published
+                    while not reconnected.is_set():
+                        body = json.dumps({"seq": published}).encode()
+                        await publisher.publish(alone_key, body)
+                        await publisher.publish(shared_key, body)
+                        published += 1
+                        await trio.sleep(PUBLISH_INTERVAL)  # the rate: load, not sync
+
+                async with trio.open_nursery() as window:
+                    window.start_soon(publish_across_the_cut)
+                    await trio.sleep(OUTAGE / 2)  # the cut itself, not synchronisation
+                    proxy.accept()
+                    await wait_status(api, "/health/ready", 200, timeout=RECONNECT_TIMEOUT)
+                    await trio.sleep(AFTER_RECONNECT)  # keep publishing a while after
+                    reconnected.set()
+                await end_with_sentinels(publisher, [alone_key, shared_key], collectors, readers)
+        nursery.cancel_scope.cancel()
+    stored = await stored_in_full(amqp_url, [alone_key, shared_key], published)
+    check_all(
+        collectors,
+        [stored[alone_key], stored[shared_key], stored[shared_key]],
+        f"[unreachable at connect, {published} events per stream]",
     )

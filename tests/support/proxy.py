@@ -24,6 +24,7 @@ class FreezableProxy:
         self.target_port = target_port
         self.port = 0
         self._links: list[_Link] = []
+        self._refusing = False
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -32,6 +33,9 @@ class FreezableProxy:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        if self._refusing:
+            await trio.aclose_forcefully(client)  # closed at once: the broker is unreachable
+            return
         upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
         link = _Link(client, upstream)
         self._links.append(link)
@@ -49,6 +53,16 @@ class FreezableProxy:
         for link in self._links:
             await trio.aclose_forcefully(link.client)
             await trio.aclose_forcefully(link.upstream)
+
+    async def refuse(self) -> None:
+        """Cut the target off: close every connection, and each new one at once."""
+        self._refusing = True
+        await self.close_all()
+        self._links.clear()
+
+    def accept(self) -> None:
+        """Forward new connections again (after :meth:`refuse`)."""
+        self._refusing = False
 
 
 class _Link:
