@@ -44,6 +44,7 @@ from typing import Any, Final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from pamqp import base, commands
 
 from . import codec
@@ -557,10 +558,6 @@ class Connection(EndState):
         """Run the reader, writer and heartbeat tasks until the connection ends."""
         try:
             async with anyio.create_task_group() as tasks:
-                # Shielded: an outer cancellation must not kill the writer
-                # before the close handshake; they stop when the connection
-                # ends (the writer cancels this scope), which close() ensures.
-                tasks.cancel_scope.shield = True
                 self._tasks = tasks
                 self._transport = transport_for(self._stream)
                 tasks.start_soon(self._reader)
@@ -568,6 +565,13 @@ class Connection(EndState):
                 if self.heartbeat:
                     tasks.start_soon(self._heartbeat_loop)
                 task_status.started()
+                # Shielded from here on: an outer cancellation must not kill
+                # the writer before the close handshake; they stop when the
+                # connection ends (the writer cancels this scope), which
+                # close() ensures. Not if the caller gave up while we were
+                # being started: trio's start() then ignores started() and
+                # waits for this task to end, which a shield would forbid.
+                tasks.cancel_scope.shield = anyio.current_effective_deadline() > -math.inf
         finally:
             self._fail(ConnectionClosedByClient("the connection's task group was cancelled"))
             with anyio.CancelScope(shield=True):
@@ -694,6 +698,8 @@ async def connect(
     body_error: BaseException | None = None
     async with anyio.create_task_group() as group:
         await group.start(connection._run)
+        # Cancelled while it started: the connection is already gone (see _run).
+        await anyio.lowlevel.checkpoint_if_cancelled()
         try:
             yield connection
         except anyio.get_cancelled_exc_class():

@@ -284,3 +284,49 @@ async def test_outer_cancellation_still_closes_with_a_handshake() -> None:
         assert isinstance(broker.received[-1], commands.Connection.Close)
         assert isinstance(await conn.closed(), amqp.ConnectionClosedByClient)
         nursery.cancel_scope.cancel()
+
+
+async def test_cancelled_as_its_handshake_ends_connect_gives_up_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The caller gives up just as the broker lets the connection in.
+
+    trio's ``start()`` then ignores the connection's ``started()`` and waits
+    for its task to end; that task's group is shielded (for the close
+    handshake), so before the fix it never ended: the connect, and the
+    caller's cancellation, hung for good (seen in a pool being shut down
+    while a slot was connecting).
+    """
+    client_side, server_side = trio.testing.memory_stream_pair()
+    broker = FakeBroker(server_side)
+    open_ok = pframe.marshal(commands.Connection.OpenOk(), 0)
+    scope = trio.CancelScope()
+    done = trio.Event()
+    entered = False
+
+    class CancelledAtOpenOk(AnyioAdapter):
+        async def receive(self, max_bytes: int = 65536) -> bytes:
+            data = await super().receive(max_bytes)
+            if open_ok in data:
+                scope.cancel()
+            return data
+
+    async def connect() -> None:
+        nonlocal entered
+        with scope:
+            async with amqp.connect(
+                ConnectionParameters(heartbeat=0),
+                stream=CancelledAtOpenOk(client_side),  # type: ignore[arg-type]
+            ):
+                entered = True
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker.handshake)
+        nursery.start_soon(connect)
+        with trio.move_on_after(5):
+            await done.wait()
+        hung = not done.is_set()
+        await broker.stream.aclose()  # frees a hung connect, so the test ends either way
+    assert not hung, "connect() hung after a cancellation at the end of its handshake"
+    assert not entered, "the block ran on a connection whose caller had given up"
