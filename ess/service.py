@@ -17,6 +17,8 @@ import gc
 import logging
 import secrets
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
@@ -123,12 +125,16 @@ async def _serve_with_registry(config: Config, registry: Registry) -> int:
                 request_timeout=config.request_timeout,
                 keepalive_timeout=config.keepalive_timeout,
             )
-            await nursery.start(
-                _serve_internal_api, shield_sends(app), http_config, http_stopped, config
-            )
+            with _listening(
+                "the internal API", "ESS_INTERNAL_PORT", config.host, config.internal_port
+            ):
+                await nursery.start(
+                    _serve_internal_api, shield_sends(app), http_config, http_stopped, config
+                )
 
             websockets = trio.CancelScope()
-            await nursery.start(_serve_websockets, supervisor, config, metrics, websockets)
+            with _listening("websockets", "ESS_PUBLIC_PORT", config.host, config.public_port):
+                await nursery.start(_serve_websockets, supervisor, config, metrics, websockets)
             log.info(
                 "serving as replica %r: websockets on %s:%d, internal API on %s:%d",
                 config.replica_name,
@@ -159,6 +165,29 @@ async def _serve_with_registry(config: Config, registry: Registry) -> int:
 
 def _bind_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@contextmanager
+def _listening(what: str, variable: str, host: str, port: int) -> Iterator[None]:
+    """A port that cannot be bound (in use, not permitted) stops start-up with one line.
+
+    Hypercorn raises the bind's ``OSError`` from inside its nurseries (nested
+    exception groups); the command line finds the StartupError in the group.
+    """
+    try:
+        yield
+    except* OSError as group:
+        error = _first_leaf(group)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise StartupError(
+            f"cannot listen for {what} on {host}:{port} ({variable}): {reason}"
+        ) from error
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def _serve_internal_api(

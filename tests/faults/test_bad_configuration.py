@@ -10,6 +10,7 @@ POST/DELETE answer 503 with a reason, never 500." Each test runs the real
 from __future__ import annotations
 
 import contextlib
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -81,6 +82,25 @@ def test_a_corrupt_registry_is_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith("ess: cannot start: "), lines[0]
     assert str(database) in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "what"),
+    [("ESS_PUBLIC_PORT", "websockets"), ("ESS_INTERNAL_PORT", "the internal API")],
+)
+def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path, variable: str, what: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_serve(tmp_path, **{variable: str(port)})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ess: cannot start")]
+    assert errors == [
+        f"ess: cannot start: cannot listen for {what} on 127.0.0.1:{port} ({variable}): "
+        "Address already in use"
+    ], result.stderr
 
 
 @contextlib.contextmanager
