@@ -23,6 +23,7 @@ import trio
 
 import amqp
 from tests.support.net import free_port as free_port  # tests import it from here
+from tests.support.net import free_ports
 
 STARTUP_TIMEOUT = 30.0
 #: How long replicas may take to hear of each other (alive every 2 s).
@@ -37,10 +38,17 @@ class ServiceProcess:
     amqp_url: str
     exchange: str = field(default_factory=lambda: f"ess-e2e-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
-    public_port: int = field(default_factory=free_port)
-    internal_port: int = field(default_factory=free_port)
+    #: Both picked together when not given (:func:`~tests.support.net.free_ports`).
+    public_port: int = 0
+    internal_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.public_port and not self.internal_port:
+            self.public_port, self.internal_port = free_ports(2)
+        self.public_port = self.public_port or free_port()
+        self.internal_port = self.internal_port or free_port()
 
     @property
     def database(self) -> Path:
