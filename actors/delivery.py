@@ -177,21 +177,15 @@ class Delivery:
         if isinstance(position, FromTimestamp) and self.not_before_ms is None:
             self.not_before_ms = self.since_ms
 
-    def resumes_live_from(self) -> int | None:
-        """For a live tail that resumes by time (see :meth:`position`): from when (wall ms)."""
-        if self.cursor is None and self._resume_offset is None and isinstance(self.start, LiveTail):
-            return self.since_ms
-        return None
-
     def attach_failed(self, first_attempt_ms: int) -> None:
         """An attempt failed before any consumer attached (at wall time ``first_attempt_ms``).
 
         A live tail then resumes from that first attempt, by time, instead of
         from whatever is *next* once a consumer attaches: its broker was down
         or refused the consumer (a stream without a member on its node) while
-        the others took publishes, and those are the client's events. It
-        joins the shared hub dated (:meth:`resumes_live_from`), or reads on
-        a consumer of its own if the hub cannot reach that far back.
+        the others took publishes, and those are the client's events. (A
+        member of the shared hub does not come here: the hub keeps it while
+        it retries, and dates its own resumption from its first attempt.)
         """
         if self.since_ms is None:
             self.since_ms = first_attempt_ms
