@@ -50,24 +50,22 @@ import pytest
 import trio
 
 import amqp
-from tests.e2e.client import connect
 from tests.e2e.service import ServiceProcess
 from tests.support.rabbitmq_cluster import Node, RabbitMQCluster, installed
 
 from .conftest import api_client, create_stream, poll_until, wait_status
 from .test_reconnect_without_loss import (
     RetryingPublisher,
+    SteadyPublishing,
     check_all,
     end_with_sentinels,
-    start_collectors,
     stored_in_full,
+    three_clients,
 )
 
 #: The cluster boots within the first test: well above the default 120 s per test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
-#: Publishing rate (per stream).
-PUBLISH_INTERVAL = 0.02
 #: Events every client must have received before the node goes, and after it went.
 BEFORE, AFTER = 20, 50
 #: Bound on the service (or the stream) recovering from the lost node.
@@ -193,15 +191,10 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
                 assert leader == (node1 if lost == "connected-node-killed" else node3).name
                 if lost == "no-local-replica":
                     await _streams_ctl(cluster, node3, "delete_replica", key, node1.name)
-            async with (
-                connect(streams[0]["location"]) as ws_alone,
-                connect(streams[1]["location"]) as ws_hub_a,
-                connect(streams[1]["location"]) as ws_hub_b,
-                trio.open_nursery() as readers,
+            async with three_clients(streams[0]["location"], streams[1]["location"]) as (
+                collectors,
+                readers,
             ):
-                collectors = start_collectors(
-                    readers, alone=ws_alone, hub_a=ws_hub_a, hub_b=ws_hub_b
-                )
                 publisher = BoundedPublisher(node2.amqp_url)
                 for key in keys:
                     await publisher.publish(key, b'{"seq": 0}')
@@ -209,17 +202,7 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
                     with trio.fail_after(30):
                         for collector in collectors:
                             await collector.got_first.wait()
-                published = 1
-                done = trio.Event()
-
-                async def publish_steadily() -> None:
-                    nonlocal published
-                    while not done.is_set():
-                        body = json.dumps({"seq": published}).encode()
-                        for key in keys:
-                            await publisher.publish(key, body)
-                        published += 1
-                        await trio.sleep(PUBLISH_INTERVAL)  # the rate: load, not sync
+                publishing = SteadyPublishing(publisher, keys, published=1)
 
                 async def received_at_least(count: int) -> bool:
                     return all(len(c.events) >= count for c in collectors)
@@ -240,7 +223,7 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
                     return f"{name}#0" in now
 
                 async with trio.open_nursery() as window:
-                    window.start_soon(publish_steadily)
+                    window.start_soon(publishing.run)
                     if lost == "no-local-replica":
                         # Every consumer refused (the alone one, the hub's): still open.
                         await poll_until(refused, 30, "the consumers refused by the broker")
@@ -257,12 +240,12 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
                             await _streams_ctl(cluster, node3, "add_replica", key, node1.name)
                     await poll_until(recovered, RECOVERY_TIMEOUT, "a new leader, connected", 0.5)
                     await wait_status(api, "/health/ready", 200, timeout=RECOVERY_TIMEOUT)
-                    target = published + AFTER
+                    target = publishing.published + AFTER
                     await poll_until(
                         lambda: received_at_least(target), RECOVERY_TIMEOUT, f"{target} events"
                     )
                     recovered_in = trio.current_time() - lost_at
-                    done.set()
+                    publishing.stop.set()
                 await end_with_sentinels(publisher, keys, collectors, readers)
             after = await trio.to_thread.run_sync(_connections, cluster, name)
     except BaseException:
@@ -271,6 +254,7 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
     finally:
         await trio.to_thread.run_sync(service.stop)
     log = service.log()
+    published = publishing.published
     stored = await stored_in_full(node2.amqp_url, keys, published)
     print(
         f"[{lost}] {published} events per stream, recovered in {recovered_in:.1f}s "

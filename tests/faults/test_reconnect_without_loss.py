@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import pytest
@@ -103,23 +104,50 @@ class Collector:
         assert ordinals == list(range(1, len(stored) + 1)), f"{self.name}: ordinals {ordinals}"
 
 
-def start_collectors(
-    readers: trio.Nursery,
-    *,
-    alone: WebSocketConnection,
-    hub_a: WebSocketConnection,
-    hub_b: WebSocketConnection,
-) -> list[Collector]:
-    """Read the three clients of these tests in ``readers``: one alone on its
-    stream (a consumer of its own) and two sharing another (a live-tail hub)."""
-    collectors = [
-        Collector("alone", alone),
-        Collector("hub member a", hub_a),
-        Collector("hub member b", hub_b),
-    ]
-    for collector in collectors:
-        readers.start_soon(collector.run)
-    return collectors
+@asynccontextmanager
+async def three_clients(
+    alone: str, shared: str
+) -> AsyncIterator[tuple[list[Collector], trio.Nursery]]:
+    """The three clients of these tests, read in the nursery yielded with them:
+    one alone on the stream at ``alone`` (a consumer of its own) and two
+    sharing the one at ``shared`` (a live-tail hub)."""
+    async with (
+        connect(alone) as ws_alone,
+        connect(shared) as ws_hub_a,
+        connect(shared) as ws_hub_b,
+        trio.open_nursery() as readers,
+    ):
+        collectors = [
+            Collector("alone", ws_alone),
+            Collector("hub member a", ws_hub_a),
+            Collector("hub member b", ws_hub_b),
+        ]
+        for collector in collectors:
+            readers.start_soon(collector.run)
+        yield collectors, readers
+
+
+class Publishing(Protocol):
+    async def publish(self, queue: str, body: bytes) -> None: ...
+
+
+@dataclass
+class SteadyPublishing:
+    """``{"seq": n}`` to every key, ``n`` counting up from :attr:`published`, at
+    :data:`PUBLISH_INTERVAL`, until :attr:`stop` is set (run it in a nursery)."""
+
+    publisher: Publishing
+    keys: Sequence[str]
+    published: int = 0
+    stop: trio.Event = field(default_factory=trio.Event)
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            body = json.dumps({"seq": self.published}).encode()
+            for key in self.keys:
+                await self.publisher.publish(key, body)
+            self.published += 1
+            await trio.sleep(PUBLISH_INTERVAL)  # the rate: load, not sync
 
 
 async def end_with_sentinels(
@@ -270,34 +298,16 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
         async with api_client(service) as api:
             alone = await create_stream(api, alone_key)
             shared = await create_stream(api, shared_key)
-            async with (
-                connect(alone["location"]) as ws_alone,
-                connect(shared["location"]) as ws_hub_a,
-                connect(shared["location"]) as ws_hub_b,
-                trio.open_nursery() as readers,
+            async with three_clients(alone["location"], shared["location"]) as (
+                collectors,
+                readers,
             ):
-                collectors = start_collectors(
-                    readers, alone=ws_alone, hub_a=ws_hub_a, hub_b=ws_hub_b
-                )
                 publisher = RetryingPublisher(amqp_url)
-                published = 0
-                reconnected = trio.Event()
-
-                async def publish_across_the_drop() -> None:
-                    nonlocal published
-                    while True:
-                        body = json.dumps({"seq": published}).encode()
-                        await publisher.publish(alone_key, body)
-                        await publisher.publish(shared_key, body)
-                        published += 1
-                        if reconnected.is_set():
-                            return
-                        await trio.sleep(PUBLISH_INTERVAL)  # the rate: load, not sync
-
+                publishing = SteadyPublishing(publisher, [alone_key, shared_key])
                 if primed:  # every client delivers one event before the drop
                     await publisher.publish(alone_key, b'{"seq": 0}')
                     await publisher.publish(shared_key, b'{"seq": 0}')
-                    published = 1
+                    publishing.published = 1
                     with trio.fail_after(30):
                         for collector in collectors:
                             await collector.got_first.wait()
@@ -307,16 +317,17 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
                 elif drop == "missed_heartbeats":
                     assert proxy.freeze() >= POOL  # no FIN, no RST: heartbeats just stop
                 async with trio.open_nursery() as window:
-                    window.start_soon(publish_across_the_drop)
+                    window.start_soon(publishing.run)
                     if drop == "broker_restart":
                         await restart_broker()
                     await wait_reconnected(name, before)
                     await wait_status(api, "/health/ready", 200, timeout=RECONNECT_TIMEOUT)
                     down_for = trio.current_time() - drop_started
                     await trio.sleep(AFTER_RECONNECT)  # keep publishing a while after
-                    reconnected.set()
+                    publishing.stop.set()
                 await end_with_sentinels(publisher, [alone_key, shared_key], collectors, readers)
         nursery.cancel_scope.cancel()
+    published = publishing.published
     stored = await stored_in_full(amqp_url, [alone_key, shared_key], published)
     print(
         f"[{drop}, primed={primed}] {published} events per stream across a drop of {down_for:.1f}s "
@@ -351,37 +362,22 @@ async def test_live_clients_that_connect_while_the_broker_is_unreachable_miss_no
             shared = await create_stream(api, shared_key)
             await proxy.refuse()
             await wait_status(api, "/health/ready", 503, timeout=RECONNECT_TIMEOUT)
-            async with (
-                connect(alone["location"]) as ws_alone,
-                connect(shared["location"]) as ws_hub_a,
-                connect(shared["location"]) as ws_hub_b,
-                trio.open_nursery() as readers,
+            async with three_clients(alone["location"], shared["location"]) as (
+                collectors,
+                readers,
             ):
-                collectors = start_collectors(
-                    readers, alone=ws_alone, hub_a=ws_hub_a, hub_b=ws_hub_b
-                )
                 publisher = RetryingPublisher(amqp_url)  # straight to the broker
-                published = 0
-                reconnected = trio.Event()
-
-                async def publish_across_the_cut() -> None:
-                    nonlocal published
-                    while not reconnected.is_set():
-                        body = json.dumps({"seq": published}).encode()
-                        await publisher.publish(alone_key, body)
-                        await publisher.publish(shared_key, body)
-                        published += 1
-                        await trio.sleep(PUBLISH_INTERVAL)  # the rate: load, not sync
-
+                publishing = SteadyPublishing(publisher, [alone_key, shared_key])
                 async with trio.open_nursery() as window:
-                    window.start_soon(publish_across_the_cut)
+                    window.start_soon(publishing.run)
                     await trio.sleep(OUTAGE / 2)  # the cut itself, not synchronisation
                     proxy.accept()
                     await wait_status(api, "/health/ready", 200, timeout=RECONNECT_TIMEOUT)
                     await trio.sleep(AFTER_RECONNECT)  # keep publishing a while after
-                    reconnected.set()
+                    publishing.stop.set()
                 await end_with_sentinels(publisher, [alone_key, shared_key], collectors, readers)
         nursery.cancel_scope.cancel()
+    published = publishing.published
     stored = await stored_in_full(amqp_url, [alone_key, shared_key], published)
     check_all(
         collectors,
