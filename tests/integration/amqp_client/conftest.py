@@ -52,8 +52,7 @@ async def _unique_names(
         return name
 
     yield make
-    for name in made:
-        await _delete_retrying_internal_errors(delete, name)
+    await _delete_retrying_internal_errors(delete, made)
 
 
 #: RabbitMQ 3.10 sometimes fails ``queue.delete`` of a stream queue declared
@@ -64,12 +63,17 @@ DELETE_RETRY_PAUSE = 0.25
 
 
 async def _delete_retrying_internal_errors(
-    delete: Callable[[amqp.Channel, str], Awaitable[object]], name: str
+    delete: Callable[[amqp.Channel, str], Awaitable[object]], names: list[str]
 ) -> None:
+    """Delete ``names`` on one connection; a new one (at most 4 in all) after each 541."""
+    pending = list(names)
     for attempt in range(1, DELETE_ATTEMPTS + 1):
         try:
-            async with amqp.connect(AMQP_URL) as conn, conn.channel() as ch:
-                await delete(ch, name)
+            async with amqp.connect(AMQP_URL) as conn:
+                while pending:
+                    async with conn.channel() as ch:
+                        await delete(ch, pending[0])
+                    pending.pop(0)
             return
         except amqp.ConnectionClosedByServer as exc:
             if exc.reply_code != 541 or attempt == DELETE_ATTEMPTS:
