@@ -282,15 +282,22 @@ class ConnectionActor:
                 await subscription.ack(event.offset)
 
     async def detached(self, why: Detached) -> None:
-        self._consumer.state = "reconnecting"
-        self._core.attach_failed(int(self.started_at * 1000))  # a no-op once attached
+        self._attach_failed()
         if why is Detached.UNAVAILABLE:
             await self._wait_for_broker()
 
     async def _wait_in_hub(self) -> None:
-        """The shared consumer we are joining waits for the broker: so do we, accepted."""
-        self._consumer.state = "reconnecting"
+        """The shared consumer we are joining waits for the broker: so do we, accepted.
+
+        As refused as a consumer of our own: should the hub end before it
+        attaches, our own resumes from the handshake too.
+        """
+        self._attach_failed()
         await self._wait_for_broker()
+
+    def _attach_failed(self) -> None:
+        self._consumer.state = "reconnecting"
+        self._core.attach_failed(int(self.started_at * 1000))  # a no-op once attached
 
     async def _wait_for_broker(self) -> None:
         if self._channel is None:

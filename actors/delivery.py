@@ -184,8 +184,9 @@ class Delivery:
         from whatever is *next* once a consumer attaches: its broker was down
         or refused the consumer (a stream without a member on its node) while
         the others took publishes, and those are the client's events. (A
-        member of the shared hub does not come here: the hub keeps it while
-        it retries, and dates its own resumption from its first attempt.)
+        joiner of the shared hub comes here when the hub starts waiting: the
+        hub dates its own resumption from its first attempt, and this one
+        counts only if the hub ends before it attaches.)
         """
         if self.since_ms is None:
             self.since_ms = first_attempt_ms

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -11,8 +12,10 @@ import pytest
 import trio
 
 from actors.connection_actor import ConnectionActor
-from actors.hub import DEMOTE_GRACE
+from actors.hub import DEMOTE_GRACE, LiveTailHub
+from actors.ports.broker import StartPosition, Subscription
 from actors.ports.registry import StreamRecord
+from actors.resubscription import RESUBSCRIBE_BACKOFF
 from actors.start import AfterOrdinal
 
 from .actor_fakes import (
@@ -27,6 +30,7 @@ from .actor_fakes import (
     running,
     settle,
     until,
+    wall_clock,
 )
 
 pytestmark = pytest.mark.autojump
@@ -365,6 +369,39 @@ async def test_a_crashed_hub_sends_members_to_their_own_consumers(
         await h.publish("rk", "e6")
         await again.wait_frames(1)
         assert again.ordinals() == [6]
+
+
+async def test_joiners_of_a_hub_that_crashes_during_an_outage_get_what_was_published_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Left by their hub before it ever attached, its joiners, accepted and waiting,
+    resume on consumers of their own from their handshakes: by time, as a refused
+    live tail does, not from whatever is next."""
+    subscribe = LiveTailHub.subscribe
+    attempts: list[StartPosition] = []
+
+    def crash_on_the_second_attempt(
+        self: LiveTailHub, position: StartPosition
+    ) -> AbstractAsyncContextManager[Subscription]:
+        attempts.append(position)
+        if len(attempts) == 2:
+            raise RuntimeError("hub bug")
+        return subscribe(self, position)
+
+    monkeypatch.setattr(LiveTailHub, "subscribe", crash_on_the_second_attempt)
+    async with running(MANY) as h:
+        record = await h.stream()
+        h.broker.append("rk", b"before", timestamp_ms=int(wall_clock() * 1000))
+        await trio.sleep(10)
+        h.broker.set_available(False)
+        sockets = [await h.open(record) for _ in range(2)]  # accepted while the hub waits
+        await trio.sleep(5)
+        h.broker.append("rk", b"meanwhile", timestamp_ms=int(wall_clock() * 1000))
+        h.broker.set_available(True)  # the hub's next attempt crashes
+        await until(lambda: h.broker.active_subscriptions == 2, RESUBSCRIBE_BACKOFF.maximum)
+        assert h.actor(record).live_tail is None
+        await h.publish("rk", "live")
+        await receive_each(sockets, [2, 3])  # not "before" (1)
 
 
 async def test_broker_down_when_joining_accepts_and_joins_later(h: Harness) -> None:
