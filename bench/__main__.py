@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from .harness import STARTED, Result, format_table, machine, raise_fd_limit
 from .scenarios import SCENARIOS, capacity
+
+PROFILED_SERVE = Path(__file__).with_name("profiled_serve.py")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="count the service's syscalls per event with perf stat (fanout, live)",
     )
+    parser.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="run the service under bench/profiled_serve.py and cProfile its measured "
+        "window (fanout, live); calls and own time per event in JSON",
+    )
     parser.add_argument("--profile-dir", default=f"{tempfile.gettempdir()}/ess-bench-profiles")
     parser.add_argument(
         "--scenario-timeout",
@@ -74,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    if args.cprofile and not os.environ.get("BENCH_ESS_COMMAND"):
+        os.environ["BENCH_ESS_COMMAND"] = f"{sys.executable} {PROFILED_SERVE}"
+        os.environ["PROFILE_DIR"] = args.profile_dir
     args.prefetch_set = args.prefetch is not None
     if args.prefetch is None:
         args.prefetch = 200

@@ -891,15 +891,30 @@ class Profiler(_Attached):
 
 
 @contextlib.contextmanager
+def call_profile_window(pid: int, enabled: bool) -> Iterator[None]:
+    """SIGUSR1 and SIGUSR2 to a service run by ``bench/profiled_serve.py`` (``--cprofile``):
+    its cProfile window is the block. The pstats file lands in ``$PROFILE_DIR``; read it
+    with ``bench/profile_report.py``."""
+    if enabled:
+        os.kill(pid, signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        if enabled:
+            os.kill(pid, signal.SIGUSR2)
+
+
+@contextlib.contextmanager
 def observed(
     service: Service, args: argparse.Namespace, name: str
 ) -> Iterator[tuple[Profiler, SyscallCounter]]:
-    """py-spy and ``perf stat`` on the service for the block, as asked by ``--profile``
-    and ``--syscalls``."""
+    """py-spy, ``perf stat`` and a cProfile window on the service for the block, as asked
+    by ``--profile``, ``--syscalls`` and ``--cprofile``."""
     out_dir = Path(args.profile_dir)
     with (
         Profiler(service.pid, out_dir, name, args.profile) as profiler,
         SyscallCounter(service.pid, out_dir, name, args.syscalls) as syscalls,
+        call_profile_window(service.pid, args.cprofile),
     ):
         yield profiler, syscalls
 
