@@ -25,6 +25,7 @@ import sys
 import time
 from contextlib import AsyncExitStack
 
+import orjson
 import trio
 
 import amqp
@@ -45,7 +46,7 @@ class Tally:
 
     def delivered(self, body: bytes) -> None:
         now = time.time_ns()
-        self.latencies_ms.append((now - json.loads(body)["pub_ns"]) / 1e6)
+        self.latencies_ms.append((now - orjson.loads(body)["pub_ns"]) / 1e6)
         if self.expected is not None and len(self.latencies_ms) >= self.expected:
             self.reached.set()
 
