@@ -18,8 +18,8 @@ Decisions the SPEC leaves open, made here:
 - Only the exact body ``POISON`` (no whitespace, no newline) is poison.
 
 A JSON body is read and written by orjson where it gives the values the
-standard library gives (~10 us less per event on this path, a fifth of the
-service's CPU for a replayed event). Its text differs only in how a float
+standard library gives (3-8 us less per event, a tenth of the service's CPU
+for a replayed event; bench/README.md). Its text differs only in how a float
 may be written (``0.00006103515625`` for ``6.103515625e-05``: the same
 double, each the shortest that reads back exactly). orjson reads integers
 beyond 64 bits as floats, and writes those (as every float from 1e16 up)
@@ -100,22 +100,8 @@ def format_event(body: bytes, ordinal: int, timestamp_ms: int) -> Formatted:
     """
     if body == POISON_BODY:
         return _POISON
-    if body[:1] == b"{":
-        try:
-            fast = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass  # the standard library's path says why, or reads what orjson cannot
-        else:
-            if type(fast) is dict:
-                fast["ess_ordinal"] = ordinal
-                fast["ess_timestamp"] = timestamp_ms
-                try:
-                    encoded = orjson.dumps(fast)
-                except orjson.JSONEncodeError:
-                    pass  # nested deeper than orjson writes (254 levels)
-                else:
-                    if b"e+" not in encoded:  # no integer beyond 64 bits became a float
-                        return Text(encoded.decode())
+    if body[:1] == b"{" and (fast := _orjson_text(body, ordinal, timestamp_ms)) is not None:
+        return Text(fast)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -135,6 +121,23 @@ def format_event(body: bytes, ordinal: int, timestamp_ms: int) -> Formatted:
         # A "\udXXX" escape decoded to a lone surrogate: keep it escaped.
         out = _ENCODE_ASCII(value)
     return Text(out)
+
+
+def _orjson_text(body: bytes, ordinal: int, timestamp_ms: int) -> str | None:
+    """The object in ``body`` with the two keys, by orjson; ``None``: the standard library
+    decides (see the module docstring)."""
+    try:
+        value = orjson.loads(body)
+        if type(value) is not dict:
+            return None
+        value["ess_ordinal"] = ordinal
+        value["ess_timestamp"] = timestamp_ms
+        encoded = orjson.dumps(value)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None  # not what orjson reads, or nested deeper than it writes (254 levels)
+    if b"e+" in encoded:
+        return None  # perhaps an integer beyond 64 bits that orjson read as a float
+    return encoded.decode()
 
 
 def _encodable(text: str) -> bool:

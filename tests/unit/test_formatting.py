@@ -38,6 +38,16 @@ def expected_json(obj: dict[str, Any], ordinal: int, timestamp: int) -> str:
     return json.dumps(expected, ensure_ascii=False, separators=COMPACT)
 
 
+def holds_a_float(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(holds_a_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(holds_a_float(v) for v in value)
+    return False
+
+
 @given(json_objects, ordinals, timestamps, st.booleans(), st.booleans())
 def test_json_objects_keep_every_key_and_gain_the_two(
     obj: dict[str, Any], ordinal: int, timestamp: int, ascii_only: bool, spaced: bool
@@ -60,16 +70,6 @@ def test_json_objects_keep_every_key_and_gain_the_two(
     else:
         assert result.text == expected
     result.text.encode("utf-8")
-
-
-def holds_a_float(value: object) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(holds_a_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(holds_a_float(v) for v in value)
-    return False
 
 
 @pytest.mark.parametrize("depth", [254, 255, 300, 600])
