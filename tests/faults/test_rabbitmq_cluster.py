@@ -60,6 +60,7 @@ from .test_reconnect_without_loss import (
     check_all,
     end_with_sentinels,
     stored_in_full,
+    streams_of_three_clients,
     three_clients,
 )
 
@@ -263,7 +264,7 @@ async def test_clients_lose_nothing_when_a_cluster_node_goes(
         f"{log.count('replica on the local node')}; received "
         + ", ".join(f"{c.name}: {len(c.events)}" for c in collectors)
     )
-    check_all(collectors, [stored[keys[0]], stored[keys[1]], stored[keys[1]]], f"[{lost}]")
+    check_all(collectors, streams_of_three_clients(stored, *keys), f"[{lost}]")
     new_port, new_pid = after[f"{name}#0"]
     if lost == "connected-node-killed":  # reconnected to another URL
         assert new_port != node1.amqp_port, after

@@ -127,6 +127,13 @@ async def three_clients(
         yield collectors, readers
 
 
+def streams_of_three_clients(
+    stored: dict[str, list[object]], alone_key: str, shared_key: str
+) -> list[list[object]]:
+    """What each of :func:`three_clients`' collectors must receive, in their order."""
+    return [stored[alone_key], stored[shared_key], stored[shared_key]]
+
+
 class Publishing(Protocol):
     async def publish(self, queue: str, body: bytes) -> None: ...
 
@@ -337,7 +344,7 @@ async def test_live_clients_lose_nothing_when_the_broker_connection_drops(
     )
     check_all(
         collectors,
-        [stored[alone_key], stored[shared_key], stored[shared_key]],
+        streams_of_three_clients(stored, alone_key, shared_key),
         f"[{drop}, primed={primed}]",
     )
 
@@ -381,6 +388,6 @@ async def test_live_clients_that_connect_while_the_broker_is_unreachable_miss_no
     stored = await stored_in_full(amqp_url, [alone_key, shared_key], published)
     check_all(
         collectors,
-        [stored[alone_key], stored[shared_key], stored[shared_key]],
+        streams_of_three_clients(stored, alone_key, shared_key),
         f"[unreachable at connect, {published} events per stream]",
     )
