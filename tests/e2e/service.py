@@ -45,10 +45,9 @@ class ServiceProcess:
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
-        if not self.public_port and not self.internal_port:
-            self.public_port, self.internal_port = free_ports(2)
-        self.public_port = self.public_port or free_port()
-        self.internal_port = self.internal_port or free_port()
+        picked = iter(free_ports(2))
+        self.public_port = self.public_port or next(picked)
+        self.internal_port = self.internal_port or next(picked)
 
     @property
     def database(self) -> Path:

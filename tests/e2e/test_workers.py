@@ -25,8 +25,10 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection
 
+from tests.support.net import free_ports
+
 from .client import connect, wait_closed
-from .service import STARTUP_TIMEOUT, ServiceProcess, free_port
+from .service import STARTUP_TIMEOUT, ServiceProcess
 
 NAME = "e2e"
 WORKERS = {f"{NAME}-w1", f"{NAME}-w2"}
@@ -261,13 +263,14 @@ sys.exit(run_parent(config, command))
 
 def start_parent(worker_code: str, tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     """``run_parent`` with two workers that each run ``worker_code``."""
+    public_port, internal_port = free_ports(2)
     environ = dict(os.environ)
     environ.update(
         {
             "ESS_WORKERS": "2",
             "ESS_HOST": "127.0.0.1",
-            "ESS_PUBLIC_PORT": str(free_port()),
-            "ESS_INTERNAL_PORT": str(free_port()),
+            "ESS_PUBLIC_PORT": str(public_port),
+            "ESS_INTERNAL_PORT": str(internal_port),
             "ESS_DATABASE": str(tmp_path / "unused.db"),
             "ESS_SHUTDOWN_GRACE": "0.5",
             "ESS_REPLICA_NAME": "t",

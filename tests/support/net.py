@@ -18,7 +18,7 @@ def reachable(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on now (the kernel's pick), for a server a test starts."""
+    """A TCP port nothing listens on now, for a server a test starts (see :func:`free_ports`)."""
     return free_ports(1)[0]
 
 
