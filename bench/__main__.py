@@ -83,9 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    if args.cprofile and not os.environ.get("BENCH_ESS_COMMAND"):
-        os.environ["BENCH_ESS_COMMAND"] = f"{sys.executable} {PROFILED_SERVE}"
-        os.environ["PROFILE_DIR"] = args.profile_dir
     args.prefetch_set = args.prefetch is not None
     if args.prefetch is None:
         args.prefetch = 200
@@ -127,6 +124,9 @@ async def run_one(name: str, args: argparse.Namespace) -> Result:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cprofile and not os.environ.get("BENCH_ESS_COMMAND"):
+        os.environ["BENCH_ESS_COMMAND"] = f"{sys.executable} {PROFILED_SERVE}"
+        os.environ["PROFILE_DIR"] = args.profile_dir
     fd_limit = raise_fd_limit()
     names = args.scenarios or list(SCENARIOS)
     info = machine()
